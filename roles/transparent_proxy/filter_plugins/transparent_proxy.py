@@ -1,0 +1,128 @@
+# Copyright: anycast.edge developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Role-private filter: turn the role's routes into AnyIP prefixes and TPROXY rules.
+
+Kept in Python because prefix containment cannot be written in Jinja without
+netaddr, which the controller need not have. The result also carries every
+problem found, as sentences, for the role's preflight asserts.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+
+ALL_PORTS = (1, 65535)
+
+
+def _network(text):
+    """ip_network or None; strict, so 192.0.2.1/24 is an error, not 192.0.2.0/24."""
+    try:
+        return ipaddress.ip_network(str(text), strict=True)
+    except ValueError:
+        return None
+
+
+def _ports(value):
+    """(low, high) from 443, "443" or "8000-8100"; None when malformed."""
+    if value is None:
+        return ALL_PORTS
+    if isinstance(value, bool):
+        return None
+    low_text, sep, high_text = str(value).strip().partition('-')
+    if not low_text.strip().isdigit() or (sep and not high_text.strip().isdigit()):
+        return None
+    low = int(low_text)
+    high = int(high_text) if sep else low
+    if not 1 <= low <= high <= 65535:
+        return None
+    return low, high
+
+
+def _collapse(networks):
+    """Smallest list of prefixes covering networks, IPv4 first, in address order."""
+    result = []
+    for version in (4, 6):
+        same = [n for n in networks if n.version == version]
+        result.extend(ipaddress.collapse_addresses(same))
+    return result
+
+
+def transparent_proxy_plan(routes, prefixes, listen_addresses, listen_port):
+    """Return {'prefixes_ipv4', 'prefixes_ipv6', 'tproxy_rules', 'errors'}."""
+    errors = []
+    listeners = {}
+    for address in listen_addresses or []:
+        try:
+            ip = ipaddress.ip_address(str(address))
+        except ValueError:
+            errors.append("transparent_proxy_listen_addresses: %r is not an IP address" % (address,))
+            continue
+        listeners.setdefault(ip.version, str(ip))
+
+    destinations = []
+    rules = []
+    for index, route in enumerate(routes or []):
+        where = 'transparent_proxy_routes[%d]' % index
+        network = _network(route.get('destination'))
+        if network is None:
+            errors.append("%s.destination: %r is not a network in CIDR notation with its host bits zero "
+                          "(like 192.0.2.0/24)" % (where, route.get('destination')))
+            continue
+        ports = _ports(route.get('ports'))
+        if ports is None:
+            errors.append("%s.ports: %r is not a port or a range like 443 or \"8000-8100\""
+                          % (where, route.get('ports')))
+            continue
+        if network.version not in listeners:
+            errors.append("%s.destination: %s is IPv%d but transparent_proxy_listen_addresses has no IPv%d "
+                          "address for TPROXY to send its connections to"
+                          % (where, network, network.version, network.version))
+            continue
+        destinations.append(network)
+        rule = {
+            'destination': str(network),
+            'protocol': route.get('protocol') or 'tcp',
+            'on_ip': listeners[network.version],
+            'on_port': int(listen_port),
+        }
+        if ports != ALL_PORTS:
+            rule['ports'] = str(ports[0]) if ports[0] == ports[1] else '%d-%d' % ports
+        if rule not in rules:
+            rules.append(rule)
+
+    if prefixes:
+        anyip = []
+        for index, text in enumerate(prefixes):
+            network = _network(text)
+            if network is None:
+                errors.append("transparent_proxy_prefixes[%d]: %r is not a network in CIDR notation with its "
+                              "host bits zero" % (index, text))
+            else:
+                anyip.append(network)
+        for network in anyip:
+            if not any(d.version == network.version and d.overlaps(network) for d in destinations):
+                errors.append("transparent_proxy_prefixes: %s has no route in transparent_proxy_routes; the host "
+                              "would accept its traffic and drop it. Add a route or remove the prefix." % network)
+        for network in destinations:
+            if not any(p.version == network.version and network.subnet_of(p) for p in anyip):
+                errors.append("transparent_proxy_routes: destination %s is not inside any of "
+                              "transparent_proxy_prefixes, so the host would not accept its traffic" % network)
+    else:
+        anyip = destinations
+
+    collapsed = _collapse(anyip)
+    return {
+        'prefixes_ipv4': [str(n) for n in collapsed if n.version == 4],
+        'prefixes_ipv6': [str(n) for n in collapsed if n.version == 6],
+        'tproxy_rules': rules,
+        'errors': errors,
+    }
+
+
+class FilterModule(object):
+    """Filters private to the anycast.edge.transparent_proxy role."""
+
+    def filters(self):
+        return {'transparent_proxy_plan': transparent_proxy_plan}
