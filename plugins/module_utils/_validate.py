@@ -1,0 +1,178 @@
+# -*- coding: utf-8 -*-
+# Copyright: anycast.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Input checks shared by every module.
+
+Each check raises :class:`ParamError` whose text starts with the parameter's
+path (``rules[2].on_port``) so the user knows exactly what to fix. Modules
+validate everything before they touch the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+IFNAMSIZ_CHARS = 15         # IFNAMSIZ (16) less the terminating NUL
+XT_CHAIN_MAXLEN = 28        # XT_EXTENSION_MAXNAMELEN (29) less the NUL
+BUILTIN_CHAINS = frozenset(('PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'))
+XT_VERDICTS = frozenset(('ACCEPT', 'DROP', 'RETURN', 'QUEUE'))
+
+
+class ParamError(ValueError):
+    """Bad input; the message names the parameter."""
+
+    def __init__(self, param, problem):
+        self.param = param
+        self.problem = problem
+        super().__init__('%s: %s' % (param, problem))
+
+
+def parse_prefix(value, param, family=None):
+    """Parse a CIDR (a bare address means a host prefix).
+
+    Host bits are refused rather than silently cleared: ``10.0.0.1/24`` is more
+    often a typo for an address than a prefix, and normalising it would make the
+    module manage something other than what was written.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(param, 'expected an IPv4 or IPv6 prefix in CIDR notation, got %r' % (value,))
+    text = value.strip()
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ParamError(param, "'%s' is not a valid IPv4 or IPv6 prefix (CIDR like 192.0.2.0/24 or 2001:db8::/64)" % text)
+    if net.network_address != ipaddress.ip_interface(text).ip:
+        raise ParamError(param, "'%s' has host bits set; the prefix is %s" % (text, net))
+    if family is not None and net.version != family:
+        raise ParamError(param, "'%s' is IPv%d, expected IPv%d" % (text, net.version, family))
+    return net
+
+
+def parse_address(value, param, family=None):
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(param, 'expected an IPv4 or IPv6 address, got %r' % (value,))
+    try:
+        addr = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ParamError(param, "'%s' is not a valid IPv4 or IPv6 address" % value)
+    if family is not None and addr.version != family:
+        raise ParamError(param, "'%s' is IPv%d, expected IPv%d" % (value, addr.version, family))
+    return addr
+
+
+def parse_interface(value, param, family=None):
+    """An address with its prefix length (``10.0.0.1/30``), host bits allowed."""
+    if not isinstance(value, str) or '/' not in value:
+        raise ParamError(param, "expected an address with prefix length like 10.0.0.1/30, got %r" % (value,))
+    try:
+        iface = ipaddress.ip_interface(value.strip())
+    except ValueError:
+        raise ParamError(param, "'%s' is not a valid address/prefix-length" % value)
+    if family is not None and iface.version != family:
+        raise ParamError(param, "'%s' is IPv%d, expected IPv%d" % (value, iface.version, family))
+    return iface
+
+
+def parse_port(value, param):
+    if isinstance(value, bool):
+        raise ParamError(param, 'expected a port number 1-65535, got %r' % (value,))
+    try:
+        port = int(str(value).strip(), 10)
+    except ValueError:
+        raise ParamError(param, "'%s' is not a port number (1-65535)" % (value,))
+    if not 1 <= port <= 65535:
+        raise ParamError(param, 'port %d is out of range 1-65535' % port)
+    return port
+
+
+_RANGE = re.compile(r'^\s*(\d+)\s*[-:]\s*(\d+)\s*$')
+
+
+def parse_port_range(value, param):
+    """``443`` / ``"8000-8100"`` / ``"8000:8100"`` -> (first, last)."""
+    match = _RANGE.match(str(value)) if not isinstance(value, (int, bool)) else None
+    if match:
+        first = parse_port(match.group(1), param)
+        last = parse_port(match.group(2), param)
+        if first > last:
+            raise ParamError(param, "range '%s' ends before it starts" % value)
+        return first, last
+    port = parse_port(value, param)
+    return port, port
+
+
+def parse_ports(value, param):
+    """None (all ports), a port, a range, or a list of those -> sorted, merged ranges."""
+    if value is None or value == '' or value == []:
+        return None
+    items = value if isinstance(value, list) else [value]
+    ranges = []
+    for index, item in enumerate(items):
+        item_param = '%s[%d]' % (param, index) if isinstance(value, list) else param
+        if isinstance(item, str) and ',' in item:
+            raise ParamError(item_param, "'%s': give several ports as a list, not a comma string" % item)
+        ranges.append(parse_port_range(item, item_param))
+    ranges.sort()
+    merged = [list(ranges[0])]
+    for first, last in ranges[1:]:
+        if first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    if merged == [[1, 65535]]:
+        return None
+    return [tuple(r) for r in merged]
+
+
+def check_ifname(name, param):
+    if not isinstance(name, str) or not name:
+        raise ParamError(param, 'expected an interface name')
+    if len(name) > IFNAMSIZ_CHARS:
+        raise ParamError(param, "interface name '%s' is %d characters; the kernel allows at most %d"
+                         % (name, len(name), IFNAMSIZ_CHARS))
+    if name in ('.', '..') or re.search(r'[\s/:]', name):
+        raise ParamError(param, "'%s' is not a valid interface name (no whitespace, '/' or ':')" % name)
+    return name
+
+
+def check_chain_name(name, param):
+    if not isinstance(name, str) or not name:
+        raise ParamError(param, 'expected a chain name')
+    if len(name) > XT_CHAIN_MAXLEN:
+        raise ParamError(param, "chain name '%s' is %d characters; the kernel allows at most %d"
+                         % (name, len(name), XT_CHAIN_MAXLEN))
+    if name in BUILTIN_CHAINS or name in XT_VERDICTS:
+        raise ParamError(param, "'%s' is a built-in chain or verdict; the collection only manages chains of its own" % name)
+    if not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', name):
+        raise ParamError(param, "'%s' is not a valid chain name (letters, digits, '_', '.', '-')" % name)
+    return name
+
+
+def check_mark(value, param):
+    """``0x10``, ``16`` or ``0x10/0xff`` -> (mark, mask) integers."""
+    text = str(value).strip()
+    parts = text.split('/')
+    if len(parts) > 2:
+        raise ParamError(param, "'%s' is not a mark (VALUE or VALUE/MASK)" % text)
+    try:
+        numbers = [int(p, 0) for p in parts]
+    except ValueError:
+        raise ParamError(param, "'%s' is not a mark (VALUE or VALUE/MASK, decimal or 0x hex)" % text)
+    for number in numbers:
+        if not 0 <= number <= 0xFFFFFFFF:
+            raise ParamError(param, "'%s' does not fit in 32 bits" % text)
+    mark = numbers[0]
+    mask = numbers[1] if len(numbers) == 2 else 0xFFFFFFFF
+    if mark & ~mask:
+        raise ParamError(param, "'%s' sets bits outside its mask" % text)
+    return mark, mask
+
+
+def require_unique(values, param, what):
+    seen = {}
+    for index, value in enumerate(values):
+        if value in seen:
+            raise ParamError('%s[%d]' % (param, index), '%s %s is also given at %s[%d]'
+                             % (what, value, param, seen[value]))
+        seen[value] = index

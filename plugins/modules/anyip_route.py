@@ -1,0 +1,216 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: anycast.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: anyip_route
+short_description: Make whole IPv4/IPv6 prefixes local with AnyIP routes
+version_added: "0.1.0"
+description:
+  - Manages the routes that C(ip route add local PREFIX dev lo src 127.0.0.1) creates (table C(local),
+    type C(local), scope C(host)), so that every address of a prefix is local to the host and a socket
+    can accept connections for it (with TPROXY or C(IP_TRANSPARENT)).
+  - One call manages the whole list. The routing table is read once, only the difference is applied
+    over one netlink socket, and the result is read back.
+  - Routes created by this module carry route protocol C(172) (shown by C(ip route) as C(proto 172));
+    O(purge) and O(state=absent) only ever remove routes with that tag.
+  - A listed prefix that already has a C(local) route added by someone else is taken over (replaced with
+    the same route plus the tag) and reported in RV(adopted).
+author:
+  - anycast.edge contributors
+requirements:
+  - pyroute2 (0.7 or later) on the managed host
+options:
+  prefixes:
+    description:
+      - IPv4 and IPv6 prefixes in CIDR notation, for example C(192.0.2.0/24) or C(2001:db8::/64).
+      - Host bits must be zero (C(192.0.2.1/24) is refused, not silently changed into C(192.0.2.0/24)).
+    type: list
+    elements: str
+    default: []
+  state:
+    description:
+      - V(present) makes the listed prefixes local; V(absent) removes the listed prefixes' routes.
+    type: str
+    choices: [present, absent]
+    default: present
+  purge:
+    description:
+      - With O(state=present), also remove every AnyIP route this collection owns that is not listed.
+      - Routes without the collection's route protocol are never removed.
+    type: bool
+    default: false
+  src:
+    description:
+      - Preferred source address of the IPv4 routes. C(127.0.0.1) keeps replies to local clients from
+        coming back through the TPROXY rules (the reason the Spectrum write-up adds it).
+      - IPv6 routes get no preferred source.
+    type: str
+    default: 127.0.0.1
+  device:
+    description:
+      - Interface the routes point at.
+    type: str
+    default: lo
+  netns:
+    description:
+      - Name of a network namespace (as in C(ip netns list)) to work in instead of the host's.
+      - The namespace must exist; it is never created.
+    type: str
+extends_documentation_fragment: []
+attributes:
+  check_mode:
+    support: full
+    description: Predicts exactly what would change; changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the owned AnyIP routes before and after.
+notes:
+  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)), and C(CAP_SYS_ADMIN) to enter O(netns).
+seealso:
+  - module: anycast.edge.tproxy_rule
+'''
+
+EXAMPLES = r'''
+- name: Make two prefixes local on every edge host
+  anycast.edge.anyip_route:
+    prefixes:
+      - 192.0.2.0/24
+      - 2001:db8:100::/64
+
+- name: Exactly these AnyIP prefixes, nothing else the collection added
+  anycast.edge.anyip_route:
+    prefixes: "{{ edge_anyip_prefixes }}"
+    purge: true
+
+- name: Remove one prefix
+  anycast.edge.anyip_route:
+    prefixes: [198.51.100.0/24]
+    state: absent
+'''
+
+RETURN = r'''
+added:
+  description: Prefixes whose route was added (or would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [192.0.2.0/24]
+removed:
+  description: Prefixes whose owned route was removed.
+  returned: always
+  type: list
+  elements: str
+  sample: [198.51.100.0/24]
+updated:
+  description: Prefixes whose owned route was replaced because its device or source differed.
+  returned: always
+  type: list
+  elements: str
+adopted:
+  description: Listed prefixes whose existing, untagged local route was taken over.
+  returned: always
+  type: list
+  elements: str
+prefixes:
+  description: All AnyIP prefixes the collection owns after the run (predicted in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [192.0.2.0/24, 2001:db8:100::/64]
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
+    NetlinkFailure, ROUTE_PROTO, open_iproute, require_pyroute2)
+from ansible_collections.anycast.edge.plugins.module_utils._validate import (
+    ParamError, check_ifname, parse_address, parse_prefix, require_unique)
+from ansible_collections.anycast.edge.plugins.module_utils import _anyip
+
+
+def validate(params):
+    networks = [parse_prefix(p, 'prefixes[%d]' % i) for i, p in enumerate(params['prefixes'])]
+    require_unique([str(n) for n in networks], 'prefixes', 'prefix')
+    src = parse_address(params['src'], 'src', family=4)
+    check_ifname(params['device'], 'device')
+    return networks, str(src)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            prefixes=dict(type='list', elements='str', default=[]),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            purge=dict(type='bool', default=False),
+            src=dict(type='str', default='127.0.0.1'),
+            device=dict(type='str', default='lo'),
+            netns=dict(type='str'),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        networks, src = validate(module.params)
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+    require_pyroute2(module)
+    enter_module_netns(module)
+
+    present = module.params['state'] == 'present'
+    with open_iproute() as ipr:
+        oif = _anyip.link_index(ipr, module.params['device'])
+        if oif is None:
+            module.fail_json(msg="device: interface '%s' does not exist%s" % (
+                module.params['device'],
+                " in network namespace '%s'" % module.params['netns'] if module.params['netns'] else ''))
+        desired = [_anyip.AnyipRoute(net, oif, src if net.version == 4 else None) for net in networks]
+        names = _anyip.link_names(ipr)
+        current = _anyip.read_local_routes(ipr)
+        add, replace, remove, adopt = _anyip.plan(current, desired, present, module.params['purge'])
+
+        owned_before = {k: r for k, r in current.items() if r.proto == ROUTE_PROTO}
+        owned_after = dict(owned_before)
+        for route in remove:
+            owned_after.pop(route.key, None)
+        for route in add + [new for new, _old in replace]:
+            owned_after[route.key] = route
+
+        changed = bool(add or replace or remove)
+        if changed and not module.check_mode:
+            try:
+                _anyip.apply(ipr, add, replace, remove)
+            except NetlinkFailure as exc:
+                module.fail_json(msg='%s (changes made by this run were undone)' % exc)
+            readback = _anyip.read_local_routes(ipr)
+            wrong = [str(r.network) for r in add + [n for n, _o in replace]
+                     if r.key not in readback or not r.same(readback[r.key])]
+            wrong += [str(r.network) for r in remove if r.key in readback and readback[r.key].proto == ROUTE_PROTO]
+            if wrong:
+                module.fail_json(msg='read-back after writing does not match for: %s' % ', '.join(wrong))
+
+        result = dict(
+            changed=changed,
+            added=[str(r.network) for r in add],
+            removed=[str(r.network) for r in remove],
+            updated=[str(n.network) for n, old in replace if old.proto == ROUTE_PROTO],
+            adopted=[str(r.network) for r in adopt],
+            prefixes=[key[1] for key in sorted(owned_after, key=_anyip._sort_key)],
+        )
+        if adopt:
+            module.warn('took over existing local routes not created by this collection: %s'
+                        % ', '.join(result['adopted']))
+        if module._diff:
+            before = _anyip.render(owned_before, names)
+            after = _anyip.render(owned_after, names)
+            result['diff'] = dict(before='\n'.join(before) + ('\n' if before else ''),
+                                  after='\n'.join(after) + ('\n' if after else ''))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,182 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: anycast.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: tproxy_rule
+short_description: Send every TCP/UDP port of whole prefixes to one transparent listener (iptables TPROXY)
+version_added: "0.1.0"
+description:
+  - Owns one chain in the C(mangle) table (default C(ANYCAST-TPROXY)), jumped to from C(PREROUTING).
+    After a run the chain holds exactly the listed rules, in order; IPv4 rules go to iptables and IPv6
+    rules to ip6tables, from the same list.
+  - Each rule is C(-d DESTINATION -p PROTOCOL [ports] -j TPROXY --on-port ON_PORT --on-ip ON_IP), the
+    Spectrum way of binding every port of every address. The listener needs C(IP_TRANSPARENT), and the
+    destination must be local to the host (see M(anycast.edge.anyip_route)).
+  - Every rule carries a comment C(anycast.edge <digest>) of its full specification; the chain is compared
+    by those digests, rewritten in one transaction per table when it differs, and read back.
+author:
+  - anycast.edge contributors
+requirements:
+  - iptables on the managed host
+  - python-iptables on legacy-iptables hosts for O(driver=python-iptables)
+options:
+  rules:
+    description:
+      - The rules of the chain, in order.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      destination:
+        description: Destination prefix (IPv4 or IPv6 CIDR, host bits zero).
+        type: str
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [tcp, udp]
+        default: tcp
+      ports:
+        description:
+          - Destination ports. Omitted means every port. A port (C(443)), a range (C("8000-8100")), or a list
+            of them; lists are merged and written with C(multiport), 15 slots per rule.
+        type: raw
+      on_ip:
+        description: Address of the transparent listener; C(127.0.0.1) or C(::1) by the destination's family.
+        type: str
+      on_port:
+        description: Port of the transparent listener.
+        type: int
+        required: true
+      mark:
+        description: Optional C(VALUE) or C(VALUE/MASK) set on redirected packets (C(--tproxy-mark)).
+        type: str
+  chain:
+    description: Name of the chain the module owns (at most 28 characters).
+    type: str
+    default: ANYCAST-TPROXY
+  state:
+    description: V(absent) removes the chain and the jump into it, for both families.
+    type: str
+    choices: [present, absent]
+    default: present
+  driver:
+    description:
+      - How rules are written. V(iptables) uses the host's C(iptables-save)/C(iptables-restore --noflush --wait)
+        and follows the host's variant (nf_tables or legacy). V(python-iptables) uses libiptc and works only on
+        hosts whose iptables is the legacy variant. V(auto) picks V(python-iptables) on legacy hosts that have
+        the library and V(iptables) otherwise; it never writes into the variant the host does not use.
+    type: str
+    choices: [auto, python-iptables, iptables]
+    default: auto
+  netns:
+    description: Network namespace to work in instead of the host's; it must exist and is never created.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Predicts exactly what would change; changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the chain and its jump before and after, in iptables-save syntax.
+notes:
+  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)).
+seealso:
+  - module: anycast.edge.anyip_route
+'''
+
+EXAMPLES = r'''
+- name: Every TCP and UDP port of the AnyIP prefixes to the proxy on port 1234
+  anycast.edge.tproxy_rule:
+    rules:
+      - {destination: 192.0.2.0/24, on_port: 1234}
+      - {destination: 192.0.2.0/24, protocol: udp, on_port: 1234}
+      - {destination: "2001:db8:100::/64", on_port: 1234}
+
+- name: Only a few ports
+  anycast.edge.tproxy_rule:
+    chain: EDGE-WEB
+    rules:
+      - destination: 198.51.100.0/24
+        ports: [80, 443, "8000-8100"]
+        on_port: 8443
+
+- name: Remove the chain and its jump
+  anycast.edge.tproxy_rule:
+    state: absent
+'''
+
+RETURN = r'''
+driver:
+  description: The driver that was used.
+  returned: always
+  type: str
+  sample: iptables
+actions:
+  description: What was (or in check mode would be) done, one line per change.
+  returned: always
+  type: list
+  elements: str
+  sample: ["iptables -t mangle: write chain ANYCAST-TPROXY (2 rules)", "iptables -t mangle: insert jump PREROUTING -> ANYCAST-TPROXY"]
+rules:
+  description: Number of rules per family after the run.
+  returned: always
+  type: dict
+  sample: {ipv4: 2, ipv6: 1}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._tproxy import build_specs, validate_rules
+from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, check_chain_name
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import (
+    DRIVERS, XtablesError, select_driver, sync_chains)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            rules=dict(type='list', elements='dict', default=[], options=dict(
+                destination=dict(type='str', required=True),
+                protocol=dict(type='str', choices=['tcp', 'udp'], default='tcp'),
+                ports=dict(type='raw'),
+                on_ip=dict(type='str'),
+                on_port=dict(type='int', required=True),
+                mark=dict(type='str'),
+            )),
+            chain=dict(type='str', default='ANYCAST-TPROXY'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            netns=dict(type='str'),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        check_chain_name(module.params['chain'], 'chain')
+        rules = validate_rules(module.params['rules'])
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+    enter_module_netns(module)
+
+    present = module.params['state'] == 'present'
+    specs = build_specs(rules, module.params['chain'], present)
+    try:
+        driver = select_driver(module, module.params['driver'])
+        result = sync_chains(driver, specs, module.check_mode)
+    except XtablesError as exc:
+        module.fail_json(msg=str(exc))
+    result['driver'] = driver.name
+    result['rules'] = {'ipv%d' % s.family: len(s.rules) if s.present else 0 for s in specs}
+    if not module._diff:
+        result.pop('diff')
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
