@@ -99,3 +99,33 @@ def enter_module_netns(module, param='netns'):
     except NetnsError as exc:
         module.fail_json(msg=str(exc))
     return name
+
+
+class in_netns(object):
+    """Temporarily switch the calling thread into namespace ``name``.
+
+    Sockets opened inside the block (IPRoute, libnftables contexts, libiptc
+    handles) stay bound to that namespace after the block returns, so one
+    module run can hold sockets in many namespaces without forking. The
+    previous namespace is restored on exit, even on errors.
+    """
+
+    def __init__(self, name, param='netns'):
+        self.name = name
+        self.param = param
+        self._home = None
+
+    def __enter__(self):
+        self._home = os.open('/proc/self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter_netns(self.name, self.param)
+        except Exception:
+            os.close(self._home)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            _setns(self._home)
+        finally:
+            os.close(self._home)
