@@ -116,7 +116,7 @@ class in_netns(object):
         self._home = None
 
     def __enter__(self):
-        self._home = os.open('/proc/self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
+        self._home = os.open('/proc/thread-self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
         try:
             enter_netns(self.name, self.param)
         except Exception:
