@@ -1,0 +1,86 @@
+"""Command line: run, --check-config, --self-test."""
+import argparse
+import asyncio
+import os
+import socket
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+from .sd_notify import Notifier
+
+PROG = "anycast-proxy"
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog=PROG, description="Transparent TCP/UDP proxy for TPROXY-steered traffic.")
+    p.add_argument("--config", metavar="FILE", help="JSON configuration to run with")
+    p.add_argument("--check-config", metavar="FILE", help="validate FILE and exit (status 2 when invalid)")
+    p.add_argument("--self-test", action="store_true",
+                   help="check this host's AnyIP routes, TPROXY rules and capabilities for --config, then exit")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--worker", metavar="INDEX:FD", help=argparse.SUPPRESS)
+    return p
+
+
+def _new_loop():
+    if os.environ.get("ANYCAST_PROXY_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop  # optional: faster loop when installed
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+def _load(path):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{PROG}: config error in {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.check_config:
+        config = _load(args.check_config)
+        if config is None:
+            return 2
+        print(f"{args.check_config}: OK ({len(config.routes)} routes, {len(config.listen)} listeners, "
+              f"{config.workers} workers)")
+        return 0
+    if not args.config:
+        _parser().error("--config FILE is required (or --check-config FILE)")
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if args.self_test:
+        from .selftest import run_self_test
+        return run_self_test(config)
+
+    from .server import Log, ProxyServer, Supervisor
+    worker = None
+    tag = ""
+    if args.worker:
+        index, fd = (int(x) for x in args.worker.split(":"))
+        worker = (index, socket.socket(fileno=fd))
+        tag = f"worker {index}: "
+    log = Log(config.log_level, tag)
+    notifier = Notifier({} if worker else os.environ)
+    if worker is None and config.workers > 1:
+        runner = Supervisor(args.config, config, log, notifier)
+    else:
+        runner = ProxyServer(args.config, config, log, notifier, worker=worker)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(runner.run())
+    except PermissionError as exc:
+        log.error(str(exc))
+        return 1
+    except OSError as exc:
+        log.error(exc.strerror if exc.strerror else str(exc))
+        return 1
+    finally:
+        loop.close()

@@ -1,0 +1,48 @@
+"""systemd notification protocol (sd_notify) without libsystemd."""
+import os
+import socket
+
+
+class Notifier:
+    def __init__(self, environ=os.environ):
+        path = environ.get("NOTIFY_SOCKET")
+        self.address = None
+        if path:
+            # A leading '@' names an abstract socket.
+            self.address = "\0" + path[1:] if path.startswith("@") else path
+        self.watchdog_interval = None
+        usec = environ.get("WATCHDOG_USEC")
+        pid = environ.get("WATCHDOG_PID")
+        if usec and usec.isdigit() and (not pid or pid == str(os.getpid())):
+            # Ping at half the deadline, as sd_watchdog_enabled(3) advises.
+            self.watchdog_interval = int(usec) / 2e6
+
+    @property
+    def enabled(self):
+        return self.address is not None
+
+    def notify(self, *fields):
+        if self.address is None:
+            return False
+        message = "\n".join(fields).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message, self.address)
+            return True
+        except OSError:
+            return False
+
+    def ready(self, status="listening"):
+        return self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def reloading(self):
+        return self.notify("RELOADING=1")
+
+    def stopping(self):
+        return self.notify("STOPPING=1")
+
+    def status(self, text):
+        return self.notify(f"STATUS={text}")
+
+    def watchdog(self):
+        return self.notify("WATCHDOG=1")
