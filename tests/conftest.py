@@ -64,6 +64,9 @@ def link_pair(host_ns, peer_ns, host_if, peer_if, host_addrs, peer_addrs):
     helpers.nsexec(host_ns, ['ip', 'link', 'add', host_if, 'type', 'veth', 'peer', 'name', peer_if,
                              'netns', peer_ns])
     for ns, ifname, addrs in ((host_ns, host_if, host_addrs), (peer_ns, peer_if, peer_addrs)):
+        # no IPv6 link-local autoconfiguration: it lands asynchronously and
+        # would make before/after dumps of kernel state race with the kernel
+        helpers.nsexec(ns, ['ip', 'link', 'set', ifname, 'addrgenmode', 'none'])
         for addr in addrs:
             helpers.nsexec(ns, ['ip', 'addr', 'add', addr, 'dev', ifname, 'nodad'])
         helpers.nsexec(ns, ['ip', 'link', 'set', ifname, 'up'])

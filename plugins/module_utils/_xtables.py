@@ -140,10 +140,15 @@ class SavedRule(object):
 
 
 class TableState(object):
-    def __init__(self, family, table, chains):
+    def __init__(self, family, table, chains, policies=None):
         self.family = family
         self.table = table
         self.chains = chains    # name -> [SavedRule], built-in and user chains
+        self.policies = policies or {}  # built-in chain -> policy
+
+    def is_pristine(self):
+        """Only built-in chains, no rules, every policy ACCEPT: a table nobody uses."""
+        return all(not rules and self.policies.get(name) == 'ACCEPT' for name, rules in self.chains.items())
 
     def rules_jumping_to(self, chain):
         return [r for rules in self.chains.values() for r in rules if r.target == chain]
@@ -266,6 +271,8 @@ def sync_chains(driver, specs, check_mode):
             if leftover:
                 raise XtablesError('read-back after writing %s (IPv%d) does not match: still to do: %s'
                                    % (table, family, '; '.join(describe_ops(family, table, leftover))))
+            if not any(spec.present for spec in group) and state.is_pristine():
+                driver.drop_unused_table(family, table)
     return {
         'changed': changed,
         'actions': actions,
@@ -343,6 +350,7 @@ def _parse_rule_text(text):
 def parse_save(text, family, table):
     """Parse ``iptables-save -c -t TABLE`` output into a TableState."""
     chains = {}
+    policies = {}
     in_table = False
     for line in text.splitlines():
         if line.startswith('*'):
@@ -351,7 +359,10 @@ def parse_save(text, family, table):
         if not in_table:
             continue
         if line.startswith(':'):
-            chains.setdefault(line[1:].split()[0], [])
+            fields = line[1:].split()
+            chains.setdefault(fields[0], [])
+            if len(fields) > 1 and fields[1] != '-':
+                policies[fields[0]] = fields[1]
             continue
         packets = bytes_ = 0
         match = _COUNTERS.match(line)
@@ -363,7 +374,7 @@ def parse_save(text, family, table):
         _flag, chain, body = line.split(' ', 2) if line.count(' ') >= 2 else (line, line.split()[1], '')
         target, tag = _parse_rule_text(body)
         chains.setdefault(chain, []).append(SavedRule(chain, body, target, tag, packets, bytes_))
-    return TableState(family, table, chains)
+    return TableState(family, table, chains, policies)
 
 
 class IptablesCliDriver(object):
@@ -401,6 +412,14 @@ class IptablesCliDriver(object):
                 lines += ['-F %s' % chain, '-X %s' % chain]
         lines.append('COMMIT')
         return '\n'.join(lines) + '\n'
+
+    def drop_unused_table(self, family, table):
+        """iptables-nft creates a whole nftables table on first use; when we were
+        its only user, remove it so that state=absent leaves no trace."""
+        nft = self.module.get_bin_path('nft')
+        if self.variant != 'nf_tables' or not nft:
+            return
+        self.module.run_command([nft, 'delete', 'table', 'ip6' if family == 6 else 'ip', table])
 
     def apply(self, family, table, ops):
         restore = self._bin(family, '-restore')
@@ -626,6 +645,9 @@ def _iptc_apply(family, table, ops):
 
 class PythonIptablesDriver(object):
     name = 'python-iptables'
+
+    def drop_unused_table(self, family, table):
+        """Legacy tables always exist: nothing to remove."""
 
     def read(self, family, table):
         return _run_forked(_iptc_read, family, table)

@@ -1,0 +1,258 @@
+"""anyip_route + tproxy_rule, for real: traffic through namespaces, kernel state read back."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+from helpers import nsexec, ok, run_module, run_playbook
+
+NS_PREFIX = 'ae2'
+HERE = os.path.dirname(os.path.abspath(__file__))
+PREFIX4 = '192.0.2.0/24'
+PREFIX6 = '2001:db8:1::/64'
+LISTEN_PORT = 1234
+
+
+@pytest.fixture
+def edge(netns_factory, veth):
+    """An edge namespace and a client namespace joined by a veth pair.
+
+    The client routes the AnyIP prefixes to the edge; nothing else is set up.
+    """
+    edge_ns = netns_factory()
+    client_ns = netns_factory()
+    veth(edge_ns, client_ns, 'edge0', 'client0',
+         ['198.51.100.1/30', '2001:db8:ffff::1/64'], ['198.51.100.2/30', '2001:db8:ffff::2/64'])
+    nsexec(client_ns, ['ip', 'route', 'add', PREFIX4, 'via', '198.51.100.1'])
+    nsexec(client_ns, ['ip', '-6', 'route', 'add', PREFIX6, 'via', '2001:db8:ffff::1'])
+    return edge_ns, client_ns
+
+
+@pytest.fixture
+def listener(edge):
+    """The Spectrum write-up's IP_TRANSPARENT server on port 1234 in the edge namespace."""
+    proc = subprocess.Popen(['ip', 'netns', 'exec', edge[0], sys.executable,
+                             os.path.join(HERE, 'transparent_echo.py'), str(LISTEN_PORT)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def edge_tasks(ns, driver='auto'):
+    return [
+        {'anycast.edge.anyip_route': {'prefixes': [PREFIX4, PREFIX6], 'netns': ns}},
+        {'anycast.edge.tproxy_rule': {'netns': ns, 'driver': driver, 'rules': [
+            {'destination': PREFIX4, 'on_port': LISTEN_PORT},
+            {'destination': PREFIX6, 'on_port': LISTEN_PORT},
+        ]}},
+    ]
+
+
+def random_targets(count):
+    """(address, port) pairs on random addresses of both prefixes; ports 1 and 65535 included."""
+    rng = random.Random()
+    ports = [1, 65535] + rng.sample(range(2, 65535), count - 2)
+    targets = []
+    for index, port in enumerate(ports):
+        net = ipaddress.ip_network(PREFIX4 if index % 2 == 0 else PREFIX6)
+        host = net.network_address + rng.randrange(1, min(net.num_addresses - 1, 2 ** 32))
+        targets.append((str(host), port))
+    return targets
+
+
+def dial(client_ns, targets):
+    out = nsexec(client_ns, [sys.executable, os.path.join(HERE, 'dial.py'), json.dumps(targets)]).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize('variant', ['nf_tables', 'legacy'])
+def test_any_port_on_any_address_reaches_the_transparent_listener(edge, listener, variant):
+    edge_ns, client_ns = edge
+    env = {'PATH': helpers.legacy_host_path()} if variant == 'legacy' else None
+    results = run_playbook(edge_tasks(edge_ns), env=env)
+    for result in results:
+        ok(result)
+    assert results[1]['driver'] == ('python-iptables' if variant == 'legacy' else 'iptables')
+
+    targets = random_targets(24)
+    answers = dial(client_ns, targets)
+    for address, port, answer in answers:
+        assert answer == '%s %d' % (address, port), (address, port, answer)
+
+    # the rules sit in the variant the host uses, and only there
+    save = 'iptables-legacy-save' if variant == 'legacy' else 'iptables-save'
+    other = 'iptables-save' if variant == 'legacy' else 'iptables-legacy-save'
+    assert '-j TPROXY' in nsexec(edge_ns, [save, '-t', 'mangle']).stdout
+    assert 'ANYCAST-TPROXY' not in nsexec(edge_ns, [other, '-t', 'mangle']).stdout
+
+
+def test_without_rules_the_same_ports_are_refused(edge, listener):
+    """The control: with only the AnyIP route and no TPROXY rule, nothing listens on those ports."""
+    edge_ns, client_ns = edge
+    ok(run_playbook(edge_tasks(edge_ns)[:1])[0])
+    answers = dial(client_ns, random_targets(4))
+    assert all(answer.startswith('error') for _a, _p, answer in answers), answers
+
+
+def test_check_mode_diff_and_idempotence(edge):
+    edge_ns, _client = edge
+    namespaces = helpers.netns_list()
+    before = helpers.kernel_state(edge_ns)
+
+    checked = run_playbook(edge_tasks(edge_ns), check=True, diff=True)
+    assert [r['changed'] for r in checked] == [True, True]
+    assert helpers.kernel_state(edge_ns) == before
+    assert helpers.netns_list() == namespaces
+    assert '192.0.2.0/24' in checked[0]['diff']['after'] and checked[0]['diff']['before'] == ''
+    assert '-j TPROXY' in checked[1]['diff']['after']
+    assert checked[0]['added'] == [PREFIX4, PREFIX6]
+
+    applied = run_playbook(edge_tasks(edge_ns), diff=True)
+    assert [ok(r)['changed'] for r in applied] == [True, True]
+    assert applied[0]['added'] == checked[0]['added']
+    assert applied[1]['actions'] == checked[1]['actions']
+    routes = nsexec(edge_ns, ['ip', 'route', 'show', 'table', 'local', 'proto', '172']).stdout
+    assert 'local 192.0.2.0/24 dev lo scope host src 127.0.0.1' in routes
+    assert PREFIX6 in nsexec(edge_ns, ['ip', '-6', 'route', 'show', 'table', 'local', 'proto', '172']).stdout
+
+    settled = helpers.kernel_state(edge_ns)
+    again = run_playbook(edge_tasks(edge_ns), diff=True)
+    assert [ok(r)['changed'] for r in again] == [False, False]
+    assert helpers.kernel_state(edge_ns) == settled
+    checked_again = run_playbook(edge_tasks(edge_ns), check=True)
+    assert [r['changed'] for r in checked_again] == [False, False]
+
+
+def test_chain_drift_is_repaired(edge):
+    edge_ns, _client = edge
+    ok(run_playbook(edge_tasks(edge_ns))[1])
+    nsexec(edge_ns, ['iptables', '-t', 'mangle', '-I', 'ANYCAST-TPROXY', '-j', 'ACCEPT'])
+    nsexec(edge_ns, ['ip6tables', '-t', 'mangle', '-D', 'PREROUTING', '1'])
+    repaired = ok(run_playbook(edge_tasks(edge_ns))[1])
+    assert repaired['changed']
+    v4 = nsexec(edge_ns, ['iptables-save', '-t', 'mangle']).stdout
+    v6 = nsexec(edge_ns, ['ip6tables-save', '-t', 'mangle']).stdout
+    assert '-A ANYCAST-TPROXY -j ACCEPT' not in v4
+    assert v6.count('-j ANYCAST-TPROXY') == 1
+    assert ok(run_playbook(edge_tasks(edge_ns))[1])['changed'] is False
+
+
+def test_purge_removes_only_owned_routes_and_absent_leaves_nothing(edge):
+    edge_ns, _client = edge
+    nsexec(edge_ns, ['ip', 'route', 'add', 'local', '203.0.113.0/24', 'dev', 'lo'])
+    pristine = helpers.kernel_state(edge_ns)
+
+    for result in run_playbook(edge_tasks(edge_ns) + [
+            {'anycast.edge.anyip_route': {'prefixes': ['198.51.100.128/25'], 'netns': edge_ns}}]):
+        ok(result)
+    purged = ok(run_playbook([{'anycast.edge.anyip_route': {
+        'prefixes': [PREFIX4], 'purge': True, 'netns': edge_ns}}])[0])
+    assert sorted(purged['removed']) == sorted(['198.51.100.128/25', PREFIX6])
+    assert purged['prefixes'] == [PREFIX4]
+    local = nsexec(edge_ns, ['ip', 'route', 'show', 'table', 'local']).stdout
+    assert 'local 203.0.113.0/24 dev lo' in local          # added by hand: kept
+    assert '198.51.100.128/25' not in local
+
+    gone = run_playbook([
+        {'anycast.edge.anyip_route': {'prefixes': [PREFIX4, PREFIX6], 'state': 'absent', 'netns': edge_ns}},
+        {'anycast.edge.tproxy_rule': {'state': 'absent', 'netns': edge_ns}},
+    ])
+    assert [ok(r)['changed'] for r in gone] == [True, True]
+    assert helpers.kernel_state(edge_ns) == pristine
+    assert 'local 203.0.113.0/24 dev lo' in nsexec(edge_ns, ['ip', 'route', 'show', 'table', 'local']).stdout
+
+
+def test_hand_made_route_for_a_listed_prefix_is_adopted(edge):
+    edge_ns, _client = edge
+    nsexec(edge_ns, ['ip', 'route', 'add', 'local', PREFIX4, 'dev', 'lo'])
+    result = ok(run_module('anyip_route', {'prefixes': [PREFIX4], 'netns': edge_ns}))
+    assert result['adopted'] == [PREFIX4] and result['changed']
+    assert 'proto 172' in nsexec(edge_ns, ['ip', 'route', 'show', 'table', 'local', PREFIX4]).stdout
+    assert ok(run_module('anyip_route', {'prefixes': [PREFIX4], 'netns': edge_ns}))['changed'] is False
+
+
+def test_auto_driver_follows_the_host_variant(edge):
+    edge_ns, _client = edge
+    rules = {'rules': [{'destination': PREFIX4, 'on_port': LISTEN_PORT}], 'netns': edge_ns}
+    assert ok(run_module('tproxy_rule', rules, check=True))['driver'] == 'iptables'
+    legacy = {'PATH': helpers.legacy_host_path()}
+    assert ok(run_module('tproxy_rule', rules, check=True, env=legacy))['driver'] == 'python-iptables'
+    # iptables driver on a legacy host writes the legacy tables through the legacy CLI
+    result = ok(run_module('tproxy_rule', dict(rules, driver='iptables'), env=legacy))
+    assert result['driver'] == 'iptables' and result['changed']
+    assert 'ANYCAST-TPROXY' in nsexec(edge_ns, ['iptables-legacy-save', '-t', 'mangle']).stdout
+    assert 'ANYCAST-TPROXY' not in nsexec(edge_ns, ['iptables-save', '-t', 'mangle']).stdout
+    # both drivers see the same chain as settled
+    assert ok(run_module('tproxy_rule', dict(rules, driver='python-iptables'), env=legacy))['changed'] is False
+
+
+def test_python_iptables_driver_is_refused_on_an_nf_tables_host(edge):
+    edge_ns, _client = edge
+    before = helpers.kernel_state(edge_ns)
+    result = run_module('tproxy_rule', {'rules': [{'destination': PREFIX4, 'on_port': 1}],
+                                        'driver': 'python-iptables', 'netns': edge_ns})
+    assert result['failed'] and 'driver: python-iptables' in result['msg'] and 'nf_tables' in result['msg']
+    assert helpers.kernel_state(edge_ns) == before
+
+
+BAD_INPUT = [
+    ('anyip_route', {'prefixes': ['192.0.2.0/33']}, 'prefixes[0]', 'not a valid'),
+    ('anyip_route', {'prefixes': ['not-a-prefix']}, 'prefixes[0]', 'not a valid'),
+    ('anyip_route', {'prefixes': ['192.0.2.1/24']}, 'prefixes[0]', 'host bits'),
+    ('anyip_route', {'prefixes': ['2001:db8::1/64']}, 'prefixes[0]', 'host bits'),
+    ('anyip_route', {'prefixes': ['192.0.2.0/24', '192.0.2.0/24']}, 'prefixes[1]', 'also given'),
+    ('anyip_route', {'prefixes': ['192.0.2.0/24'], 'src': '::1'}, 'src', 'IPv6, expected IPv4'),
+    ('anyip_route', {'prefixes': ['192.0.2.0/24'], 'device': 'nosuchdevice0'}, 'device', 'does not exist'),
+    ('anyip_route', {'prefixes': ['192.0.2.0/24'], 'device': 'a-very-long-ifname'}, 'device', 'at most 15'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 0}]}, 'rules[0].on_port', 'out of range'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 65536}]}, 'rules[0].on_port', 'out of range'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'ports': 0}]}, 'rules[0].ports', 'out of range'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'ports': [80, 65536]}]},
+     'rules[0].ports[1]', 'out of range'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'ports': '90-80'}]},
+     'rules[0].ports', 'ends before'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24'}]}, 'on_port', 'missing required'),
+    ('tproxy_rule', {'rules': [{'destination': '2001:db8::/64', 'on_port': 1, 'on_ip': '127.0.0.1'}]},
+     'rules[0].on_ip', 'IPv4 but destination'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'on_ip': '::1'}]},
+     'rules[0].on_ip', 'IPv6 but destination'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.5/24', 'on_port': 1}]}, 'rules[0].destination', 'host bits'),
+    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'mark': '0x1/0x1/1'}]},
+     'rules[0].mark', 'not a mark'),
+    ('tproxy_rule', {'chain': 'A' * 29, 'rules': []}, 'chain', 'at most 28'),
+    ('tproxy_rule', {'chain': 'PREROUTING', 'rules': []}, 'chain', 'built-in'),
+]
+
+
+@pytest.mark.parametrize('module,args,param,problem', BAD_INPUT,
+                         ids=['%s-%s-%d' % (m, p, i) for i, (m, _a, p, _x) in enumerate(BAD_INPUT)])
+def test_bad_input_is_refused_naming_the_parameter(edge, module, args, param, problem):
+    edge_ns, _client = edge
+    before = helpers.kernel_state(edge_ns)
+    result = run_module(module, dict(args, netns=edge_ns))
+    assert result.get('failed'), result
+    assert param in result['msg'] and problem in result['msg'], result['msg']
+    assert helpers.kernel_state(edge_ns) == before
+
+
+@pytest.mark.parametrize('module', ['anyip_route', 'tproxy_rule'])
+@pytest.mark.parametrize('check', [False, True])
+def test_missing_namespace_is_an_error_and_is_never_created(module, check):
+    name = helpers.unique_name('ae2gone')
+    args = {'netns': name, 'prefixes': [PREFIX4]} if module == 'anyip_route' else \
+        {'netns': name, 'rules': [{'destination': PREFIX4, 'on_port': 1}]}
+    result = run_module(module, args, check=check)
+    assert result['failed'] and "netns: network namespace '%s' does not exist" % name in result['msg']
+    assert name not in helpers.netns_list()
