@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'proxy'))
 
+import helpers  # noqa: E402
 import support  # noqa: E402
 from support import (ORIGIN_V4, ORIGIN_V6, CLIENT_V4, CLIENT_V6, EDGE_ORIGIN_V4, metric,  # noqa: E402
                      talk, wait_for)
@@ -34,6 +35,15 @@ def random_v4():
 
 def random_port():
     return random.randint(1, 65535)
+
+
+def assert_reset(topo, address, port, timeout=5):
+    """The connection is reset: during the handshake or at the first read."""
+    sock = support.socket_in(topo.client)
+    sock.settimeout(timeout)
+    with sock, pytest.raises(ConnectionResetError):
+        sock.connect((address, port))
+        sock.recv(10)
 
 
 def base_config(**extra):
@@ -116,3 +126,406 @@ def test_random_ports_on_random_anyip_addresses(topo, start_proxy, origin):
     line = [l for l in proxy.logs().splitlines() if 'tcp closed' in l][0]
     for field in ('client=%s:' % CLIENT_V4, 'dst=192.0.2.', 'route=web', 'origin=%s:8080' % ORIGIN_V4):
         assert field in line
+
+
+@pytest.mark.parametrize('version', ['v1', 'v2'])
+def test_proxy_protocol_carries_client_and_dialled_destination(topo, start_proxy, origin, version):
+    origin(port=8081, proxy_protocol=version)
+    start_proxy(base_config(routes=[
+        {'name': 'pp', 'destination': '192.0.2.0/24', 'origin': '%s:8081' % ORIGIN_V4, 'proxy_protocol': version},
+    ]))
+    address, port = random_v4(), random_port()
+    with topo.connect(address, port) as sock:
+        client_port = sock.getsockname()[1]
+        greeting, echo = talk(sock, b'x' * 5000)
+    assert echo == b'x' * 5000
+    proxy_info = greeting['proxy']
+    assert (proxy_info['src'], proxy_info['sport']) == (CLIENT_V4, client_port)
+    assert (proxy_info['dst'], proxy_info['dport']) == (address, port)
+
+
+def test_ipv6_client_through_ipv6_listener_with_v2(topo, start_proxy, origin):
+    origin(address=ORIGIN_V6, port=8082, proxy_protocol='v2', family=socket.AF_INET6)
+    start_proxy(base_config(routes=[
+        {'name': 'v6', 'destination': '2001:db8:100::/64', 'origin': '[%s]:8082' % ORIGIN_V6, 'proxy_protocol': 'v2'},
+    ]))
+    address = '2001:db8:100::%x' % random.randint(1, 0xffff)
+    port = random_port()
+    with topo.connect(address, port, family=socket.AF_INET6) as sock:
+        client_port = sock.getsockname()[1]
+        greeting, echo = talk(sock, b'six')
+    assert echo == b'six'
+    assert greeting['proxy'] == {'src': CLIENT_V6, 'sport': client_port, 'dst': address, 'dport': port,
+                                 'transport': 'stream'}
+
+
+def test_origin_on_the_dialled_port(topo, start_proxy, origin):
+    origin(port=8443)
+    start_proxy(base_config(routes=[
+        {'name': 'same-port', 'destination': '192.0.2.0/24', 'ports': '8000-8999', 'origin': ORIGIN_V4},
+    ]))
+    with topo.connect(random_v4(), 8443) as sock:
+        greeting, echo = talk(sock)
+    assert greeting['local'] == [ORIGIN_V4, 8443] and echo == b'ping'
+
+
+def test_half_close_keeps_the_other_direction_open(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config())
+    with topo.connect(random_v4(), random_port()) as sock:
+        greeting, echo = talk(sock, b'a' * 100000)
+        sock.shutdown(socket.SHUT_WR)
+        # The origin answers only after it has seen our FIN: the return path must still be open.
+        rest = support.recv_until_eof(sock)
+    assert rest == b'bye 100000\n'
+    assert 'outcome=ok' in wait_for(lambda: 'tcp closed' in proxy.logs() and proxy.logs())
+
+
+def test_longest_prefix_then_narrowest_ports(topo, start_proxy, origin):
+    for port in (9001, 9002, 9003, 9004):
+        origin(port=port)
+    start_proxy(base_config(routes=[
+        {'name': 'wide', 'destination': '192.0.2.0/24', 'origin': '%s:9001' % ORIGIN_V4},
+        {'name': 'narrow-ports', 'destination': '192.0.2.0/24', 'ports': '8000-8100', 'origin': '%s:9002' % ORIGIN_V4},
+        {'name': 'one-port', 'destination': '192.0.2.0/24', 'ports': 8080, 'origin': '%s:9003' % ORIGIN_V4},
+        {'name': 'longer-prefix', 'destination': '192.0.2.128/25', 'origin': '%s:9004' % ORIGIN_V4},
+    ]))
+    cases = [('192.0.2.1', 22, 9001), ('192.0.2.1', 8001, 9002), ('192.0.2.1', 8080, 9003),
+             ('192.0.2.200', 8080, 9004), ('192.0.2.200', 22, 9004)]
+    for address, port, expected in cases:
+        with topo.connect(address, port) as sock:
+            greeting, _ = talk(sock)
+        assert greeting['local'][1] == expected, (address, port)
+
+
+def test_no_route_is_reset_and_counted(topo, start_proxy, origin):
+    proxy = start_proxy(base_config())
+    # 198.51.100.0/24 is steered to the proxy by the edge, but no route covers it.
+    assert_reset(topo, '198.51.100.7', 443)
+    samples = proxy.metrics()
+    assert metric(samples, 'anycast_proxy_refused_total', reason='no_route') == 1
+    assert 'outcome=no_route' in proxy.logs()
+
+
+@pytest.mark.parametrize('failure', ['refused', 'timeout'])
+def test_origin_down_resets_the_client(topo, start_proxy, origin, failure):
+    if failure == 'timeout':
+        # Origin silently drops SYNs: only the connect timeout can end the wait.
+        helpers.nsexec(topo.origin, ['iptables', '-A', 'INPUT', '-p', 'tcp', '--dport', '9999', '-j', 'DROP'])
+    try:
+        proxy = start_proxy(base_config(routes=[
+            {'name': 'down', 'destination': '192.0.2.0/24',
+             'origin': '%s:%d' % (ORIGIN_V4, 9999 if failure == 'timeout' else 9998), 'connect_timeout': 1},
+        ]))
+        assert_reset(topo, random_v4(), random_port(), timeout=10)  # far beyond the 1 s connect timeout
+        samples = proxy.metrics()
+        assert metric(samples, 'anycast_proxy_origin_connect_errors_total', route='down', error=failure) == 1
+        assert 'outcome=connect_%s' % failure in proxy.logs()
+    finally:
+        if failure == 'timeout':
+            helpers.nsexec(topo.origin, ['iptables', '-F', 'INPUT'])
+
+
+def test_idle_timeout_closes_idle_connections(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config(defaults={'idle_timeout': 1}))
+    with topo.connect(random_v4(), random_port(), timeout=10) as sock:
+        talk(sock)
+        # Idle now: the proxy closes both sides; we see the end of the stream.
+        assert support.recv_until_eof(sock) == b''
+    assert 'outcome=idle_timeout' in proxy.logs()
+    assert metric(proxy.metrics(), 'anycast_proxy_active_connections', route='web') == 0
+
+
+def test_max_connections_refuses_the_next_and_counts_it(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config(routes=[
+        {'name': 'web', 'destination': '192.0.2.0/24', 'origin': '%s:8080' % ORIGIN_V4, 'max_connections': 3},
+    ]))
+    held = [topo.connect(random_v4(), random_port()) for _ in range(3)]
+    try:
+        for sock in held:
+            talk(sock)
+        assert_reset(topo, random_v4(), random_port())
+        samples = proxy.metrics()
+        assert metric(samples, 'anycast_proxy_refused_total', reason='max_connections') == 1
+        assert metric(samples, 'anycast_proxy_active_connections', route='web') == 3
+        assert metric(samples, 'anycast_proxy_connections_total', route='web') == 4
+        # The held ones still work.
+        held[0].sendall(b'still')
+        assert support.read_exact(held[0], 5) == b'still'
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_per_source_limit(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config(max_connections_per_source=2))
+    held = [topo.connect(random_v4(), random_port()) for _ in range(2)]
+    try:
+        for sock in held:
+            talk(sock)
+        assert_reset(topo, random_v4(), random_port())
+        assert metric(proxy.metrics(), 'anycast_proxy_refused_total', reason='source_limit') == 1
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_sighup_with_200_open_connections_drops_none(topo, start_proxy, origin):
+    origin(port=8080)
+    origin(port=8090)
+    config = base_config()
+    proxy = start_proxy(config)
+    socks = []
+    try:
+        for i in range(200):
+            sock = topo.connect(random_v4(), random_port())
+            socks.append(sock)
+            talk(sock, b'%d' % i)
+        # New config: an extra route; the existing route is unchanged.
+        config['routes'].append({'name': 'new', 'destination': '192.0.2.0/25', 'ports': '7000',
+                                 'origin': '%s:8090' % ORIGIN_V4})
+        proxy.write_config(config)
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_message('RELOADING=1')
+        proxy.wait_ready()
+        assert metric(proxy.metrics(), 'anycast_proxy_config_reloads_total') == 1
+        for i, sock in enumerate(socks):
+            sock.sendall(b'after %d' % i)
+            assert support.read_exact(sock, len(b'after %d' % i)) == b'after %d' % i
+        with topo.connect('192.0.2.5', 7000) as sock:
+            greeting, _ = talk(sock)
+        assert greeting['local'][1] == 8090
+        samples = proxy.metrics()
+        assert metric(samples, 'anycast_proxy_active_connections', route='web') == 200
+        # Only the probe on the new route has ended so far.
+        assert proxy.logs().count('tcp closed') <= 1 and 'route=web' not in proxy.logs().split('reloaded')[1]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_sighup_with_a_broken_config_keeps_running(topo, start_proxy, origin):
+    origin(port=8080)
+    config = base_config()
+    proxy = start_proxy(config)
+    with open(proxy.config_path, 'w') as fh:
+        fh.write('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.2.2:8080", "ports": "99999"}]}')
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_ready()
+    assert 'routes[0].ports' in proxy.logs()
+    assert metric(proxy.metrics(), 'anycast_proxy_config_reload_failures_total') == 1
+    with topo.connect(random_v4(), random_port()) as sock:
+        assert talk(sock)[1] == b'ping'
+
+
+def test_metrics_agree_with_the_traffic(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config())
+    sizes = [random.randint(1, 300000) for _ in range(8)]
+    expected_out = 0
+    for size in sizes:
+        with topo.connect(random_v4(), random_port()) as sock:
+            greeting, echo = talk(sock, os.urandom(size))
+            assert len(echo) == size
+            sock.shutdown(socket.SHUT_WR)
+            rest = support.recv_until_eof(sock)
+            expected_out += len(json.dumps(greeting)) + 1 + size + len(rest)
+    wait_for(lambda: proxy.logs().count('tcp closed') == len(sizes))
+    samples = proxy.metrics()
+    assert metric(samples, 'anycast_proxy_connections_total', route='web') == len(sizes)
+    assert metric(samples, 'anycast_proxy_active_connections', route='web') == 0
+    assert metric(samples, 'anycast_proxy_bytes_total', route='web', direction='client_to_origin') == sum(sizes)
+    assert metric(samples, 'anycast_proxy_bytes_total', route='web', direction='origin_to_client') == expected_out
+    assert metric(samples, 'anycast_proxy_origin_connect_seconds_count', route='web') == len(sizes)
+    assert metric(samples, 'anycast_proxy_origin_connect_seconds_bucket', route='web', le='+Inf') == len(sizes)
+
+
+@pytest.mark.parametrize('proxy_protocol', ['none', 'v2'])
+def test_udp_round_trip_to_a_random_port(topo, start_proxy, origin, proxy_protocol):
+    origin(cls=support.UdpOrigin, port=5353, proxy_protocol=proxy_protocol)
+    proxy = start_proxy(base_config(routes=[
+        {'name': 'dns', 'destination': '192.0.2.0/24', 'protocol': 'udp', 'origin': '%s:5353' % ORIGIN_V4,
+         'proxy_protocol': proxy_protocol, 'idle_timeout': 1},
+    ]))
+    address, port = random_v4(), random_port()
+    sock = support.socket_in(topo.client, type=socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    with sock:
+        sock.bind((CLIENT_V4, 0))
+        for i in range(3):
+            sock.sendto(b'query %d' % i, (address, port))
+            data, sender = sock.recvfrom(65535)
+            # The reply comes from the address and port the client dialled.
+            assert sender == (address, port)
+            info = json.loads(data)
+            assert info['payload'] == 'query %d' % i
+            assert info['peer'][0] == EDGE_ORIGIN_V4
+            if proxy_protocol == 'v2':
+                assert info['proxy'] == {'src': CLIENT_V4, 'sport': sock.getsockname()[1], 'dst': address,
+                                         'dport': port, 'transport': 'dgram'}
+        samples = proxy.metrics()
+        assert metric(samples, 'anycast_proxy_connections_total', route='dns') == 1
+        assert metric(samples, 'anycast_proxy_bytes_total', route='dns', direction='client_to_origin') == 3 * 7
+        # The flow expires after its idle timeout.
+        wait_for(lambda: metric(proxy.metrics(), 'anycast_proxy_active_connections', route='dns') == 0,
+                 what='the UDP flow to expire')
+    assert 'udp closed' in proxy.logs() and 'outcome=idle_timeout' in proxy.logs()
+
+
+def test_sigterm_stops_accepting_and_drains(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config(drain_timeout=30))
+    sock = topo.connect(random_v4(), random_port())
+    with sock:
+        talk(sock)
+        proxy.signal(signal.SIGTERM)
+        proxy.wait_message('STOPPING=1')
+        # No listener any more: TPROXY finds no socket and drops the SYN.
+        late = support.socket_in(topo.client)
+        late.settimeout(1)
+        with late, pytest.raises((socket.timeout, ConnectionRefusedError)):
+            late.connect((random_v4(), random_port()))
+        # The established one still works until we close it.
+        sock.sendall(b'draining')
+        assert support.read_exact(sock, 8) == b'draining'
+        assert proxy.proc.poll() is None
+        sock.shutdown(socket.SHUT_WR)
+        assert support.recv_until_eof(sock) == b'bye 12\n'
+    assert proxy.proc.wait(10) == 0
+
+
+def test_workers_share_the_listeners(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config(workers=2))
+    for _ in range(20):
+        with topo.connect(random_v4(), random_port()) as sock:
+            assert talk(sock)[1] == b'ping'
+    pids = set()
+    for line in proxy.logs().splitlines():
+        if 'started (pid' in line:
+            pids.add(line.split('(pid ')[1].split(')')[0])
+    assert len(pids) == 2, proxy.logs()
+    wait_for(lambda: proxy.logs().count('tcp closed') == 20)
+    assert metric(proxy.metrics(), 'anycast_proxy_connections_total', route='web') == 20
+    proxy.signal(signal.SIGTERM)
+    assert proxy.proc.wait(15) == 0
+
+
+def test_runs_as_unprivileged_user_with_only_cap_net_admin(topo, start_proxy, origin):
+    origin(port=8080, proxy_protocol='v2')
+    user_cmd = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
+                '--inh-caps=-all,+net_admin', '--ambient-caps=-all,+net_admin', '--bounding-set=-all,+net_admin']
+    proxy = start_proxy(base_config(routes=[
+        {'name': 'web', 'destination': '192.0.2.0/24', 'origin': '%s:8080' % ORIGIN_V4, 'proxy_protocol': 'v2'},
+    ]), user_cmd=user_cmd)
+    with topo.connect(random_v4(), random_port()) as sock:
+        greeting, echo = talk(sock)
+    assert echo == b'ping' and greeting['proxy']['src'] == CLIENT_V4
+    # ip netns exec -> setpriv -> python: one process, exec'd in turn.
+    status = open('/proc/%d/status' % proxy.proc.pid).read()
+    fields = dict(line.split(':\t', 1) for line in status.splitlines() if ':\t' in line)
+    assert fields['Uid'].split()[:2] == ['65534', '65534']
+    assert int(fields['CapEff'], 16) == 1 << 12   # CAP_NET_ADMIN and nothing else
+
+
+def test_without_cap_net_admin_it_says_so(topo):
+    workdir = support.workdir()
+    path = os.path.join(workdir, 'config.json')
+    with open(path, 'w') as fh:
+        json.dump(base_config(), fh)
+    os.chmod(path, 0o644)
+    proc = helpers.nsexec(topo.edge, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
+                                      '--inh-caps=-all', '--bounding-set=-all',
+                                      support.SYSTEM_PYTHON, support.PROXY_PKG, '--config', path], check=False)
+    shutil.rmtree(workdir)
+    assert proc.returncode == 1
+    assert 'IP_TRANSPARENT' in proc.stderr and 'CAP_NET_ADMIN' in proc.stderr
+
+
+def test_self_test_reads_the_edge(topo, tmp_path):
+    good = tmp_path / 'good.json'
+    good.write_text(json.dumps(base_config(routes=[
+        {'destination': '192.0.2.0/24', 'origin': '%s:80' % ORIGIN_V4},
+        {'destination': '192.0.2.0/24', 'protocol': 'udp', 'origin': '%s:53' % ORIGIN_V4},
+        {'destination': '2001:db8:100::/64', 'origin': '[%s]:80' % ORIGIN_V6},
+    ])))
+    proc = helpers.nsexec(topo.edge, [support.SYSTEM_PYTHON, support.PROXY_PKG, '--self-test',
+                                      '--config', str(good)], check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert 'self-test: OK' in proc.stdout and 'ANYCAST-TPROXY' in proc.stdout
+
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(base_config(listen=['127.0.0.1:4321'], routes=[
+        {'destination': '203.0.113.0/24', 'origin': '%s:80' % ORIGIN_V4},
+        {'destination': '192.0.2.0/24', 'origin': '%s:80' % ORIGIN_V4},
+    ])))
+    proc = helpers.nsexec(topo.edge, [support.SYSTEM_PYTHON, support.PROXY_PKG, '--self-test',
+                                      '--config', str(bad)], check=False)
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert 'MISSING: AnyIP route for 203.0.113.0/24' in out
+    # 192.0.2.0/24 is steered, but to port 1234, not to this config's listener on 4321.
+    assert 'MISSING: TPROXY for tcp 192.0.2.0/24' in out and '127.0.0.1:4321' in out
+    assert '2 prerequisite(s) missing' in out
+
+
+def test_watchdog_pings(topo, start_proxy, origin):
+    proxy = start_proxy(base_config(), env={'WATCHDOG_USEC': '200000'})
+    proxy.wait_message('WATCHDOG=1', timeout=5)
+    proxy.wait_message('WATCHDOG=1', timeout=5)
+
+
+BAD_CONFIGS = [
+    ('{"routes": []', 'not valid JSON'),
+    ('[]', '(top level)'),
+    ('{"routes": [], "lissten": []}', 'lissten: unknown key'),
+    ('{}', 'routes: required key is missing'),
+    ('{"listen": ["1.2.3.4"], "routes": []}', 'listen[0]: \'1.2.3.4\': a port is required'),
+    ('{"listen": ["::1:80"], "routes": []}', 'listen[0]: \'::1:80\': write IPv6 addresses in brackets'),
+    ('{"routes": [{"origin": "10.0.0.1"}]}', 'routes[0].destination: required key is missing'),
+    ('{"routes": [{"destination": "192.0.2.1/24", "origin": "10.0.0.1"}]}', 'routes[0].destination: \'192.0.2.1/24\''),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "ports": "90-80"}]}',
+     'routes[0].ports: \'90-80\': the range ends before it starts'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "ports": "0"}]}', 'routes[0].ports'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1:99999"}]}', 'routes[0].origin'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "proxy_protocol": "v3"}]}',
+     'routes[0].proxy_protocol: expected one of'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "protocol": "udp", "proxy_protocol": "v1"}]}',
+     'routes[0].proxy_protocol: PROXY protocol v1 cannot describe UDP'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "connect_timeout": 0}]}',
+     'routes[0].connect_timeout: must be greater than 0'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "idle_timeout": "5"}]}',
+     'routes[0].idle_timeout: expected a number of seconds'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "max_connections": -1}]}',
+     'routes[0].max_connections: must be at least 0'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1", "colour": "red"}]}',
+     'routes[0].colour: unknown key'),
+    ('{"routes": [{"destination": "192.0.2.0/24", "origin": "10.0.0.1"}, {"destination": "192.0.2.0/24", "origin": "10.0.0.2"}]}',
+     'routes[1].destination: routes[0] already covers'),
+    ('{"routes": [], "workers": 0}', 'workers: must be at least 1'),
+    ('{"routes": [], "metrics": "localhost:9100"}', 'metrics: \'localhost:9100\': listeners need an IP address'),
+    ('{"routes": [], "max_connections_per_source": true}', 'max_connections_per_source: expected an integer'),
+    ('{"routes": [], "defaults": {"origin": "10.0.0.1"}}', 'defaults.origin: not a key routes can inherit'),
+]
+
+
+@pytest.mark.parametrize('text,message', BAD_CONFIGS)
+def test_malformed_configs_are_explained(tmp_path, text, message):
+    path = tmp_path / 'config.json'
+    path.write_text(text)
+    proc = subprocess.run([support.SYSTEM_PYTHON, support.PROXY_PKG, '--check-config', str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr
+    assert proc.stderr.startswith('anycast-proxy: config error in %s: ' % path)
+
+
+def test_a_good_config_checks_ok(tmp_path):
+    path = tmp_path / 'config.json'
+    path.write_text(json.dumps(base_config()))
+    proc = subprocess.run([support.SYSTEM_PYTHON, support.PROXY_PKG, '--check-config', str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and 'OK (1 routes' in proc.stdout

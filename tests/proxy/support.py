@@ -239,6 +239,7 @@ class UdpOrigin(object):
         self.sock = socket_in(ns, family, socket.SOCK_DGRAM)
         self.sock.bind((address, port))
         self.proxy_protocol = proxy_protocol
+        self.closing = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -247,6 +248,8 @@ class UdpOrigin(object):
             try:
                 data, peer = self.sock.recvfrom(65535)
             except OSError:
+                return
+            if self.closing:
                 return
             info = {'peer': list(peer[:2])}
             if self.proxy_protocol == 'v2':
@@ -259,6 +262,12 @@ class UdpOrigin(object):
                 pass
 
     def close(self):
+        self.closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recvfrom
+        except OSError:
+            pass
+        self.thread.join(5)
         self.sock.close()
 
 

@@ -300,14 +300,14 @@ def parse_config(data, source="<config>"):
     routes = [parse_route(r, i, defaults) for i, r in enumerate(routes_raw)]
     seen = {}
     for r in routes:
-        if r.name in seen:
-            raise ConfigError(f"routes[{r.index}].name", f"{r.name!r} is also the name of routes[{seen[r.name]}]")
-        seen[r.name] = r.index
         same = [o for o in routes[:r.index]
                 if (o.network, o.port_lo, o.port_hi, o.protocol) == (r.network, r.port_lo, r.port_hi, r.protocol)]
         if same:
             raise ConfigError(f"routes[{r.index}].destination",
                               f"routes[{same[0].index}] already covers {r.network} ports {r.port_lo}-{r.port_hi}/{r.protocol}")
+        if r.name in seen:
+            raise ConfigError(f"routes[{r.index}].name", f"{r.name!r} is also the name of routes[{seen[r.name]}]")
+        seen[r.name] = r.index
 
     workers = _number(data.get("workers", 1), "workers", 1, integer=True)
     if workers > 64:
