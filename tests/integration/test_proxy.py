@@ -469,7 +469,7 @@ def test_self_test_reads_the_edge(topo, tmp_path):
     assert 'MISSING: AnyIP route for 203.0.113.0/24' in out
     # 192.0.2.0/24 is steered, but to port 1234, not to this config's listener on 4321.
     assert 'MISSING: TPROXY for tcp 192.0.2.0/24' in out and '127.0.0.1:4321' in out
-    assert '2 prerequisite(s) missing' in out
+    assert 'MISSING: TPROXY for tcp 203.0.113.0/24' in out and '3 prerequisite(s) missing' in out
 
 
 def test_watchdog_pings(topo, start_proxy, origin):
