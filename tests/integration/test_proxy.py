@@ -6,6 +6,7 @@ client dials addresses of the AnyIP prefixes and talks to origins through it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -13,7 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import struct
 import sys
+import threading
 import time
 
 import pytest
@@ -179,6 +182,71 @@ def test_half_close_keeps_the_other_direction_open(topo, start_proxy, origin):
         rest = support.recv_until_eof(sock)
     assert rest == b'bye 100000\n'
     assert 'outcome=ok' in wait_for(lambda: 'tcp closed' in proxy.logs() and proxy.logs())
+
+
+def test_resets_propagate_both_ways(topo, start_proxy, origin):
+    server = origin(port=8080)
+    proxy = start_proxy(base_config())
+    # Client resets -> the origin gets a reset.
+    sock = topo.connect(random_v4(), random_port())
+    talk(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    sock.close()
+    wait_for(lambda: 'got reset' in server.events, what='the origin to see the reset')
+    # Origin resets -> the client gets a reset.
+    with topo.connect(random_v4(), random_port()) as sock:
+        talk(sock)
+        sock.sendall(b'RST\n')
+        with pytest.raises(ConnectionResetError):
+            support.recv_until_eof(sock)
+    logs = wait_for(lambda: proxy.logs().count('tcp closed') == 2 and proxy.logs())
+    assert 'outcome=client_econnreset' in logs and 'outcome=origin_econnreset' in logs
+
+
+def test_bulk_transfer_is_exact_and_spliced(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config())
+    payload = os.urandom(24 << 20)
+    with topo.connect(random_v4(), random_port(), timeout=30) as sock:
+        json.loads(support.recv_line(sock))
+        received = []
+
+        def reader():
+            received.append(support.recv_until_eof(sock))
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        thread.join(60)
+    assert hashlib.sha256(received[0]).hexdigest() == hashlib.sha256(payload + b'bye %d\n' % len(payload)).hexdigest()
+    # Both directions moved to splice() once they saw full buffers.
+    assert 'splice=11' in wait_for(lambda: 'tcp closed' in proxy.logs() and proxy.logs())
+
+
+def test_backpressure_bounds_what_the_proxy_takes(topo, start_proxy, origin):
+    server = origin(port=8080)
+    proxy = start_proxy(base_config())
+    with topo.connect(random_v4(), random_port()) as sock:
+        talk(sock)
+        server.stall = True
+        sock.setblocking(False)
+        chunk, sent, stuck_since = b'z' * 65536, 0, None
+        while sent < (256 << 20):
+            try:
+                sent += sock.send(chunk)
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 1.0:
+                    break
+                time.sleep(0.01)
+        # Socket buffers on the way hold a few MiB; an unbounded proxy would have taken all 256 MiB.
+        assert sent < (64 << 20), sent
+        server.stall = False
+    status = open('/proc/%d/status' % proxy.proc.pid).read()
+    rss_kib = int([l for l in status.splitlines() if l.startswith('VmRSS')][0].split()[1])
+    assert rss_kib < 64 * 1024
 
 
 def test_longest_prefix_then_narrowest_ports(topo, start_proxy, origin):

@@ -109,23 +109,6 @@ def setup_edge(edge, prefixes=(ANYIP_V4, ANYIP_V4_UNROUTED, ANYIP_V6), port=LIST
     return results
 
 
-def setup_edge_by_hand(edge, prefixes=(ANYIP_V4, ANYIP_V4_UNROUTED, ANYIP_V6), port=LISTEN_PORT):
-    """The same edge with plain ip/iptables commands (the seed's recipe)."""
-    for tool in ('iptables', 'ip6tables'):
-        helpers.nsexec(edge, [tool, '-t', 'mangle', '-N', 'ANYCAST-TPROXY'])
-        helpers.nsexec(edge, [tool, '-t', 'mangle', '-A', 'PREROUTING', '-j', 'ANYCAST-TPROXY'])
-    for prefix in prefixes:
-        v6 = ':' in prefix
-        route = ['ip', '-6' if v6 else '-4', 'route', 'add', 'local', prefix, 'dev', 'lo', 'proto', '172']
-        if not v6:
-            route += ['src', '127.0.0.1']
-        helpers.nsexec(edge, route)
-        for proto in ('tcp', 'udp'):
-            helpers.nsexec(edge, ['ip6tables' if v6 else 'iptables', '-t', 'mangle', '-A', 'ANYCAST-TPROXY',
-                                  '-d', prefix, '-p', proto, '-j', 'TPROXY', '--on-port', str(port),
-                                  '--on-ip', '::1' if v6 else '127.0.0.1'])
-
-
 # -- PROXY protocol (parsed independently of the proxy's own code) ------------
 V2_SIG = b'\r\n\r\n\x00\r\nQUIT\n'
 
@@ -179,7 +162,9 @@ class TcpOrigin(object):
 
     Per connection: optionally reads a PROXY header, sends one JSON line
     describing what it saw, echoes everything, and after the client's FIN
-    sends `bye <byte count>` and closes (proves half-close).
+    sends `bye <byte count>` and closes (proves half-close). A chunk
+    `RST\\n` makes it reset the connection; `events` records how each
+    connection ended.
     """
 
     def __init__(self, ns, address=ORIGIN_V4, port=8080, proxy_protocol=None, family=socket.AF_INET):
@@ -190,6 +175,8 @@ class TcpOrigin(object):
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.seen = []
+        self.events = []
+        self.stall = False     # stop reading: the client's data backs up
         self.closing = False
         self.threads = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -214,14 +201,24 @@ class TcpOrigin(object):
                 conn.sendall(json.dumps(info).encode() + b'\n')
                 total = 0
                 while True:
+                    if self.stall:
+                        time.sleep(0.05)
+                        continue
                     data = conn.recv(65536)
                     if not data:
                         break
+                    if data == b'RST\n':
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                        self.events.append('sent reset')
+                        return
                     total += len(data)
                     conn.sendall(data)
                 conn.sendall(b'bye %d\n' % total)
+                self.events.append('closed')
+            except ConnectionResetError:
+                self.events.append('got reset')
             except (OSError, EOFError, AssertionError):
-                pass
+                self.events.append('error')
 
     def close(self):
         self.closing = True
