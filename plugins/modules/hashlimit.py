@@ -1,0 +1,333 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: anycast.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: hashlimit
+short_description: Rate-limit new connections per source address in the kernel (iptables hashlimit)
+version_added: "0.1.0"
+description:
+  - Owns one chain in the C(filter) table (default C(RATE-LIMIT)) and the jump into it from C(INPUT), for
+    IPv4 and IPv6. By default it is the chain of the Pusher write-up; new connections
+    (C(-m conntrack --ctstate NEW)) jump to C(RATE-LIMIT), where
+    C(-m hashlimit --hashlimit-mode srcip --hashlimit-upto 50/sec --hashlimit-burst 20 --hashlimit-name conn_rate_limit)
+    accepts, a C(LOG) sampled by C(-m limit --limit 1/sec) records what is refused, and C(REJECT) refuses the rest.
+  - Each source (or each O(srcmask) prefix) has its own bucket of O(burst) credits refilled at O(rate); a new
+    connection that finds its bucket empty is logged (sampled) and refused.
+  - The scope (O(protocol), O(ports), O(destinations)) sits on the jump rule, so other traffic never enters the
+    chain. O(exempt) sources are accepted before the hashlimit rule and never touch a bucket.
+  - O(match=syn) limits TCP SYNs statelessly (C(-p tcp --syn)) instead of conntrack NEW, for hosts that keep
+    conntrack off their AnyIP prefixes. The module then also owns a chain of the same name in the C(raw) table
+    that marks the scope C(-j CT --notrack), jumped to from C(PREROUTING) (packets to the scope) and from
+    C(OUTPUT) (their replies, by source address and port). Untracked packets never match C(--ctstate ESTABLISHED),
+    so a host firewall that relies on conntrack for the same ports must allow them otherwise; with neither
+    O(ports) nor O(destinations) every TCP packet of the host is untracked.
+  - The hashlimit table is always created with explicit O(htable_size), O(htable_max), O(htable_expire) and
+    O(htable_gcinterval). The kernel shares a table by name and keeps a live table's old settings when its rule is
+    replaced; so when the hashlimit rule changes while its table exists, the chain is first emptied (for a few
+    milliseconds new connections are not limited), which frees the table, and then written.
+  - Every rule carries a comment C(anycast.edge <digest>); the chains are compared by those digests, rewritten in
+    one transaction per table when they differ, and read back.
+  - The result reports per-rule packet and byte counters, how full the hashlimit tables and conntrack are, and
+    warns when a table is more than 80% full.
+author:
+  - anycast.edge contributors
+requirements:
+  - iptables on the managed host
+  - python-iptables on legacy-iptables hosts for O(driver=python-iptables)
+options:
+  name:
+    description:
+      - Name of the hashlimit table (C(/proc/net/ipt_hashlimit/NAME), C(/proc/net/ip6t_hashlimit/NAME)); at most
+        254 characters. Tables are shared by name, so give each chain its own.
+    type: str
+    default: conn_rate_limit
+  chain:
+    description: Name of the chain the module owns (at most 28 characters).
+    type: str
+    default: RATE-LIMIT
+  rate:
+    description:
+      - Credits per source and time unit, C(COUNT/UNIT) with unit C(sec), C(min), C(hour) or C(day) (C(50/sec),
+        C(3000/min)). Written as C(--hashlimit-upto).
+    type: str
+    default: 50/sec
+  burst:
+    description: Size of each bucket, also its initial fill (1-10000).
+    type: int
+    default: 20
+  mode:
+    description: What a bucket is kept for; any of V(srcip), V(srcport), V(dstip), V(dstport).
+    type: list
+    elements: str
+    default: [srcip]
+  srcmask:
+    description:
+      - Group sources by prefix instead of address (C(24) limits each /24 as one). An integer applies to every
+        configured family and must fit IPv4 when IPv4 is configured; a dictionary C({ipv4: 24, ipv6: 64}) sets each
+        family.
+    type: raw
+  dstmask:
+    description: Like O(srcmask), for destination addresses (used with O(mode=dstip)).
+    type: raw
+  match:
+    description:
+      - V(new) limits connections conntrack sees as new (C(--ctstate NEW), the write-up's way, any protocol).
+      - V(syn) limits TCP SYNs without conntrack and marks the scope untracked in the C(raw) table.
+    type: str
+    choices: [new, syn]
+    default: new
+  protocol:
+    description:
+      - Protocol of the limited traffic. Omitted means all protocols for O(match=new) and C(tcp) for O(match=syn).
+    type: str
+    choices: [all, tcp, udp]
+  ports:
+    description:
+      - Destination ports of the limited traffic (needs O(protocol) C(tcp) or C(udp)). A port, a range
+        (C("8000-8100")) or a list of them, at most 15 multiport slots (a range takes two). Omitted means all.
+    type: raw
+  destinations:
+    description:
+      - Destination prefixes of the limited traffic, at most one IPv4 and one IPv6 prefix. When given, only the
+        families that have a destination get a chain. Omitted means every local address.
+    type: list
+    elements: str
+  exempt:
+    description: Source prefixes that are never limited (accepted before the hashlimit rule).
+    type: list
+    elements: str
+    default: []
+  log:
+    description:
+      - Log refused connections, sampled. V(false) disables the LOG rule; V(true) or a dictionary with C(rate)
+        (default C(1/sec)) and C(prefix) (default C("IPTables-Rejected: "), at most 29 characters).
+    type: raw
+    default: true
+  action:
+    description:
+      - What happens to connections over the limit. V(reject) sends a TCP reset to TCP and ICMP port unreachable to
+        everything else (a reset only exists for TCP); V(reject-icmp) sends port unreachable to all; V(drop) drops
+        silently.
+    type: str
+    choices: [reject, reject-icmp, drop]
+    default: reject
+  htable_max:
+    description:
+      - Most entries (buckets of sources) the hashlimit table holds, up to 1048576. When it is full, packets from
+        sources without an entry are dropped before any later rule (no REJECT, no LOG), so keep it well above the
+        number of distinct sources seen within O(htable_expire).
+    type: int
+    default: 65536
+  htable_size:
+    description: Number of hash buckets; defaults to O(htable_max)/4 and may not exceed it.
+    type: int
+  htable_expire:
+    description:
+      - Milliseconds after which an idle entry is removed. Defaults to the kernel's default, 1000 ms per second of
+        the rate's unit (1000 for C(/sec), 60000 for C(/min)).
+    type: int
+  htable_gcinterval:
+    description: Milliseconds between garbage collection runs of the table.
+    type: int
+    default: 1000
+  family:
+    description: Address families to configure.
+    type: str
+    choices: [ipv4, ipv6, both]
+    default: both
+  ssh_guard:
+    description:
+      - Lockout safety. When the module runs under SSH (C(SSH_CONNECTION) is set) and the scope covers that
+        connection's server address and port without exempting its client, V(fail) (the default) fails before
+        changing anything, naming the client to add to O(exempt); V(exempt) adds the client's address to the exempt
+        rules by itself (returned as RV(ssh_exempt); it changes with the controller's address); V(ignore) does
+        neither. The check also applies with O(netns), since the module cannot tell which namespace the SSH session
+        arrived in.
+    type: str
+    choices: [fail, exempt, ignore]
+    default: fail
+  state:
+    description: V(absent) removes the chains (filter and raw) and the jumps into them, for both families.
+    type: str
+    choices: [present, absent]
+    default: present
+  driver:
+    description:
+      - How rules are written. V(iptables) uses the host's C(iptables-save)/C(iptables-restore --noflush --wait)
+        and follows the host's variant (nf_tables or legacy). V(python-iptables) uses libiptc and works only on
+        hosts whose iptables is the legacy variant; it writes exactly the rules the CLI writes. V(auto) picks
+        V(python-iptables) on legacy hosts that have the library and V(iptables) otherwise.
+    type: str
+    choices: [auto, python-iptables, iptables]
+    default: auto
+  netns:
+    description: Network namespace to work in instead of the host's; it must exist and is never created.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Predicts exactly what would change; changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the chains and their jumps before and after, in iptables-save syntax.
+notes:
+  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)).
+  - Size conntrack for the expected number of connections with M(anycast.edge.conntrack_sizing); with
+    O(match=new) a full conntrack table drops new connections before this chain sees them.
+seealso:
+  - module: anycast.edge.conntrack_sizing
+'''
+
+EXAMPLES = r'''
+- name: The write-up's chain, SSH from the admin network never limited
+  anycast.edge.hashlimit:
+    exempt: [192.0.2.0/28, "2001:db8:a::/64"]
+
+- name: 10 new connections per second per /24 to the web ports of the AnyIP prefixes, stateless
+  anycast.edge.hashlimit:
+    name: web_syn
+    chain: WEB-LIMIT
+    match: syn
+    ports: [80, 443]
+    destinations: [198.51.100.0/24, "2001:db8:100::/48"]
+    rate: 10/sec
+    burst: 5
+    srcmask: {ipv4: 24, ipv6: 64}
+    htable_max: 262144
+    log: {rate: 5/min, prefix: "web-limit: "}
+
+- name: Remove the chains and their jumps
+  anycast.edge.hashlimit:
+    state: absent
+'''
+
+RETURN = r'''
+driver:
+  description: The driver that was used.
+  returned: always
+  type: str
+  sample: iptables
+actions:
+  description: What was (or in check mode would be) done, one line per change.
+  returned: always
+  type: list
+  elements: str
+  sample: ["IPv4 filter: write chain RATE-LIMIT (4 rules)", "IPv4 filter: insert jump INPUT -> RATE-LIMIT"]
+rules:
+  description: Number of rules of the filter chain per family after the run.
+  returned: always
+  type: dict
+  sample: {ipv4: 5, ipv6: 5}
+ssh_exempt:
+  description: The SSH client's prefix exempted by O(ssh_guard=exempt), else null.
+  returned: always
+  type: str
+  sample: 192.0.2.10/32
+counters:
+  description:
+    - Packets and bytes that hit the chain's rules since they were written, per family and role; C(accepted) is
+      the hashlimit rule, C(refused) the REJECT or DROP rules, C(logged) the sampled LOG rule, C(exempt) the exempt
+      rules. With O(match=new) each connection counts one packet.
+  returned: when state is present
+  type: dict
+  sample: {ipv4: {accepted: {packets: 6, bytes: 360}, refused: {packets: 24, bytes: 1440},
+           logged: {packets: 5, bytes: 300}, exempt: {packets: 0, bytes: 0}}}
+hashlimit_table:
+  description: Entries in each family's hashlimit table against its htable_max (a warning is added above 80%).
+  returned: when state is present
+  type: dict
+  sample: {ipv4: {name: conn_rate_limit, path: /proc/net/ipt_hashlimit/conn_rate_limit, entries: 3,
+           htable_max: 65536, htable_size: 16384, percent: 0.0}}
+conntrack:
+  description: Conntrack entries in the namespace against nf_conntrack_max (a warning is added above 80%).
+  returned: always
+  type: dict
+  sample: {count: 120, max: 262144, buckets: 65536, percent: 0.0}
+'''
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils import _hashlimit
+from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type='str', default='conn_rate_limit'),
+            chain=dict(type='str', default='RATE-LIMIT'),
+            rate=dict(type='str', default='50/sec'),
+            burst=dict(type='int', default=20),
+            mode=dict(type='list', elements='str', default=['srcip']),
+            srcmask=dict(type='raw'),
+            dstmask=dict(type='raw'),
+            match=dict(type='str', choices=['new', 'syn'], default='new'),
+            protocol=dict(type='str', choices=['all', 'tcp', 'udp']),
+            ports=dict(type='raw'),
+            destinations=dict(type='list', elements='str'),
+            exempt=dict(type='list', elements='str', default=[]),
+            log=dict(type='raw', default=True),
+            action=dict(type='str', choices=['reject', 'reject-icmp', 'drop'], default='reject'),
+            htable_max=dict(type='int', default=65536),
+            htable_size=dict(type='int'),
+            htable_expire=dict(type='int'),
+            htable_gcinterval=dict(type='int', default=1000),
+            family=dict(type='str', choices=['ipv4', 'ipv6', 'both'], default='both'),
+            ssh_guard=dict(type='str', choices=['fail', 'exempt', 'ignore'], default='fail'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            netns=dict(type='str'),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        cfg = _hashlimit.validate(module.params)
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+
+    exempt = list(cfg['exempt'])
+    ssh_exempt = None
+    if cfg['ssh_guard'] != 'ignore':
+        exposed = _hashlimit.ssh_exposure(cfg, _hashlimit.parse_ssh_connection(os.environ.get('SSH_CONNECTION')))
+        if exposed is not None and cfg['ssh_guard'] == 'fail':
+            module.fail_json(msg='exempt: this scope would rate-limit the SSH connection Ansible is using (from %s); '
+                                 'add %s to exempt, narrow ports/destinations, or set ssh_guard: exempt (exempt it '
+                                 'automatically) or ssh_guard: ignore' % (exposed.network_address, exposed))
+        if exposed is not None:
+            exempt.append(exposed)
+            ssh_exempt = str(exposed)
+
+    enter_module_netns(module)
+    _hashlimit.register_iptc_fixup()
+    specs, roles = _hashlimit.build_plan(cfg, exempt)
+    try:
+        driver = select_driver(module, module.params['driver'])
+        result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
+        for warning in warnings:
+            module.warn(warning)
+        if cfg['state'] == 'present':
+            result['counters'] = _hashlimit.collect_counters(driver, cfg, roles)
+            result['hashlimit_table'] = _hashlimit.collect_tables(cfg, module.warn)
+    except XtablesError as exc:
+        module.fail_json(msg=str(exc))
+    result['conntrack'] = _hashlimit.conntrack_status(module.warn)
+    result['driver'] = driver.name
+    result['ssh_exempt'] = ssh_exempt
+    result['rules'] = dict(('ipv%d' % s.family, len(s.rules) if s.present else 0)
+                           for s in specs if s.table == 'filter')
+    if not module._diff:
+        result.pop('diff')
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
