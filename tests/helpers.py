@@ -32,7 +32,7 @@ def ensure_collection_link():
 def sh(cmd, check=True, input=None, timeout=60):
     """Run a command (list or shell string); return CompletedProcess with text output."""
     proc = subprocess.run(cmd, shell=isinstance(cmd, str), input=input, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError('%s failed (%d):\n%s%s' % (cmd, proc.returncode, proc.stdout, proc.stderr))
     return proc
@@ -67,7 +67,7 @@ def run_module(name, args, check=False, diff=False, env=None):
     payload['_ansible_tmpdir'] = tempfile.gettempdir()
     proc = subprocess.run([PYTHON, os.path.join(REPO, 'plugins', 'modules', name + '.py')],
                           input=json.dumps({'ANSIBLE_MODULE_ARGS': payload}), capture_output=True,
-                          text=True, env=module_env(env), timeout=300)
+                          text=True, env=module_env(env), timeout=300, check=False)
     try:
         return json.loads(proc.stdout)
     except ValueError:
@@ -119,7 +119,7 @@ def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, time
         'ANSIBLE_RETRY_FILES_ENABLED': 'False',
     })
     run_env.update(env or {})
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=timeout, check=False)
     if not os.path.exists(out):
         raise AssertionError('ansible-playbook did not finish (rc %d):\n%s\n%s'
                              % (proc.returncode, proc.stdout[-5000:], proc.stderr[-5000:]))

@@ -17,7 +17,7 @@ import socket
 
 try:
     from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: F401  pylint: disable=unused-import
     HAS_PYROUTE2 = True
     PYROUTE2_IMPORT_ERROR = None
 except ImportError as _exc:  # reported by require_pyroute2()

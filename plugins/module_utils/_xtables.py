@@ -427,9 +427,9 @@ class IptablesCliDriver(object):
         rc, out, err = self.module.run_command([restore, '--noflush', '--wait'], data=payload,
                                                binary_data=True)
         if rc != 0:
+            detail = (err or out).strip()
             raise XtablesError('%s refused the change to table %s (nothing was applied, the '
-                               'transaction is atomic): %s' % (os.path.basename(restore), table,
-                                                                (err or out).strip()))
+                               'transaction is atomic): %s' % (os.path.basename(restore), table, detail))
 
 
 # --------------------------------------------------------------------------

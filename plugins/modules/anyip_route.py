@@ -21,7 +21,7 @@ description:
   - A listed prefix that already has a C(local) route added by someone else is taken over (replaced with
     the same route plus the tag) and reported in RV(adopted).
 author:
-  - anycast.edge contributors
+  - anycast.edge developers (@anycast-edge)
 requirements:
   - pyroute2 (0.7 or later) on the managed host
 options:

@@ -20,7 +20,7 @@ description:
   - Every rule carries a comment C(anycast.edge <digest>) of its full specification; the chain is compared
     by those digests, rewritten in one transaction per table when it differs, and read back.
 author:
-  - anycast.edge contributors
+  - anycast.edge developers (@anycast-edge)
 requirements:
   - iptables on the managed host
   - python-iptables on legacy-iptables hosts for O(driver=python-iptables)
