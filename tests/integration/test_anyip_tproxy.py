@@ -256,3 +256,20 @@ def test_missing_namespace_is_an_error_and_is_never_created(module, check):
     result = run_module(module, args, check=check)
     assert result['failed'] and "netns: network namespace '%s' does not exist" % name in result['msg']
     assert name not in helpers.netns_list()
+
+
+def test_debian_system_python_with_pyroute2_0_7_and_python3_iptables(edge, listener):
+    """The role deploys Debian's python3-pyroute2 (0.7) and python3-iptables: same behaviour."""
+    edge_ns, client_ns = edge
+    version = helpers.sh(['/usr/bin/python3', '-c', 'from importlib.metadata import version; '
+                          'print(version("pyroute2"))'], check=False).stdout.strip()
+    assert version.startswith('0.7'), 'this test needs Debian python3-pyroute2 0.7 in /usr/bin/python3'
+    legacy = {'PATH': helpers.legacy_host_path()}
+    system = {'ansible_python_interpreter': '/usr/bin/python3'}
+    results = run_playbook(edge_tasks(edge_ns), env=legacy, extra_vars=system)
+    assert [ok(r)['changed'] for r in results] == [True, True]
+    assert results[1]['driver'] == 'python-iptables'
+    for address, port, answer in dial(client_ns, random_targets(6)):
+        assert answer == '%s %d' % (address, port)
+    again = run_playbook(edge_tasks(edge_ns), env=legacy, extra_vars=system)
+    assert [ok(r)['changed'] for r in again] == [False, False]
