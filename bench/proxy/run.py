@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Benchmark anycast-proxy beside direct loopback, HAProxy (TCP mode, one thread) and socat.
+
+Run as root from the repository root:
+
+    python3 bench/proxy/run.py [--quick] [--json results.json]
+
+Everything happens inside one throwaway network namespace (aepb-*), which is
+removed at the end. In it:
+- an origin (bench/proxy/load.py serve) on 127.0.0.1:9000;
+- AnyIP 192.0.2.0/24 -> TPROXY -> anycast-proxy on 127.0.0.1:1234;
+- AnyIP 198.51.100.0/24 -> TPROXY -> HAProxy `bind ... transparent` on 127.0.0.1:1235;
+- socat (no transparent listener in Debian's 1.7.4) on 127.0.0.1:1236;
+- "direct" dials the origin itself.
+CPU is the proxy's own (utime+stime of its process tree, from /proc), never
+the load generator's.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+PROXY_PKG = os.path.join(REPO, "roles", "transparent_proxy", "files", "anycast_proxy")
+LOAD = os.path.join(HERE, "load.py")
+PY = "/usr/bin/python3"
+TICK = os.sysconf("SC_CLK_TCK")
+ORIGIN = "127.0.0.1:9000"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+class Namespace:
+    def __init__(self):
+        self.name = "aepb%06x" % random.getrandbits(24)
+        sh(["ip", "netns", "add", self.name])
+
+    def run(self, *cmd, timeout=60):
+        return sh(["ip", "netns", "exec", self.name] + list(cmd), timeout=timeout)
+
+    def popen(self, cmd, **kw):
+        return subprocess.Popen(["ip", "netns", "exec", self.name] + list(cmd), **kw)
+
+    def delete(self):
+        subprocess.run("ip netns pids %s | xargs -r kill -9" % self.name, shell=True)
+        subprocess.run(["ip", "netns", "del", self.name])
+
+
+def setup(ns):
+    ns.run("ip", "link", "set", "lo", "up")
+    ns.run("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1",
+           "net.core.somaxconn=8192")
+    ns.run("iptables", "-t", "mangle", "-N", "ANYCAST-TPROXY")
+    ns.run("iptables", "-t", "mangle", "-A", "PREROUTING", "-j", "ANYCAST-TPROXY")
+    for prefix, port in (("192.0.2.0/24", 1234), ("198.51.100.0/24", 1235)):
+        # src 127.0.0.1: locally originated traffic must not hit TPROXY on the way back.
+        ns.run("ip", "route", "add", "local", prefix, "dev", "lo", "src", "127.0.0.1")
+        ns.run("iptables", "-t", "mangle", "-A", "ANYCAST-TPROXY", "-d", prefix, "-p", "tcp",
+               "-j", "TPROXY", "--on-port", str(port), "--on-ip", "127.0.0.1")
+
+
+def tree_pids(pid):
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            with open("/proc/%d/task/%d/children" % (p, p)) as fh:
+                todo += [int(x) for x in fh.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open("/proc/%d/stat" % p) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / TICK
+
+
+def rss_mib(pid):
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open("/proc/%d/status" % p) as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def load(ns, *args, timeout=120):
+    out = ns.run(PY, LOAD, *[str(a) for a in args], timeout=timeout).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+class Target:
+    def __init__(self, name, dial, proc=None):
+        self.name, self.dial, self.proc = name, dial, proc
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+
+def start_anycast_proxy(ns, workdir, workers=1, log=False, loop="auto"):
+    config = {
+        "listen": ["127.0.0.1:1234"], "workers": workers, "log_connections": log,
+        "max_connections_per_source": 0,
+        "routes": [{"destination": "192.0.2.0/24", "origin": ORIGIN, "idle_timeout": 600}],
+    }
+    path = os.path.join(workdir, "proxy-%d.json" % workers)
+    with open(path, "w") as fh:
+        json.dump(config, fh)
+    env = dict(os.environ, ANYCAST_PROXY_LOOP=loop)
+    proc = ns.popen([PY, PROXY_PKG, "--config", path], stdout=subprocess.DEVNULL,
+                    stderr=open(os.path.join(workdir, "proxy.log"), "ab"), env=env)
+    wait_port(ns, "127.0.0.1", 1234, proc, expected=workers + (1 if workers > 1 else 0))
+    return proc
+
+
+def start_haproxy(ns, workdir):
+    cfg = os.path.join(workdir, "haproxy.cfg")
+    with open(cfg, "w") as fh:
+        fh.write("""global
+    nbthread 1
+    maxconn 9900
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+frontend fe
+    bind 127.0.0.1:1235 transparent
+    default_backend be
+backend be
+    server origin %s
+""" % ORIGIN)
+    proc = ns.popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(ns, "127.0.0.1", 1235, proc)
+    return proc
+
+
+def start_socat(ns):
+    proc = ns.popen(["socat", "TCP-LISTEN:1236,bind=127.0.0.1,reuseaddr,fork,backlog=4096", "TCP:" + ORIGIN],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(ns, "127.0.0.1", 1236, proc)
+    return proc
+
+
+def wait_port(ns, host, port, proc, expected=1):
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise SystemExit("%s exited with %s" % (proc.args, proc.returncode))
+        out = ns.run("ss", "-Hltn", "sport = :%d" % port).stdout
+        if len(out.strip().splitlines()) >= 1:
+            time.sleep(0.3 if expected > 1 else 0.05)
+            return
+        time.sleep(0.05)
+    raise SystemExit("nothing listens on %s:%d" % (host, port))
+
+
+def stop(proc):
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure_bulk(ns, target, nbytes):
+    c0 = target.cpu()
+    res = load(ns, "bulk", target.dial, nbytes)
+    res["cpu_s"] = target.cpu() - c0
+    res["cpu_s_per_gib"] = res["cpu_s"] / (nbytes / 2**30)
+    return res
+
+
+def measure_short(ns, target, seconds, conc):
+    c0 = target.cpu()
+    res = load(ns, "short", target.dial, seconds, conc)
+    res["cpu_s"] = target.cpu() - c0
+    res["cpu_us_per_conn"] = res["cpu_s"] / max(res["connections"], 1) * 1e6
+    return res
+
+
+def measure_idle(ns, target, count):
+    client = ns.popen([PY, LOAD, "idle", target.dial, str(count)], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, text=True)
+    try:
+        line = client.stdout.readline()
+        if not line:
+            raise RuntimeError("idle client failed")
+        time.sleep(1)
+        return {"connections": json.loads(line)["connections"], "rss_mib": rss_mib(target.proc.pid)}
+    finally:
+        client.stdin.close()
+        client.wait(60)
+        time.sleep(1)
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run)")
+    ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio"],
+                    help="event loop for anycast-proxy (auto: uvloop when installed)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (it creates a network namespace)")
+    bulk_bytes = (256 if args.quick else 2048) << 20
+    short_s = 1.0 if args.quick else 3.0
+    idle_n = 1000 if args.quick else 9000
+
+    ns = Namespace()
+    workdir = tempfile.mkdtemp(prefix="aepb-")
+    procs = []
+    results = {"env": {"nproc": os.cpu_count(), "kernel": os.uname().release, "loop": args.loop}}
+    try:
+        setup(ns)
+        origin = ns.popen([PY, LOAD, "serve", ORIGIN])
+        procs.append(origin)
+        wait_port(ns, "127.0.0.1", 9000, origin)
+        ap_proc = start_anycast_proxy(ns, workdir, loop=args.loop)
+        procs.append(ap_proc)
+        hap = start_haproxy(ns, workdir)
+        procs.append(hap)
+        soc = start_socat(ns)
+        procs.append(soc)
+        targets = [
+            Target("direct", ORIGIN),
+            Target("anycast-proxy", "192.0.2.0/24:any", ap_proc),
+            Target("haproxy", "198.51.100.0/24:any", hap),
+            Target("socat", "127.0.0.1:1236", soc),
+        ]
+        for t in targets:
+            r = results[t.name] = {}
+            print("measuring %s ..." % t.name, file=sys.stderr, flush=True)
+            r["bulk"] = measure_bulk(ns, t, bulk_bytes)
+            r["short_c1"] = measure_short(ns, t, short_s, 1)
+            r["short_c50"] = measure_short(ns, t, short_s, 50)
+            if t.name in ("anycast-proxy", "haproxy"):
+                r["idle"] = measure_idle(ns, t, idle_n)
+        # Scaling: the same short-connection load against 2 worker processes (SO_REUSEPORT).
+        stop(ap_proc)
+        print("measuring anycast-proxy with 2 workers ...", file=sys.stderr, flush=True)
+        ap2 = start_anycast_proxy(ns, workdir, workers=2, loop=args.loop)
+        procs.append(ap2)
+        t2 = Target("anycast-proxy x2", "192.0.2.0/24:any", ap2)
+        r = results[t2.name] = {}
+        r["bulk"] = measure_bulk(ns, t2, bulk_bytes)
+        r["short_c1"] = measure_short(ns, t2, short_s, 1)
+        r["short_c50"] = measure_short(ns, t2, short_s, 50)
+        r["idle"] = measure_idle(ns, t2, 10000 if not args.quick else idle_n)
+    finally:
+        for p in procs:
+            stop(p)
+        ns.delete()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    direct = results["direct"]["bulk"]["gbit_s"]
+    rows = [("target", "bulk Gbit/s", "x direct", "CPU s/GiB", "c1 conn/s", "c1 p99 ms", "c50 conn/s",
+             "c50 p99 ms", "CPU us/conn", "idle conns", "RSS MiB")]
+    for name in ("direct", "anycast-proxy", "anycast-proxy x2", "haproxy", "socat"):
+        r = results[name]
+        idle = r.get("idle", {})
+        rows.append((
+            name, fmt(r["bulk"]["gbit_s"], ".2f"), fmt(r["bulk"]["gbit_s"] / direct, ".2f"),
+            "-" if name == "direct" else fmt(r["bulk"]["cpu_s_per_gib"], ".2f"),
+            fmt(r["short_c1"]["per_second"], ".0f"), fmt(r["short_c1"]["p99_ms"], ".2f"),
+            fmt(r["short_c50"]["per_second"], ".0f"), fmt(r["short_c50"]["p99_ms"], ".2f"),
+            "-" if name == "direct" else fmt(r["short_c50"]["cpu_us_per_conn"], ".0f"),
+            fmt(idle.get("connections"), "d"), fmt(idle.get("rss_mib"), ".1f"),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(lines))
+    ap = results["anycast-proxy"]
+    hp = results["haproxy"]
+    print()
+    print("targets: bulk >= 0.8x direct: %s; <= 0.4 CPU-s/GiB: %s; CPU/conn <= HAProxy's: %s; "
+          "<= 100 MiB for 10,000 idle: %s" % (
+              "met" if ap["bulk"]["gbit_s"] / direct >= 0.8 else "NOT met",
+              "met" if ap["bulk"]["cpu_s_per_gib"] <= 0.4 else "NOT met",
+              "met" if ap["short_c50"]["cpu_us_per_conn"] <= hp["short_c50"]["cpu_us_per_conn"] else "NOT met",
+              "met" if results["anycast-proxy x2"]["idle"]["rss_mib"] <= 100 else "NOT met"))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
