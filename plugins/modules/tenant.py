@@ -1,0 +1,342 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: anycast.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: tenant
+short_description: Tenant network namespaces with veth, policy routing by firewall mark and an nftables firewall
+version_added: "0.1.0"
+description:
+  - Manages the whole set of tenants of a host in one call, the way the Magic Transit write-up describes
+    it. Each tenant gets a network namespace of its own, joined to the host's namespace by a veth pair.
+  - In the host's namespace, packets whose destination is in a tenant's O(tenants[].prefixes) get the tenant's
+    O(tenants[].mark) (iptables C(mangle) table, a chain C(AE-TENANT-NAME) per tenant jumped to from
+    C(PREROUTING)); C(ip rule fwmark MARK lookup TABLE) sends them to the tenant's own routing table, which
+    routes the prefixes over the veth. The main routing table is never touched; the host end's addresses
+    are added without a prefix route and get no IPv6 link-local address.
+  - Inside the tenant's namespace, a default route back to the host with metric 4096 lets replies reach the
+    internet; any route of the tenant's own (for example through a GRE tunnel of M(anycast.edge.gre_tunnel))
+    has a lower metric and wins. Forwarding is enabled in the tenant's namespace and in the host's.
+  - The tenant's firewall is one nftables table C(inet anycast_edge) with one chain C(ingress) (hook
+    C(prerouting)) that filters what enters the tenant from the host. It is replaced in one nftables
+    transaction after the whole ruleset passed C(nft --check): a rule nft rejects changes nothing, and
+    nft's message is returned.
+  - Namespaces are created in-process (no command per tenant), never in check mode. The loopback of every
+    namespace this module creates carries the alias C(anycast.edge tenant NAME host INODE mark M table T);
+    only such namespaces, of this host's namespace, are ever deleted by O(tenants[].state=absent) or
+    O(purge).
+author:
+  - anycast.edge contributors
+requirements:
+  - pyroute2 (0.7 or later) on the managed host
+  - libnftables (Debian package libnftables1) or the nft command
+  - iptables on the managed host
+options:
+  tenants:
+    description:
+      - The tenants of this host.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description:
+          - Short name of the tenant (letters, digits, C(-), C(_); at most 15 characters). The veth ends are
+            C(ae-NAME) (host) and C(ae-NAME-t) (tenant) unless O(tenants[].link.host_if) and
+            O(tenants[].link.tenant_if) are set, so with the defaults a name has at most 10 characters.
+        type: str
+        required: true
+      netns:
+        description:
+          - Name of the tenant's network namespace. Defaults to O(netns_prefix) followed by the name.
+        type: str
+      state:
+        description:
+          - V(absent) removes the tenant's namespace, veth, ip rules, routes and mark rules.
+        type: str
+        choices: [present, absent]
+        default: present
+      prefixes:
+        description:
+          - The tenant's IPv4 and IPv6 prefixes (CIDR, host bits zero). Prefixes of different tenants must
+            not overlap.
+        type: list
+        elements: str
+        default: []
+      mark:
+        description:
+          - Firewall mark (C(VALUE) or C(VALUE/MASK), decimal or C(0x) hex) of packets for the tenant's
+            prefixes. Required when O(tenants[].state=present); unique per tenant; not 0.
+        type: str
+      table:
+        description:
+          - Number of the tenant's routing table in the host's namespace (not 253, 254 or 255). Required when
+            O(tenants[].state=present); unique per tenant.
+          - Also picks the default link addresses (slot C(table) of O(link_pool_ipv4) and O(link_pool_ipv6)).
+        type: int
+      link:
+        description:
+          - The veth pair. Every field has a default.
+        type: dict
+        suboptions:
+          host_if:
+            description: Name of the host end (default C(ae-NAME)).
+            type: str
+          tenant_if:
+            description: Name of the tenant end, inside the tenant's namespace (default C(ae-NAME-t)).
+            type: str
+          host_ipv4:
+            description:
+              - IPv4 address with prefix length of the host end. Default the even address of the /31 number
+                C(table modulo size) of O(link_pool_ipv4). Give both ends or neither.
+            type: str
+          tenant_ipv4:
+            description: IPv4 address with prefix length of the tenant end (default the odd address of that /31).
+            type: str
+          host_ipv6:
+            description:
+              - IPv6 address with prefix length of the host end. Default the even address of the /127 number
+                C(table) of O(link_pool_ipv6), only when the tenant has IPv6 prefixes.
+            type: str
+          tenant_ipv6:
+            description: IPv6 address with prefix length of the tenant end.
+            type: str
+      firewall:
+        description:
+          - The tenant's nftables firewall. Omitted means no table (and a table this module wrote is removed).
+        type: dict
+        suboptions:
+          policy:
+            description: Verdict for what enters from the host and no rule accepted or dropped.
+            type: str
+            choices: [accept, drop]
+            default: accept
+          rules:
+            description:
+              - Rules of the chain in nft syntax, one per item, in order, for example
+                C(ip daddr 203.0.113.100 tcp dport 20-21 accept).
+              - Traffic that does not enter through the tenant's veth end (its loopback, its tunnels) is
+                accepted before these rules.
+            type: list
+            elements: str
+            default: []
+  purge:
+    description:
+      - Also remove every tenant of this host's namespace that this module created and that is not listed.
+    type: bool
+    default: false
+  netns_prefix:
+    description: Prefix of the default namespace names.
+    type: str
+    default: tenant-
+  link_pool_ipv4:
+    description: Pool of the default IPv4 link addresses, one /31 per tenant.
+    type: str
+    default: 169.254.0.0/17
+  link_pool_ipv6:
+    description: Pool of the default IPv6 link addresses, one /127 per tenant.
+    type: str
+    default: fdac:ed6e:7e4a::/64
+  rule_priority:
+    description: Priority of the tenants' C(ip rule) entries (before the main table's 32766).
+    type: int
+    default: 1000
+  driver:
+    description:
+      - How the mark rules are written; see M(anycast.edge.tproxy_rule).
+    type: str
+    choices: [auto, python-iptables, iptables]
+    default: auto
+  netns:
+    description:
+      - Network namespace that plays the host's part, instead of the host's own; it must exist and is
+        never created.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Predicts what would change; creates nothing, not even a namespace.
+  diff_mode:
+    support: full
+    description: Shows each tenant's namespace, links, addresses, rules, routes and firewall before and after.
+notes:
+  - Needs C(CAP_NET_ADMIN) and C(CAP_SYS_ADMIN) on the managed host (C(become)).
+  - Forwarding sysctls are switched on, never off. Enabling IPv6 forwarding on a host that configures itself
+    from router advertisements needs C(accept_ra=2) on its uplink.
+  - A host whose C(net.ipv4.conf.all.rp_filter) is 1 (strict) drops the tenants' replies; use 2 (loose).
+seealso:
+  - module: anycast.edge.gre_tunnel
+  - module: anycast.edge.tproxy_rule
+'''
+
+EXAMPLES = r'''
+- name: Acme's namespace with an FTP-only firewall
+  anycast.edge.tenant:
+    tenants:
+      - name: acme
+        prefixes: [203.0.113.0/24, "2001:db8:acme::/48"]
+        mark: "0x100"
+        table: 100
+        firewall:
+          policy: drop
+          rules:
+            - ip daddr 203.0.113.100 tcp dport 20-21 accept
+            - ct state established,related accept
+
+- name: Exactly these tenants; remove every other one this module created
+  anycast.edge.tenant:
+    tenants: "{{ edge_tenants }}"
+    purge: true
+
+- name: Remove a tenant
+  anycast.edge.tenant:
+    tenants:
+      - name: oldco
+        state: absent
+'''
+
+RETURN = r'''
+tenants:
+  description: Each listed tenant as configured (predicted in check mode).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The tenant's name.
+      type: str
+    state:
+      description: present or absent.
+      type: str
+    netns:
+      description: The tenant's network namespace.
+      type: str
+    interfaces:
+      description: The veth ends, C(host) and C(tenant).
+      type: dict
+      returned: when present
+    addresses:
+      description: Link addresses of the C(host) and C(tenant) ends.
+      type: dict
+      returned: when present
+    prefixes:
+      description: The tenant's prefixes.
+      type: list
+      elements: str
+      returned: when present
+    mark:
+      description: The tenant's firewall mark.
+      type: str
+      returned: when present
+    table:
+      description: The tenant's routing table.
+      type: int
+      returned: when present
+    firewall_policy:
+      description: Policy of the tenant's firewall chain, null without a firewall.
+      type: str
+      returned: when present
+  sample:
+    - name: acme
+      state: present
+      netns: tenant-acme
+      interfaces: {host: ae-acme, tenant: ae-acme-t}
+      addresses: {host: [169.254.0.200/31], tenant: [169.254.0.201/31]}
+      prefixes: [203.0.113.0/24]
+      mark: "0x100"
+      table: 100
+      firewall_policy: drop
+purged:
+  description: Names of tenants removed because O(purge) was set and they were not listed.
+  returned: always
+  type: list
+  elements: str
+actions:
+  description: What was (or in check mode would be) done, one line per change.
+  returned: always
+  type: list
+  elements: str
+  sample: ["tenant acme: create network namespace 'tenant-acme'", "tenant acme: route 203.0.113.0/24 via 169.254.0.201 in table 100"]
+driver:
+  description: The xtables driver that wrote the mark rules.
+  returned: always
+  type: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils._netns import NetnsError, enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import NetlinkFailure, require_pyroute2
+from ansible_collections.anycast.edge.plugins.module_utils._tenant import Run, TenantError, validate
+from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            tenants=dict(type='list', elements='dict', default=[], options=dict(
+                name=dict(type='str', required=True),
+                netns=dict(type='str'),
+                state=dict(type='str', choices=['present', 'absent'], default='present'),
+                prefixes=dict(type='list', elements='str', default=[]),
+                mark=dict(type='str'),
+                table=dict(type='int'),
+                link=dict(type='dict', options=dict(
+                    host_if=dict(type='str'),
+                    tenant_if=dict(type='str'),
+                    host_ipv4=dict(type='str'),
+                    tenant_ipv4=dict(type='str'),
+                    host_ipv6=dict(type='str'),
+                    tenant_ipv6=dict(type='str'),
+                )),
+                firewall=dict(type='dict', options=dict(
+                    policy=dict(type='str', choices=['accept', 'drop'], default='accept'),
+                    rules=dict(type='list', elements='str', default=[]),
+                )),
+            )),
+            purge=dict(type='bool', default=False),
+            netns_prefix=dict(type='str', default='tenant-'),
+            link_pool_ipv4=dict(type='str', default='169.254.0.0/17'),
+            link_pool_ipv6=dict(type='str', default='fdac:ed6e:7e4a::/64'),
+            rule_priority=dict(type='int', default=1000),
+            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            netns=dict(type='str'),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        tenants, settings = validate(module.params)
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
+    require_pyroute2(module)
+    enter_module_netns(module)
+
+    try:
+        driver = select_driver(module, module.params['driver'])
+        run = Run(tenants, settings, module.params['purge'], driver, module.check_mode)
+    except XtablesError as exc:
+        module.fail_json(msg=str(exc))
+    try:
+        changed, actions, xt = run.execute()
+        result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name,
+                      purged=sorted(set(t.name for t in run.purged) - set(t.name for t in tenants)))
+        if module._diff:
+            before, after = run.diff()
+            before += xt['diff']['before'].splitlines()
+            after += xt['diff']['after'].splitlines()
+            result['diff'] = dict(before='\n'.join(before) + ('\n' if before else ''),
+                                  after='\n'.join(after) + ('\n' if after else ''))
+    except (TenantError, XtablesError, NetlinkFailure, NetnsError) as exc:
+        module.fail_json(msg=str(exc))
+    finally:
+        run.close()
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
