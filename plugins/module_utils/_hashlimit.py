@@ -118,8 +118,8 @@ def parse_masks(value, param, families):
             raise ParamError(where, "'%s' is not a prefix length" % (mask,))
         if not 0 <= number <= width:
             raise ParamError(where, '%d is longer than an IPv%d address: at most %d%s'
-                             % (number, family, width,
-                                " (with family both, give {ipv4: N, ipv6: M})" if not isinstance(value, dict) else ''))
+                             % (number, family, width, " (with family both, give {ipv4: N, ipv6: M})"
+                                if not isinstance(value, dict) and len(families) > 1 else ''))
         masks[family] = number
     return masks
 
