@@ -190,11 +190,11 @@ class ProxyServer:
         self.loop.call_later(self.notifier.watchdog_interval, self._watchdog)
 
     async def drain(self):
-        self.notifier.stopping()
         for key, sock in list(self.listeners.items()):
             (self.tcp if key[1] == "tcp" else self.udp).remove_listener(sock)
             sock.close()
         self.listeners.clear()
+        self.notifier.stopping()
         if self.metrics_server is not None:
             self.metrics_server.close()
         self.tcp.draining = self.udp.draining = True
@@ -206,6 +206,7 @@ class ProxyServer:
         left = len(self.tcp.sessions)
         self.tcp.reset_all("drain_deadline")
         self.udp.close_all("shutdown")
+        self.tcp.shutdown()
         self.log.info(f"stopped; {left} connections reset at the drain deadline" if left else "stopped")
 
     async def _serve_control(self):

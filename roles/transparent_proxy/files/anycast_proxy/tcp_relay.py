@@ -1,14 +1,17 @@
 """TCP: accept on transparent listeners, pick a route, dial the origin, relay.
 
-Each session has two pumps (client->origin, origin->client). A pump holds at
-most one buffer of data (or one pipe's worth when splicing): while the
-receiver is slow it stops reading, so the sender is throttled by TCP itself.
-A FIN is relayed as shutdown(SHUT_WR) once the buffer is flushed, leaving the
-other direction open; a reset on one side becomes a reset on the other.
+Each session has two pumps (client->origin, origin->client). A read goes
+into one scratch buffer shared by all sessions and is written out at once;
+only what the receiver does not take is kept (at most one buffer per pump),
+and while it is kept the pump stops reading, so the sender is throttled by
+TCP itself. Idle connections hold no buffer. A pump that fills a whole
+buffer is moving bulk data and switches to splice() through a pipe, so
+those bytes never enter user space.
 
-The loop callbacks are registered directly on file descriptors
-(add_reader/add_writer): no asyncio transports, no per-chunk allocations
-beyond the bytes themselves.
+A FIN is relayed as shutdown(SHUT_WR) once everything before it is out,
+leaving the other direction open; a reset on one side becomes a reset on
+the other. Sockets live on the data-plane epoll (poller.py); connect
+timeouts and idle timeouts are enforced by a periodic sweep.
 """
 import errno
 import fcntl
@@ -16,13 +19,18 @@ import os
 import socket
 import time
 
-from .netutil import LINGER_RESET, fmt_addr, reset_and_close
+from .netutil import fmt_addr, reset_and_close
+from .poller import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Poller
+
+_READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
 
 _monotonic = time.monotonic
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1 << 18
 _HAVE_SPLICE = hasattr(os, "splice")
+SWEEP_INTERVAL = 0.25   # connect deadlines are checked this often
+IDLE_SWEEP_EVERY = 4    # ...and idle timeouts every this many sweeps
 
 CONNECT_ERRORS = {
     errno.ECONNREFUSED: "refused",
@@ -33,40 +41,38 @@ CONNECT_ERRORS = {
     errno.EADDRNOTAVAIL: "no_source_port",
 }
 
-
 class _Pump:
     """One direction: src -> dst."""
 
-    __slots__ = ("session", "loop", "src", "dst", "sfd", "dfd", "buf", "view", "start", "end",
-                 "eof", "done", "to_origin", "splice_mode", "pipe_r", "pipe_w", "in_pipe",
-                 "may_splice", "bufsize", "stats")
+    __slots__ = ("session", "relay", "src", "dst", "sfd", "dfd", "pending", "reading", "blocked",
+                 "eof", "done", "to_origin", "splice_mode", "pipe_r", "pipe_w", "in_pipe", "may_splice",
+                 "stats")
 
-    def __init__(self, session, src, dst, to_origin, bufsize, may_splice):
+    def __init__(self, session, src, dst, to_origin):
+        relay = session.relay
         self.session = session
-        self.loop = session.loop
+        self.relay = relay
         self.src, self.dst = src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
-        self.bufsize = bufsize
-        self.buf = None
-        self.view = None
-        self.start = self.end = 0
+        self.pending = None        # bytes the receiver has not taken yet (memoryview)
+        self.reading = True        # interested in src readable
+        self.blocked = False       # interested in dst writable
         self.eof = False
         self.done = False
         self.to_origin = to_origin
         self.splice_mode = False
-        self.may_splice = may_splice
+        self.may_splice = relay.splice
         self.pipe_r = self.pipe_w = -1
         self.in_pipe = 0
         self.stats = session.stats
 
-    # -- buffered mode -------------------------------------------------------
-    def on_readable(self):
-        if self.buf is None:
-            # Allocated on first data: idle connections cost no buffer.
-            self.buf = bytearray(self.bufsize)
-            self.view = memoryview(self.buf)
+    def read(self):
+        if self.splice_mode:
+            self._read_splice()
+            return
+        relay = self.relay
         try:
-            n = self.src.recv_into(self.buf)
+            n = self.src.recv_into(relay.scratch)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -80,51 +86,56 @@ class _Pump:
             self.stats.bytes_in += n
         else:
             self.stats.bytes_out += n
+        view = relay.scratch_view
         try:
-            sent = self.dst.send(self.view[:n])
+            sent = self.dst.send(view[:n])
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
             self.session.abort(self, exc, reading=False)
             return
         if sent < n:
-            self.start, self.end = sent, n
-            self.loop.remove_reader(self.sfd)
-            self.loop.add_writer(self.dfd, self.on_writable)
-        elif n == self.bufsize and self.may_splice:
+            self.pending = memoryview(bytes(view[sent:n]))
+            self.reading = False
+            self.blocked = True
+            self.session.update_interest()
+        elif n == relay.buffer_size and self.may_splice:
             # A full buffer means bulk: hand this direction to the kernel.
             self._enter_splice()
 
-    def on_writable(self):
-        try:
-            sent = self.dst.send(self.view[self.start:self.end])
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.session.abort(self, exc, reading=False)
-            return
-        self.start += sent
-        if self.start < self.end:
-            return
-        self.loop.remove_writer(self.dfd)
+    def write(self):
+        if self.splice_mode:
+            if not self._drain_pipe() or self.in_pipe:
+                return
+        else:
+            try:
+                sent = self.dst.send(self.pending)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.session.abort(self, exc, reading=False)
+                return
+            if sent < len(self.pending):
+                self.pending = self.pending[sent:]
+                return
+            self.pending = None
+        self.blocked = False
         if self.eof:
             self._finish()
         else:
-            self.loop.add_reader(self.sfd, self.on_readable)
+            self.reading = True
+            self.session.update_interest()
 
     def queue(self, data):
-        """Send `data` before anything read from src (the PROXY header)."""
-        if self.buf is None or len(data) > len(self.buf):
-            self.buf = bytearray(max(self.bufsize, len(data)))
-            self.view = memoryview(self.buf)
-        self.buf[:len(data)] = data
-        self.start, self.end = 0, len(data)
-        self.loop.add_writer(self.dfd, self.on_writable)
-
-    def begin(self):
-        if self.end > self.start:
-            return  # on_writable resumes reading once the queued bytes are out
-        self.loop.add_reader(self.sfd, self.on_readable)
+        """Write DATA to dst before anything read from src (the PROXY header)."""
+        try:
+            sent = self.dst.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.pending = memoryview(data)[sent:]
+            self.reading = False
+            self.blocked = True
 
     # -- splice mode ---------------------------------------------------------
     def _enter_splice(self):
@@ -138,10 +149,8 @@ class _Pump:
         except OSError:
             pass  # the default pipe size still works
         self.splice_mode = True
-        self.buf = self.view = None
-        self.loop.add_reader(self.sfd, self.on_readable_splice)
 
-    def on_readable_splice(self):
+    def _read_splice(self):
         try:
             n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
@@ -158,11 +167,10 @@ class _Pump:
         else:
             self.stats.bytes_out += n
         self.in_pipe += n
-        if not self._drain_pipe():
-            return
-        if self.in_pipe:
-            self.loop.remove_reader(self.sfd)
-            self.loop.add_writer(self.dfd, self.on_writable_splice)
+        if self._drain_pipe() and self.in_pipe:
+            self.reading = False
+            self.blocked = True
+            self.session.update_interest()
 
     def _drain_pipe(self):
         while self.in_pipe:
@@ -176,20 +184,13 @@ class _Pump:
             self.in_pipe -= m
         return True
 
-    def on_writable_splice(self):
-        if not self._drain_pipe() or self.in_pipe:
-            return
-        self.loop.remove_writer(self.dfd)
-        if self.eof:
-            self._finish()
-        else:
-            self.loop.add_reader(self.sfd, self.on_readable_splice)
-
     # -- end of stream -------------------------------------------------------
     def _on_eof(self):
         self.eof = True
-        self.loop.remove_reader(self.sfd)
-        if self.in_pipe == 0 and self.end <= self.start:
+        self.reading = False
+        if self.blocked:
+            self.session.update_interest()
+        else:
             self._finish()
 
     def _finish(self):
@@ -201,9 +202,7 @@ class _Pump:
             pass
         self.session.pump_done()
 
-    def unregister(self):
-        self.loop.remove_reader(self.sfd)
-        self.loop.remove_writer(self.dfd)
+    def close_pipe(self):
         if self.pipe_r >= 0:
             os.close(self.pipe_r)
             os.close(self.pipe_w)
@@ -211,26 +210,29 @@ class _Pump:
 
 
 class TcpSession:
-    __slots__ = ("relay", "loop", "client", "client_addr", "dst", "route", "stats", "origin",
-                 "origin_addr", "c2o", "o2c", "t_start", "last_activity", "connect_timer",
-                 "idle_timer", "closed", "source_key")
+    __slots__ = ("relay", "client", "client_addr", "dst", "route", "stats", "origin", "cfd", "ofd",
+                 "origin_addr", "c2o", "o2c", "t_start", "last_activity", "connect_deadline",
+                 "cmask", "omask", "closed", "source_key")
 
     def __init__(self, relay, client, client_addr, dst, route, stats, source_key):
         self.relay = relay
-        self.loop = relay.loop
         self.client = client
+        self.cfd = client.fileno()
         self.client_addr = client_addr
         self.dst = dst
         self.route = route
         self.stats = stats
         self.source_key = source_key
         self.origin = None
+        self.ofd = -1
         self.origin_addr = route.origin_for(dst[1])
         self.c2o = self.o2c = None
         self.t_start = self.last_activity = _monotonic()
-        self.connect_timer = self.idle_timer = None
+        self.connect_deadline = None
+        self.cmask = self.omask = 0
         self.closed = False
 
+    # -- connecting ----------------------------------------------------------
     def connect(self):
         route = self.route
         try:
@@ -239,29 +241,17 @@ class TcpSession:
             self._connect_failed(exc.errno)
             return
         self.origin = origin
+        self.ofd = origin.fileno()
         err = origin.connect_ex(self.origin_addr)
         if err == 0:
             self._connected()
         elif err == errno.EINPROGRESS:
-            self.loop.add_writer(origin.fileno(), self._on_connect_ready)
-            self.connect_timer = self.loop.call_later(route.connect_timeout, self._on_connect_timeout)
+            self.omask = EPOLLOUT
+            self.relay.poller.register(self.ofd, EPOLLOUT, self.on_origin)
+            self.connect_deadline = self.t_start + route.connect_timeout
+            self.relay.connecting.add(self)
         else:
             self._connect_failed(err)
-
-    def _on_connect_ready(self):
-        self.loop.remove_writer(self.origin.fileno())
-        self.connect_timer.cancel()
-        self.connect_timer = None
-        err = self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._connect_failed(err)
-        else:
-            self._connected()
-
-    def _on_connect_timeout(self):
-        self.connect_timer = None
-        self.loop.remove_writer(self.origin.fileno())
-        self._connect_failed(errno.ETIMEDOUT)
 
     def _connect_failed(self, err):
         kind = CONNECT_ERRORS.get(err, errno.errorcode.get(err, str(err)).lower())
@@ -273,30 +263,93 @@ class TcpSession:
         now = _monotonic()
         self.stats.observe_connect(now - self.t_start)
         self.last_activity = now
-        relay = self.relay
         client, origin = self.client, self.origin
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         origin.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.c2o = _Pump(self, client, origin, True, relay.buffer_size, relay.splice)
-        self.o2c = _Pump(self, origin, client, False, relay.buffer_size, relay.splice)
+        self.c2o = _Pump(self, client, origin, True)
+        self.o2c = _Pump(self, origin, client, False)
         if self.route.proxy_protocol != "none":
-            self.c2o.queue(relay.proxy_header(self.route.proxy_protocol, self.client_addr, self.dst))
-        self.c2o.begin()
-        self.o2c.begin()
-        self.idle_timer = self.loop.call_later(self.route.idle_timeout, self._on_idle_check)
-
-    def _on_idle_check(self):
-        idle = _monotonic() - self.last_activity
-        remaining = self.route.idle_timeout - idle
-        if remaining <= 0:
-            self.idle_timer = None
-            self.close("idle_timeout")
+            self.c2o.queue(self.relay.proxy_header(self.route.proxy_protocol, self.client_addr, self.dst))
+        poller = self.relay.poller
+        poller.handlers[self.cfd] = self.on_client
+        if self.omask:
+            poller.handlers[self.ofd] = self.on_origin
         else:
-            self.idle_timer = self.loop.call_later(remaining, self._on_idle_check)
+            poller.register(self.ofd, EPOLLIN, self.on_origin)
+            self.omask = EPOLLIN
+        self.update_interest()
+
+    # -- events ----------------------------------------------------------------
+    def on_client(self, events):
+        c2o, o2c = self.c2o, self.o2c
+        handled = False
+        if c2o.reading and events & _READ_EVENTS:
+            handled = True
+            c2o.read()
+            if self.closed:
+                return
+        if o2c.blocked and events & (EPOLLOUT | EPOLLERR):
+            handled = True
+            o2c.write()
+        if not handled and events & EPOLLERR:
+            self._socket_error(self.client, True)
+
+    def on_origin(self, events):
+        c2o, o2c = self.c2o, self.o2c
+        if c2o is None:
+            self.relay.connecting.discard(self)
+            err = self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._connect_failed(err)
+            else:
+                self._connected()
+            return
+        handled = False
+        if o2c.reading and events & _READ_EVENTS:
+            handled = True
+            o2c.read()
+            if self.closed:
+                return
+        if c2o.blocked and events & (EPOLLOUT | EPOLLERR):
+            handled = True
+            c2o.write()
+        if not handled and events & EPOLLERR:
+            self._socket_error(self.origin, False)
+
+    def _socket_error(self, sock, is_client):
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
+        code = errno.errorcode.get(err, "error").lower()
+        outcome = ("client_" if is_client else "origin_") + code
+        self.close(outcome, reset_client=not is_client, reset_origin=is_client)
+
+    def update_interest(self):
+        """Tell epoll what each socket waits for now; a socket that waits for nothing leaves the set."""
+        c2o, o2c = self.c2o, self.o2c
+        cmask = (EPOLLIN if c2o.reading else 0) | (EPOLLOUT if o2c.blocked else 0)
+        omask = (EPOLLIN if o2c.reading else 0) | (EPOLLOUT if c2o.blocked else 0)
+        epoll = self.relay.poller.epoll
+        if cmask != self.cmask:
+            if not self.cmask:
+                epoll.register(self.cfd, cmask)
+            elif not cmask:
+                epoll.unregister(self.cfd)
+            else:
+                epoll.modify(self.cfd, cmask)
+            self.cmask = cmask
+        if omask != self.omask:
+            if not self.omask:
+                epoll.register(self.ofd, omask)
+            elif not omask:
+                epoll.unregister(self.ofd)
+            else:
+                epoll.modify(self.ofd, omask)
+            self.omask = omask
 
     def pump_done(self):
         if self.c2o.done and self.o2c.done:
             self.close("ok")
+        else:
+            self.update_interest()
 
     def abort(self, pump, exc, reading):
         """A socket error: reset the side that is still alive."""
@@ -310,28 +363,25 @@ class TcpSession:
             return
         self.closed = True
         relay = self.relay
-        if self.connect_timer is not None:
-            self.connect_timer.cancel()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        if self.c2o is not None:
-            self.c2o.unregister()
-            self.o2c.unregister()
+        handlers = relay.poller.handlers
+        # Closing a descriptor takes it out of the epoll set.
+        handlers.pop(self.cfd, None)
         if reset_client:
             reset_and_close(self.client)
         else:
             self.client.close()
         if self.origin is not None:
-            if self.c2o is None:
-                self.loop.remove_writer(self.origin.fileno())
+            handlers.pop(self.ofd, None)
             if reset_origin:
                 reset_and_close(self.origin)
             else:
                 self.origin.close()
+        if self.c2o is not None:
+            self.c2o.close_pipe()
+            self.o2c.close_pipe()
+        else:
+            relay.connecting.discard(self)
         relay.session_closed(self, outcome)
-
-    def describe(self):
-        return fmt_addr(self.client_addr), fmt_addr(self.dst), fmt_addr(self.origin_addr)
 
 
 class TcpRelay:
@@ -339,30 +389,53 @@ class TcpRelay:
 
     def __init__(self, loop, metrics, logger, proxy_header):
         self.loop = loop
+        self.poller = Poller(loop)
         self.metrics = metrics
         self.log = logger
         self.proxy_header = proxy_header
         self.table = None
         self.sessions = set()
+        self.connecting = set()
         self.per_source = {}
         self.max_per_source = 0
-        self.buffer_size = 65536
+        self.buffer_size = 0
+        self.scratch = self.scratch_view = None
         self.splice = _HAVE_SPLICE
         self.log_connections = True
         self.draining = False
+        self.listeners = {}
+        self._sweeps = 0
+        self._sweep_handle = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def configure(self, config, table):
         self.table = table
         self.max_per_source = config.max_connections_per_source
-        self.buffer_size = config.buffer_size
+        if config.buffer_size != self.buffer_size:
+            # Pending data is copied out of the scratch buffer, so it can be replaced at any time.
+            self.buffer_size = config.buffer_size
+            self.scratch = bytearray(self.buffer_size)
+            self.scratch_view = memoryview(self.scratch)
         self.splice = _HAVE_SPLICE and config.splice in (True, "auto")
         self.log_connections = config.log_connections
 
     def add_listener(self, sock):
-        self.loop.add_reader(sock.fileno(), self._on_accept, sock)
+        self.poller.register(sock.fileno(), EPOLLIN, lambda events, lsock=sock: self._on_accept(lsock))
 
     def remove_listener(self, sock):
-        self.loop.remove_reader(sock.fileno())
+        self.poller.unregister(sock.fileno())
+
+    def _sweep(self):
+        now = _monotonic()
+        for session in [s for s in self.connecting if now >= s.connect_deadline]:
+            self.connecting.discard(session)
+            session._connect_failed(errno.ETIMEDOUT)
+        self._sweeps += 1
+        if self._sweeps % IDLE_SWEEP_EVERY == 0:
+            idle = [s for s in self.sessions
+                    if s.c2o is not None and now - s.last_activity >= s.route.idle_timeout]
+            for session in idle:
+                session.close("idle_timeout")
+        self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _on_accept(self, lsock):
         for _ in range(64):
@@ -432,3 +505,7 @@ class TcpRelay:
     def reset_all(self, outcome="shutdown"):
         for session in list(self.sessions):
             session.close(outcome, reset_client=True, reset_origin=True)
+
+    def shutdown(self):
+        self._sweep_handle.cancel()
+        self.poller.close()
