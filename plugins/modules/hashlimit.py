@@ -68,8 +68,8 @@ options:
   srcmask:
     description:
       - Group sources by prefix instead of address (C(24) limits each /24 as one). An integer applies to every
-        configured family and must fit IPv4 when IPv4 is configured; a dictionary C({ipv4: 24, ipv6: 64}) sets each
-        family.
+        configured family and must fit IPv4 when IPv4 is configured.
+      - 'A dictionary with keys C(ipv4) and C(ipv6), for example C({ipv4: 24, ipv6: 64}), sets each family.'
     type: raw
   dstmask:
     description: Like O(srcmask), for destination addresses (used with O(mode=dstip)).
@@ -105,7 +105,8 @@ options:
   log:
     description:
       - Log refused connections, sampled. V(false) disables the LOG rule; V(true) or a dictionary with C(rate)
-        (default C(1/sec)) and C(prefix) (default C("IPTables-Rejected: "), at most 29 characters).
+        (default C(1/sec)) and C(prefix) (at most 29 characters) enables it.
+      - 'The default prefix is C(IPTables-Rejected: ), as in the write-up.'
     type: raw
     default: true
   action:
