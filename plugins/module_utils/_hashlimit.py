@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-import os
 import re
 import time
 

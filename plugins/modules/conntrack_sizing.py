@@ -24,7 +24,7 @@ description:
     still writes the file, reports RV(runtime) as not applied and warns when the running maximum is below the
     computed one. C(nf_conntrack_count) is per namespace.
 author:
-  - anycast.edge contributors
+  - anycast.edge developers (@anycast-edge)
 options:
   expected_connections:
     description: Concurrent connections the host is expected to track at peak (required with O(state=present)).

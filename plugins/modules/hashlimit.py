@@ -35,7 +35,7 @@ description:
   - The result reports per-rule packet and byte counters, how full the hashlimit tables and conntrack are, and
     warns when a table is more than 80% full.
 author:
-  - anycast.edge contributors
+  - anycast.edge developers (@anycast-edge)
 requirements:
   - iptables on the managed host
   - python-iptables on legacy-iptables hosts for O(driver=python-iptables)

@@ -1,0 +1,251 @@
+"""Benchmark: a connection flood from one source against a TCP server, with and without the hashlimit chain.
+
+Three namespaces joined by veth pairs: ``edge`` runs an accept-and-close TCP
+server; ``flood`` opens new connections from one address as fast as one
+process can (bounded by --duration and --max-flood); ``legit`` connects at a
+steady rate from another address and records whether each connect succeeded
+and how long it took. Four phases, each --duration seconds:
+
+  idle          legit client only, no chain
+  flood         legit + flood, no chain
+  flood+chain   legit + flood, the anycast.edge.hashlimit chain on (defaults: 50/sec, burst 20, srcip)
+  idle+chain    legit client only, chain on
+
+The flood process runs at nice 19: on a real edge the flood's sender is
+another machine, and on this 2-core box an un-niced sender would mostly
+measure CPU starvation of the legit client, not the server's behaviour.
+
+Reported per phase: legit success rate, connect latency p50/p99, flood
+connections attempted/accepted, and the server's CPU (user+system time of
+its process over the phase, in % of one core). Everything runs inside
+namespaces this script creates (prefix aehb) and removes, even on errors.
+
+Rerun (as root, from the repository root):
+    .venv/bin/python bench/hashlimit/run.py --duration 5 --json build/bench-hashlimit.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, 'tests'))
+
+import helpers  # noqa: E402
+
+PORT = 8080
+EDGE_FLOOD, FLOODER = '10.79.0.1', '10.79.0.2'
+EDGE_LEGIT, LEGIT = '10.79.1.1', '10.79.1.2'
+
+SERVER = r'''
+import select, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[1])))
+s.listen(4096)
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN)
+print('ready', flush=True)
+while True:
+    for _fd, _ev in ep.poll():
+        while True:
+            try:
+                c, _ = s.accept()
+            except BlockingIOError:
+                break
+            c.close()
+'''
+
+# Opens connections back to back; SO_LINGER 0 so the client side keeps no TIME_WAIT.
+FLOOD = r'''
+import json, socket, struct, sys, time
+dst, port, duration, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+linger = struct.pack('ii', 1, 0)
+ok = refused = other = 0
+end = time.monotonic() + duration
+while time.monotonic() < end and ok + refused + other < limit:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    s.settimeout(1.0)
+    try:
+        s.connect((dst, port)); ok += 1
+    except ConnectionRefusedError:
+        refused += 1
+    except OSError:
+        other += 1
+    s.close()
+print(json.dumps({'attempted': ok + refused + other, 'accepted': ok, 'refused': refused, 'other': other}))
+'''
+
+# A steady client: one connect every 1/rate seconds, latency of each connect().
+LEGIT_CLIENT = r'''
+import json, socket, struct, sys, time
+dst, port, duration, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+linger = struct.pack('ii', 1, 0)
+lat, failed = [], 0
+start = time.monotonic()
+n = 0
+while True:
+    due = start + n / rate
+    if due > start + duration:
+        break
+    pause = due - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    s.settimeout(2.0)
+    t0 = time.perf_counter()
+    try:
+        s.connect((dst, port)); lat.append(time.perf_counter() - t0)
+    except OSError:
+        failed += 1
+    s.close()
+    n += 1
+print(json.dumps({'latencies': lat, 'failed': failed}))
+'''
+
+
+def cpu_seconds(pid):
+    """user+system CPU seconds of a process (and its reaped children)."""
+    with open('/proc/%d/stat' % pid) as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    ticks = os.sysconf('SC_CLK_TCK')
+    return (int(fields[11]) + int(fields[12])) / float(ticks)
+
+
+def machine_busy():
+    with open('/proc/stat') as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def percentile(values, pct):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100.0 * (len(ordered) - 1))))]
+
+
+def phase(name, ns, server_pid, duration, flood, legit_rate, max_flood):
+    legit = subprocess.Popen(['ip', 'netns', 'exec', ns['legit'], sys.executable, '-c', LEGIT_CLIENT, EDGE_LEGIT,
+                              str(PORT), str(duration), str(legit_rate)], stdout=subprocess.PIPE, text=True)
+    flooder = None
+    if flood:
+        # niced: in reality the flood's sender runs elsewhere; here it must not starve the edge of CPU
+        command = ['ip', 'netns', 'exec', ns['flood'], 'nice', '-n', '19', sys.executable, '-c', FLOOD,
+                   EDGE_FLOOD, str(PORT), str(duration), str(max_flood)]
+        flooder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    cpu0, busy0, t0 = cpu_seconds(server_pid), machine_busy(), time.monotonic()
+    legit_out = json.loads(legit.communicate(timeout=duration + 60)[0])
+    flood_out = json.loads(flooder.communicate(timeout=duration + 60)[0]) if flooder else None
+    cpu1, busy1, t1 = cpu_seconds(server_pid), machine_busy(), time.monotonic()
+    lat = legit_out['latencies']
+    attempts = len(lat) + legit_out['failed']
+    return {
+        'phase': name,
+        'legit_attempts': attempts,
+        'legit_success_pct': round(100.0 * len(lat) / attempts, 2) if attempts else None,
+        'latency_p50_ms': round(1000 * percentile(lat, 50), 3) if lat else None,
+        'latency_p99_ms': round(1000 * percentile(lat, 99), 3) if lat else None,
+        'flood': flood_out,
+        'server_cpu_pct': round(100.0 * (cpu1 - cpu0) / (t1 - t0), 2),
+        'machine_busy_pct': round(100.0 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1),
+    }
+
+
+def setup():
+    tag = uuid.uuid4().hex[:5]
+    ns = {'edge': 'aehbe' + tag, 'flood': 'aehbf' + tag, 'legit': 'aehbl' + tag}
+    created = []
+    try:
+        for name in ns.values():
+            helpers.sh(['ip', 'netns', 'add', name])
+            created.append(name)
+            helpers.nsexec(name, ['ip', 'link', 'set', 'lo', 'up'])
+        helpers.nsexec(ns['edge'], ['ip', 'link', 'add', 'fl0', 'type', 'veth', 'peer', 'name', 'fl1',
+                                    'netns', ns['flood']])
+        helpers.nsexec(ns['edge'], ['ip', 'link', 'add', 'lg0', 'type', 'veth', 'peer', 'name', 'lg1',
+                                    'netns', ns['legit']])
+        for side, ifname, addr in ((ns['edge'], 'fl0', EDGE_FLOOD), (ns['flood'], 'fl1', FLOODER),
+                                   (ns['edge'], 'lg0', EDGE_LEGIT), (ns['legit'], 'lg1', LEGIT)):
+            helpers.nsexec(side, ['ip', 'addr', 'add', addr + '/24', 'dev', ifname])
+            helpers.nsexec(side, ['ip', 'link', 'set', ifname, 'up'])
+        helpers.nsexec(ns['flood'], ['sysctl', '-qw', 'net.ipv4.ip_local_port_range=1024 65000'])
+    except Exception:
+        cleanup(created)
+        raise
+    return ns, created
+
+
+def cleanup(created):
+    for name in created:
+        helpers.sh('ip netns pids %s 2>/dev/null | xargs -r kill -9' % name, check=False)
+        helpers.sh(['ip', 'netns', 'del', name], check=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+    parser.add_argument('--duration', type=float, default=5.0, help='seconds per phase (max 30)')
+    parser.add_argument('--legit-rate', type=float, default=20.0, help='legit connections per second')
+    parser.add_argument('--max-flood', type=int, default=200000, help='most flood connections per phase')
+    parser.add_argument('--json', help='also write the results to this file')
+    args = parser.parse_args()
+    duration = min(args.duration, 30.0)
+    ns, created = setup()
+    server = None
+    try:
+        server = subprocess.Popen(['ip', 'netns', 'exec', ns['edge'], sys.executable, '-c', SERVER, str(PORT)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == 'ready'
+        # `ip netns exec` execs the interpreter: same pid
+        results = [phase('idle', ns, server.pid, duration, False, args.legit_rate, args.max_flood),
+                   phase('flood', ns, server.pid, duration, True, args.legit_rate, args.max_flood)]
+        applied = helpers.run_module('hashlimit', {'netns': ns['edge'], 'protocol': 'tcp', 'ports': [PORT]},
+                                     env={'SSH_CONNECTION': ''})
+        if applied.get('failed'):
+            raise SystemExit('hashlimit module failed: %s' % applied.get('msg'))
+        results.append(phase('flood+chain', ns, server.pid, duration, True, args.legit_rate, args.max_flood))
+        results.append(phase('idle+chain', ns, server.pid, duration, False, args.legit_rate, args.max_flood))
+        counters = helpers.run_module('hashlimit', {'netns': ns['edge'], 'protocol': 'tcp', 'ports': [PORT]},
+                                      env={'SSH_CONNECTION': ''})['counters']['ipv4']
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        cleanup(created)
+
+    idle = results[0]
+    print('%-12s %8s %9s %9s %9s %10s %9s %8s' % ('phase', 'legit ok', 'p50 ms', 'p99 ms', 'flood', 'flood ok',
+                                                 'srv cpu%', 'busy%'))
+    for row in results:
+        flood = row['flood'] or {}
+        print('%-12s %7s%% %9s %9s %9s %10s %9s %8s' % (
+            row['phase'], row['legit_success_pct'], row['latency_p50_ms'], row['latency_p99_ms'],
+            flood.get('attempted', '-'), flood.get('accepted', '-'), row['server_cpu_pct'], row['machine_busy_pct']))
+    chain = results[2]
+    ratios = {
+        'legit_success_with_chain_pct': chain['legit_success_pct'],
+        'p50_latency_ratio_vs_idle': round(chain['latency_p50_ms'] / idle['latency_p50_ms'], 2),
+        'p99_latency_ratio_vs_idle': round(chain['latency_p99_ms'] / idle['latency_p99_ms'], 2),
+        'server_cpu_delta_vs_idle_pct_points': round(chain['server_cpu_pct'] - idle['server_cpu_pct'], 2),
+        'server_cpu_without_chain_pct': results[1]['server_cpu_pct'],
+    }
+    print(json.dumps(ratios, indent=1))
+    print('chain counters: %s' % json.dumps(counters))
+    if args.json:
+        with open(args.json, 'w') as handle:
+            json.dump({'results': results, 'ratios': ratios, 'counters': counters,
+                       'duration': duration, 'legit_rate': args.legit_rate}, handle, indent=1)
+
+
+if __name__ == '__main__':
+    main()
