@@ -23,7 +23,7 @@ import subprocess
 
 # include/nftables/libnftables.h
 NFT_CTX_DEFAULT = 0
-NFT_CTX_OUTPUT_STATELESS = 1 << 1   # no counter values, quota usage ...
+NFT_CTX_OUTPUT_STATELESS = 1 << 2   # no counter values, quota usage ...
 NFT_CTX_OUTPUT_JSON = 1 << 4
 
 

@@ -55,6 +55,11 @@ RESERVED_TABLES = {0: 'unspec', 253: 'default', 254: 'main', 255: 'local'}
 DEFAULT_POOL_V4 = '169.254.0.0/17'   # below 169.254.169.254, the cloud metadata address
 DEFAULT_POOL_V6 = 'fdac:ed6e:7e4a::/64'
 
+# The host end's IPv6 link-local address, added by hand without a prefix route:
+# the kernel sends neighbour solicitations for forwarded packets from a
+# link-local source only, and the generated one would add fe80::/64 to main.
+HOST_LL6 = 'fe80::1/64'
+ND_RULE = 'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept'
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 4
@@ -483,6 +488,7 @@ def _write_sysctl(path, value, what):
 
 SYSCTL_V4_FORWARD = '/proc/sys/net/ipv4/ip_forward'
 SYSCTL_V6_FORWARD = '/proc/sys/net/ipv6/conf/all/forwarding'
+SYSCTL_V6_OFF = '/proc/sys/net/ipv6/conf/%s/disable_ipv6'
 
 
 def parse_marker(alias):
@@ -616,6 +622,8 @@ def nft_script(tenant, kernel='pending'):
         # Only what enters from the host is the tenant's inbound traffic; its own
         # (loopback, tunnels) is not filtered here.
         '\t\tiifname != "%s" accept' % tenant.tenant_if,
+        # neighbour discovery keeps the link itself working (ARP is not filtered here either)
+        '\t\t%s' % ND_RULE,
     ]
     lines += ['\t\t%s' % rule for rule in rules]
     lines += ['\t}', '}']
@@ -625,7 +633,7 @@ def nft_script(tenant, kernel='pending'):
 def desired_firewall_lines(tenant):
     policy, rules = tenant.firewall
     return ['type filter hook prerouting priority filter; policy %s;' % policy,
-            'iifname != "%s" accept' % tenant.tenant_if] + rules
+            'iifname != "%s" accept' % tenant.tenant_if, ND_RULE] + rules
 
 
 def xt_specs(tenant):
@@ -658,6 +666,7 @@ class View(object):
         self.tenant_link = None
         self.paired = False
         self.host_addrs = ()
+        self.host_ipv6_off = None   # the host end's disable_ipv6: '1' for tenants without IPv6
         self.tenant_addrs = ()
         self.rules = ()             # (family, mark, mask, table, priority)
         self.routes = ()            # (family, prefix, gateway, table)
@@ -668,7 +677,8 @@ class View(object):
         self.marker = None
 
     def key(self):
-        return (self.netns, self.host_link, self.tenant_link, self.paired, self.host_addrs, self.tenant_addrs,
+        return (self.netns, self.host_link, self.tenant_link, self.paired, self.host_addrs, self.host_ipv6_off,
+                self.tenant_addrs,
                 self.rules, self.routes, self.defaults, self.sysctls, self.firewall_id, self.marker)
 
     def render(self, name):
@@ -682,6 +692,8 @@ class View(object):
                 out.append('  %s end %s%s alias "%s" %s' % (label, link[0], '' if self.paired or label == 'tenant' or not self.tenant_link
                                                            else ' (not paired)', link[1], 'up' if link[2] else 'down'))
                 out += ['    address %s' % a for a in addrs]
+                if label == 'host' and self.host_ipv6_off == '1':
+                    out.append('    IPv6 off')
         for family, mark, mask, table, prio in self.rules:
             out.append('  ip -%d rule priority %d fwmark 0x%x/0x%x lookup %d' % (family, prio, mark, mask, table))
         for family, prefix, gateway, table in self.routes:
@@ -707,7 +719,11 @@ def desired_view(tenant, settings, host_ino):
     view.host_link = (tenant.host_if, tenant.alias, True)
     view.tenant_link = (tenant.tenant_if, tenant.alias, True)
     view.paired = True
-    view.host_addrs = tuple(sorted(str(pair[0]) for _f, pair in tenant.links()))
+    host_addrs = [str(pair[0]) for _f, pair in tenant.links()]
+    if tenant.link6:
+        host_addrs.append(HOST_LL6)
+    view.host_addrs = tuple(sorted(host_addrs))
+    view.host_ipv6_off = '0' if tenant.link6 else '1'
     view.tenant_addrs = tuple(sorted(str(pair[1]) for _f, pair in tenant.links()))
     view.rules = _sorted((f, tenant.mark, tenant.mask, tenant.table, settings['rule_priority'])
                          for f in tenant.families())
@@ -763,6 +779,7 @@ def current_view(host, tenant, tns, marker, settings):
     if host_link is not None:
         view.host_link = (host_link.name, host_link.alias or '', host_link.up)
         view.host_addrs = tuple(sorted(host.addrs.get(host_link.index, ())))
+        view.host_ipv6_off = _read_sysctl(SYSCTL_V6_OFF % tenant.host_if)
     tenant_link = None
     if tns is not None:
         links, addrs = _read_links(tns.ipr)
@@ -879,11 +896,15 @@ def apply_present(host, namespaces, tenant, current, wanted, settings):
         # No IPv6 link-local on the host end: it would put fe80::/64 into the main table.
         _write_sysctl('/proc/sys/net/ipv6/conf/%s/addr_gen_mode' % tenant.host_if, '1', what)
         current.host_addrs = ()
+        current.host_ipv6_off = '0'
         current.tenant_addrs = ()
         current.defaults = ()
         current.routes = ()
     host_index = ipr.link_lookup(ifname=tenant.host_if)[0]
     tenant_index = tns.ipr.link_lookup(ifname=tenant.tenant_if)[0]
+    if current.host_ipv6_off != wanted.host_ipv6_off:
+        # no IPv6 at all on the host end of an IPv4-only tenant: not even MLD reports reach it
+        _write_sysctl(SYSCTL_V6_OFF % tenant.host_if, wanted.host_ipv6_off, what)
     if relink or current.host_link != wanted.host_link:
         _nl('%s: configuring %s' % (what, tenant.host_if), ipr.link, 'set', index=host_index,
             ifalias=tenant.alias, state='up')
@@ -1012,6 +1033,8 @@ def describe(tenant, cur, want):
     else:
         if cur.host_link != want.host_link or cur.tenant_link != want.tenant_link:
             acts.append('%s: bring the veth up' % who)
+    if cur.host_ipv6_off != want.host_ipv6_off:
+        acts.append('%s: %s IPv6 on the host end' % (who, 'disable' if want.host_ipv6_off == '1' else 'enable'))
     for label, c, w in (('host end', cur.host_addrs, want.host_addrs), ('tenant end', cur.tenant_addrs, want.tenant_addrs)):
         for addr in sorted(set(c) - set(w)):
             acts.append('%s: remove address %s from the %s' % (who, addr, label))
@@ -1043,18 +1066,41 @@ def describe(tenant, cur, want):
     return acts
 
 
+def _one_rule_script(tenant, rule):
+    """A one-line script with one rule: nft's error then points into the right line
+    (libnftables 1.0 shows the buffer's first line whatever line failed)."""
+    return ('table inet %s { chain %s { type filter hook prerouting priority filter; policy accept; %s; }; }\n'
+            % (NFT_TABLE, NFT_CHAIN, rule))
+
+
 def _check_firewalls(host_nft_factory, namespaces, tenants, plans):
-    """nft --check every ruleset about to be written, before anything changes."""
+    """nft --check every ruleset about to be written, before anything changes.
+
+    The check runs in the tenant's namespace, or in the host's for a tenant that
+    does not exist yet: a dry run changes nothing anywhere. When the whole ruleset
+    fails, each rule is checked alone to name the one nft rejects.
+    """
     for tenant, cur, want in plans:
         if tenant.firewall is None or cur.firewall_id == want.firewall_id:
             continue
         if cur.netns is not None:
-            ok, _out, err = namespaces.get(tenant.netns).nft_run(nft_script(tenant), dry_run=True)
+            tns = namespaces.get(tenant.netns)
+
+            def check(script, tns=tns):
+                return tns.nft_run(script, dry_run=True)
         else:
-            ok, _out, err = host_nft_factory().run(nft_script(tenant), dry_run=True)
-        if not ok:
-            raise TenantError('%s.firewall: nft rejects the ruleset of tenant %s, nothing was changed: %s'
-                              % (tenant.param, tenant.name, err.strip()))
+            def check(script):
+                return host_nft_factory().run(script, dry_run=True)
+        ok, _out, err = check(nft_script(tenant))
+        if ok:
+            continue
+        for index, rule in enumerate(tenant.firewall[1]):
+            rule_ok, _out, rule_err = check(_one_rule_script(tenant, rule))
+            if not rule_ok:
+                raise TenantError("%s.firewall.rules[%d]: nft rejects '%s', nothing was changed: %s"
+                                  % (tenant.param, index, rule, rule_err.strip()))
+        raise TenantError('%s.firewall: nft rejects the ruleset of tenant %s, nothing was changed: %s'
+                          % (tenant.param, tenant.name, err.strip()))
 
 
 class Run(object):

@@ -1,0 +1,367 @@
+"""anycast.edge.tenant for real: namespaces, marks, policy routing and nftables, through ansible-playbook.
+
+A test namespace plays the host (the module's ``netns``); a client namespace
+reaches it over a veth pair. The tenants' namespaces are created by the module
+itself, named ``aen...`` and tracked by the fixture so they go away even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import helpers
+from helpers import nsexec, ok, run_module, run_playbook
+
+NS_PREFIX = 'aen'
+
+A_PREFIXES = ['203.0.113.0/24', '2001:db8:a::/48']
+B_PREFIXES = ['192.0.2.0/24']
+A_ADDR, A_ADDR6, B_ADDR = '203.0.113.100', '2001:db8:a::100', '192.0.2.1'
+SYSTEM_PYTHON = {'ansible_python_interpreter': '/usr/bin/python3'}   # Debian's pyroute2 0.7
+
+LISTENER = textwrap.dedent('''
+    import socket, sys, threading
+    tag, binds = sys.argv[1], sys.argv[2:]
+    def serve(sock):
+        while True:
+            conn, _peer = sock.accept()
+            conn.sendall((tag + "\\n").encode())
+            conn.close()
+    for bind in binds:
+        addr, port = bind.rsplit(":", 1)
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, int(port)))
+        sock.listen(16)
+        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+''')
+
+DIAL = textwrap.dedent('''
+    import json, socket, sys
+    out = []
+    for addr, port in json.loads(sys.argv[1]):
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3)
+            try:
+                sock.connect((addr, port))
+                out.append(sock.makefile().readline().strip())
+            except OSError as exc:
+                out.append("error: %s" % exc.__class__.__name__)
+    print(json.dumps(out))
+''')
+
+
+class Site(object):
+    def __init__(self, host, client, prefix):
+        self.host = host
+        self.client = client
+        self.prefix = prefix          # tenant namespaces are PREFIX + tenant name
+        self.listeners = []
+
+    def ns(self, tenant):
+        return self.prefix + tenant
+
+    def tenants(self, a_rules=None, b=True, **extra):
+        a = {'name': 'a', 'prefixes': A_PREFIXES, 'mark': '0x10', 'table': 110,
+             'firewall': {'policy': 'drop', 'rules': a_rules if a_rules is not None else [
+                 'ip daddr 203.0.113.100 tcp dport 20-21 accept',
+                 'ip6 daddr 2001:db8:a::100 tcp dport 21 accept',
+                 'tcp dport 22 reject with tcp reset']}}
+        items = [a]
+        if b:
+            items.append({'name': 'b', 'prefixes': B_PREFIXES, 'mark': '0x20', 'table': 120,
+                          'firewall': {'policy': 'accept', 'rules': ['ip daddr != 192.0.2.0/24 counter drop',
+                                                                     'ip daddr 192.0.2.0/24 counter accept']}})
+        return items
+
+    def task(self, tenants, **params):
+        args = {'netns': self.host, 'netns_prefix': self.prefix, 'tenants': tenants}
+        args.update(params)
+        return {'anycast.edge.tenant': args}
+
+    def listen(self, ns, tag, binds):
+        proc = subprocess.Popen(['ip', 'netns', 'exec', ns, sys.executable, '-c', LISTENER, tag] + binds,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.listeners.append(proc)
+        assert proc.stdout.readline().strip() == 'ready'
+
+    def dial(self, targets, ns=None):
+        out = nsexec(ns or self.client, [sys.executable, '-c', DIAL, json.dumps(targets)], timeout=60).stdout
+        return json.loads(out)
+
+    def stop(self):
+        for proc in self.listeners:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def site(netns_factory, veth):
+    host = netns_factory()
+    client = netns_factory()
+    veth(host, client, 'up0', 'cl0', ['198.51.100.1/24', '2001:db8:ff::1/64'],
+         ['198.51.100.2/24', '2001:db8:ff::2/64'])
+    nsexec(client, ['ip', 'route', 'add', 'default', 'via', '198.51.100.1'])
+    nsexec(client, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:ff::1'])
+    prefix = helpers.unique_name(NS_PREFIX) + '-'
+    for name in ('a', 'b', 'c'):
+        netns_factory.track(prefix + name)
+    site = Site(host, client, prefix)
+    try:
+        yield site
+    finally:
+        site.stop()
+
+
+def our_netns():
+    """Namespaces of this test module's prefix (other engineers' come and go meanwhile)."""
+    return [ns for ns in helpers.netns_list() if ns.startswith(NS_PREFIX)]
+
+
+def main_tables(ns):
+    return nsexec(ns, ['ip', '-4', 'route', 'show', 'table', 'main']).stdout + \
+        nsexec(ns, ['ip', '-6', 'route', 'show', 'table', 'main']).stdout
+
+
+def mark_counters(ns, chain):
+    """Packets counted by the MARK rules of one of our mangle chains (IPv4 + IPv6)."""
+    total = 0
+    for tool in ('iptables-save', 'ip6tables-save'):
+        for line in nsexec(ns, [tool, '-c', '-t', 'mangle']).stdout.splitlines():
+            match = re.match(r'^\[(\d+):\d+\] -A %s .*-j MARK' % re.escape(chain), line)
+            if match:
+                total += int(match.group(1))
+    return total
+
+
+def nft_counters(ns):
+    """Packets of each counter of the tenant's firewall, in order."""
+    text = nsexec(ns, ['nft', 'list', 'table', 'inet', 'anycast_edge']).stdout
+    return [int(n) for n in re.findall(r'counter packets (\d+)', text)]
+
+
+def leftovers(site):
+    """Everything of ours that could remain in the host namespace."""
+    found = []
+    links = nsexec(site.host, ['ip', '-o', 'link']).stdout
+    found += re.findall(r'ae-[ab]\b', links)
+    for family in ('-4', '-6'):
+        found += [line for line in nsexec(site.host, ['ip', family, 'rule']).stdout.splitlines() if 'proto 172' in line]
+        found += [line for line in nsexec(site.host, ['ip', family, 'route', 'show', 'table', 'all']).stdout.splitlines()
+                  if 'table 110' in line or 'table 120' in line]
+    for tool in ('iptables-save', 'ip6tables-save'):
+        found += [line for line in nsexec(site.host, [tool, '-t', 'mangle']).stdout.splitlines() if 'AE-TENANT' in line]
+    found += [ns for ns in our_netns() if ns.startswith(site.prefix)]
+    return found
+
+
+def test_traffic_is_marked_routed_to_the_tenant_and_filtered_by_its_firewall(site):
+    main_before = main_tables(site.host)
+    result = ok(run_playbook([site.task(site.tenants())])[0])
+    assert result['changed'] is True
+    by_name = dict((t['name'], t) for t in result['tenants'])
+    assert by_name['a']['netns'] == site.ns('a') and by_name['a']['table'] == 110 and by_name['a']['mark'] == '0x10'
+    assert by_name['a']['interfaces'] == {'host': 'ae-a', 'tenant': 'ae-a-t'}
+
+    # the tenants' own addresses and services (stand-ins for what sits behind their tunnels)
+    nsexec(site.ns('a'), ['ip', 'addr', 'add', A_ADDR + '/32', 'dev', 'lo'])
+    nsexec(site.ns('a'), ['ip', 'addr', 'add', A_ADDR6 + '/128', 'dev', 'lo', 'nodad'])
+    nsexec(site.ns('b'), ['ip', 'addr', 'add', B_ADDR + '/32', 'dev', 'lo'])
+    site.listen(site.ns('a'), 'tenant-a', [A_ADDR + ':21', A_ADDR + ':22', A_ADDR6 + ':21'])
+    site.listen(site.ns('b'), 'tenant-b', [B_ADDR + ':21'])
+    site.listen(site.host, 'host', ['198.51.100.1:8080'])
+
+    # The host has no route of its own to the tenants' prefixes: only the marks and tables get packets there.
+    assert nsexec(site.host, ['ip', 'route', 'get', A_ADDR], check=False).returncode != 0 or \
+        'ae-a' not in nsexec(site.host, ['ip', 'route', 'get', A_ADDR], check=False).stdout
+    assert 'dev ae-a' in nsexec(site.host, ['ip', 'route', 'get', A_ADDR, 'mark', '0x10']).stdout
+
+    marks_b = mark_counters(site.host, 'AE-TENANT-b')
+    assert site.dial([[A_ADDR, 21], [A_ADDR, 22], [A_ADDR6, 21]]) == \
+        ['tenant-a', 'error: ConnectionRefusedError', 'tenant-a']
+    # port 22 does have a listener: from inside the tenant (not through the veth) it answers
+    assert site.dial([[A_ADDR, 22]], ns=site.ns('a')) == ['tenant-a']
+    assert mark_counters(site.host, 'AE-TENANT-a') >= 3
+    # isolation: nothing of A's traffic was marked for B or reached B's namespace
+    assert mark_counters(site.host, 'AE-TENANT-b') == marks_b
+    assert nft_counters(site.ns('b')) == [0, 0]
+
+    # B works, through its own mark and table, and its firewall counter sees it
+    assert site.dial([[B_ADDR, 21]]) == ['tenant-b']
+    foreign, own = nft_counters(site.ns('b'))
+    assert foreign == 0 and own > 0
+    assert mark_counters(site.host, 'AE-TENANT-b') > marks_b
+
+    # other destinations are not touched: the host itself, unmarked
+    marks_a = mark_counters(site.host, 'AE-TENANT-a')
+    marks_b = mark_counters(site.host, 'AE-TENANT-b')
+    assert site.dial([['198.51.100.1', 8080]]) == ['host']
+    assert (mark_counters(site.host, 'AE-TENANT-a'), mark_counters(site.host, 'AE-TENANT-b')) == (marks_a, marks_b)
+
+    assert main_tables(site.host) == main_before
+    again = ok(run_playbook([site.task(site.tenants())])[0])
+    assert again['changed'] is False, again['actions']
+
+
+def test_check_mode_diff_idempotence_purge_and_absent(site):
+    """With Debian's own python and pyroute2 0.7, as on a real host."""
+    routes_before = helpers.route_dump(site.host)
+    namespaces_before = our_netns()
+    state_before = helpers.kernel_state(site.host)
+
+    checked = ok(run_playbook([site.task(site.tenants())], check=True, diff=True, extra_vars=SYSTEM_PYTHON)[0])
+    assert checked['changed'] is True
+    assert "tenant a: create network namespace '%s'" % site.ns('a') in checked['actions']
+    assert 'fwmark 0x10/0xffffffff lookup 110' in checked['diff']['after']
+    assert checked['diff']['before'] == ''
+    assert our_netns() == namespaces_before
+    assert helpers.kernel_state(site.host) == state_before
+
+    applied = ok(run_playbook([site.task(site.tenants())], diff=True, extra_vars=SYSTEM_PYTHON)[0])
+    assert applied['changed'] is True
+    assert applied['diff']['after'] == checked['diff']['after']
+    assert set([site.ns('a'), site.ns('b')]) <= set(our_netns())
+
+    again = run_playbook([site.task(site.tenants())], diff=True, extra_vars=SYSTEM_PYTHON)
+    assert ok(again[0])['changed'] is False, again[0]['actions']
+    assert again[0]['diff']['before'] == again[0]['diff']['after']
+    rechecked = ok(run_playbook([site.task(site.tenants())], check=True, extra_vars=SYSTEM_PYTHON)[0])
+    assert rechecked['changed'] is False
+
+    # drift inside the tenant is seen and repaired: a rule added by hand, a route removed
+    nsexec(site.ns('a'), ['nft', 'add', 'rule', 'inet', 'anycast_edge', 'ingress', 'tcp', 'dport', '23', 'accept'])
+    nsexec(site.host, ['ip', 'route', 'del', '203.0.113.0/24', 'table', '110'])
+    repaired = ok(run_playbook([site.task(site.tenants())], extra_vars=SYSTEM_PYTHON)[0])
+    assert repaired['changed'] is True
+    assert any('replace nftables table' in a for a in repaired['actions'])
+    assert any('route 203.0.113.0/24' in a for a in repaired['actions'])
+    assert 'dport 23' not in nsexec(site.ns('a'), ['nft', 'list', 'table', 'inet', 'anycast_edge']).stdout
+    assert ok(run_playbook([site.task(site.tenants())], extra_vars=SYSTEM_PYTHON)[0])['changed'] is False
+
+    # purge: only b listed, a goes entirely
+    purged = ok(run_playbook([site.task(site.tenants()[1:], purge=True)], extra_vars=SYSTEM_PYTHON)[0])
+    assert purged['changed'] is True and purged['purged'] == ['a']
+    assert site.ns('a') not in our_netns() and site.ns('b') in our_netns()
+    rest = leftovers(site)
+    assert rest and all(('ae-b' in x or '0x20' in x or 'table 120' in x or 'AE-TENANT-b' in x
+                         or x == site.ns('b')) for x in rest), rest
+
+    # absent: nothing of ours remains, routing state as before the first run
+    gone = ok(run_playbook([site.task([{'name': 'b', 'state': 'absent'}])], extra_vars=SYSTEM_PYTHON)[0])
+    assert gone['changed'] is True
+    assert leftovers(site) == []
+    assert helpers.route_dump(site.host) == routes_before
+    assert ok(run_playbook([site.task([{'name': 'b', 'state': 'absent'}])])[0])['changed'] is False
+
+
+def test_tenant_routes_win_over_the_default_route_and_survive_reruns(site):
+    """What the GRE module will add inside a tenant (a device, routes of the collection's protocol) stays."""
+    ok(run_playbook([site.task(site.tenants(b=False))])[0])
+    tenant_ns = site.ns('a')
+    # A second link out of the tenant namespace stands in for a tunnel (this kernel has no GRE).
+    site_router = helpers.unique_name(NS_PREFIX)
+    helpers.sh(['ip', 'netns', 'add', site_router])
+    try:
+        nsexec(tenant_ns, ['ip', 'link', 'add', 'tun0', 'type', 'veth', 'peer', 'name', 'r0', 'netns', site_router])
+        nsexec(tenant_ns, ['ip', 'addr', 'add', '10.255.0.1/30', 'dev', 'tun0'])
+        nsexec(tenant_ns, ['ip', 'link', 'set', 'tun0', 'up'])
+        nsexec(tenant_ns, ['ip', 'route', 'add', '0.0.0.0/0', 'dev', 'tun0', 'proto', '172'])
+        nsexec(tenant_ns, ['ip', 'route', 'add', '10.77.0.0/16', 'dev', 'tun0', 'proto', '172'])
+        routes = nsexec(tenant_ns, ['ip', 'route']).stdout
+        assert 'dev tun0' in nsexec(tenant_ns, ['ip', 'route', 'get', '8.8.8.8']).stdout
+        again = ok(run_playbook([site.task(site.tenants(b=False))])[0])
+        assert again['changed'] is False, again['actions']
+        assert nsexec(tenant_ns, ['ip', 'route']).stdout == routes
+        # without the tenant's own default, replies go back to the host
+        nsexec(tenant_ns, ['ip', 'route', 'del', '0.0.0.0/0', 'dev', 'tun0'])
+        assert 'dev ae-a-t' in nsexec(tenant_ns, ['ip', 'route', 'get', '8.8.8.8']).stdout
+    finally:
+        helpers.sh(['ip', 'netns', 'del', site_router], check=False)
+
+
+def test_rejected_firewall_rule_changes_nothing(site):
+    ok(run_playbook([site.task(site.tenants(b=False))])[0])
+    ruleset = nsexec(site.ns('a'), ['nft', 'list', 'ruleset']).stdout
+    state = helpers.kernel_state(site.host)
+    bad = site.tenants(a_rules=['ip daddr 203.0.113.100 tcp dport 21 accept', 'tcp dport 22 frobnicate'])
+    result = run_playbook([site.task(bad)])[0]
+    assert result.get('failed'), result
+    assert result['msg'].startswith("tenants[0].firewall.rules[1]: nft rejects 'tcp dport 22 frobnicate'"), result['msg']
+    assert 'Error: syntax error' in result['msg']
+    assert nsexec(site.ns('a'), ['nft', 'list', 'ruleset']).stdout == ruleset
+    assert helpers.kernel_state(site.host) == state
+
+    # a new tenant with a rejected rule: not even its namespace is created
+    namespaces = our_netns()
+    new = {'name': 'c', 'prefixes': ['198.18.0.0/24'], 'mark': '0x30', 'table': 130,
+           'firewall': {'rules': ['ip daddr 198.18.0.300 accept']}}
+    result = run_playbook([site.task(site.tenants(b=False) + [new])])[0]
+    assert result.get('failed') and result['msg'].startswith('tenants[1].firewall.rules[0]:'), result
+    assert '198.18.0.300' in result['msg']
+    assert our_netns() == namespaces
+    assert helpers.kernel_state(site.host) == state
+
+
+def _tenant(name, mark, table, prefixes, **extra):
+    item = {'name': name, 'mark': mark, 'table': table, 'prefixes': prefixes}
+    item.update(extra)
+    return item
+
+
+@pytest.mark.parametrize('tenants, param, problem', [
+    ([_tenant('verylongname', '0x1', 101, ['192.0.2.0/24'])], 'tenants[0].name', 'at most 15'),
+    ([_tenant('a', '0x1', 101, ['192.0.2.0/24']), _tenant('b', '0x1', 102, ['198.51.100.0/24'])],
+     'tenants[1].mark', 'also used by tenants[0]'),
+    ([_tenant('a', '0x1', 101, ['192.0.2.0/24']), _tenant('b', '0x2', 101, ['198.51.100.0/24'])],
+     'tenants[1].table', 'also used by tenants[0]'),
+    ([_tenant('a', '0x1', 101, ['192.0.2.0/24']), _tenant('b', '0x2', 102, ['192.0.2.128/25'])],
+     'tenants[1].prefixes[0]', 'overlaps 192.0.2.0/24 of tenant a'),
+    ([_tenant('a', '0x1', 101, ['2001:db8::/32']), _tenant('b', '0x2', 102, ['2001:db8:1::/48'])],
+     'tenants[1].prefixes[0]', 'overlaps'),
+    ([_tenant('a', '0x1', 254, ['192.0.2.0/24'])], 'tenants[0].table', "'main' table"),
+    ([_tenant('a', '0', 101, ['192.0.2.0/24'])], 'tenants[0].mark', 'must not be 0'),
+    ([_tenant('a', '0x1', 101, ['192.0.2.1/24'])], 'tenants[0].prefixes[0]', 'host bits'),
+    ([_tenant('a', '0x1', 101, ['192.0.2.0/24'], link={'host_if': 'a-very-long-ifname'})],
+     'tenants[0].link.host_if', 'at most 15'),
+    ([_tenant('a', '0x1', 101, ['192.0.2.0/24'], firewall={'rules': ['accept; flush ruleset']})],
+     'tenants[0].firewall.rules[0]', "';'"),
+])
+def test_bad_input_is_refused_naming_the_parameter_and_changes_nothing(site, tenants, param, problem):
+    state = helpers.kernel_state(site.host)
+    namespaces = our_netns()
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': tenants})
+    assert result.get('failed'), result
+    assert result['msg'].startswith(param + ':'), result['msg']
+    assert problem in result['msg'], result['msg']
+    assert helpers.kernel_state(site.host) == state
+    assert our_netns() == namespaces
+
+
+def test_bad_input_through_ansible_playbook(site):
+    """The playbook path says the same: the interface name that would be too long."""
+    result = run_playbook([site.task([_tenant('elevenchars', '0x1', 101, ['192.0.2.0/24'])])])[0]
+    assert result.get('failed')
+    assert "tenants[0].name: 'elevenchars' gives the interface name 'ae-elevenchars-t' (16 characters)" in result['msg']
+    assert not [ns for ns in our_netns() if ns.startswith(site.prefix)]
+
+
+def test_foreign_namespace_is_never_taken_over_or_deleted(site, netns_factory):
+    foreign = netns_factory()
+    tenant = _tenant('a', '0x1', 101, ['192.0.2.0/24'], netns=foreign)
+    result = run_module('tenant', {'netns': site.host, 'tenants': [tenant]})
+    assert result.get('failed') and 'was not created by this module' in result['msg'], result
+    gone = ok(run_module('tenant', {'netns': site.host, 'purge': True,
+                                    'tenants': [{'name': 'a', 'netns': foreign, 'state': 'absent'}]}))
+    assert gone['changed'] is False
+    assert foreign in our_netns()
