@@ -272,7 +272,7 @@ def test_no_route_is_reset_and_counted(topo, start_proxy, origin):
     assert_reset(topo, '198.51.100.7', 443)
     samples = proxy.metrics()
     assert metric(samples, 'anycast_proxy_refused_total', reason='no_route') == 1
-    assert 'outcome=no_route' in proxy.logs()
+    proxy.wait_log('outcome=no_route')
 
 
 @pytest.mark.parametrize('failure', ['refused', 'timeout'])
@@ -288,7 +288,7 @@ def test_origin_down_resets_the_client(topo, start_proxy, origin, failure):
         assert_reset(topo, random_v4(), random_port(), timeout=10)  # far beyond the 1 s connect timeout
         samples = proxy.metrics()
         assert metric(samples, 'anycast_proxy_origin_connect_errors_total', route='down', error=failure) == 1
-        assert 'outcome=connect_%s' % failure in proxy.logs()
+        proxy.wait_log('outcome=connect_%s' % failure)
     finally:
         if failure == 'timeout':
             helpers.nsexec(topo.origin, ['iptables', '-F', 'INPUT'])
@@ -301,7 +301,7 @@ def test_idle_timeout_closes_idle_connections(topo, start_proxy, origin):
         talk(sock)
         # Idle now: the proxy closes both sides; we see the end of the stream.
         assert support.recv_until_eof(sock) == b''
-    assert 'outcome=idle_timeout' in proxy.logs()
+    proxy.wait_log('outcome=idle_timeout')
     assert metric(proxy.metrics(), 'anycast_proxy_active_connections', route='web') == 0
 
 

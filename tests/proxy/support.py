@@ -348,6 +348,11 @@ class ProxyProcess(object):
         with open(self.log_path, 'rb') as fh:
             return fh.read().decode(errors='replace')
 
+    def wait_log(self, text, count=1, timeout=10.0):
+        """The log, once TEXT occurs COUNT times in it (lines are written just after the sockets close)."""
+        return wait_for(lambda: self.logs().count(text) >= count and self.logs(), timeout=timeout,
+                        what='%d x %r in the proxy log' % (count, text))
+
     def signal(self, sig):
         self.proc.send_signal(sig)
 

@@ -196,11 +196,14 @@ class _Pump:
     def _finish(self):
         # Relay the FIN: the peer's other direction stays open (half-close).
         self.done = True
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.session.pump_done()
+        session = self.session
+        if not (session.c2o.done and session.o2c.done):
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        # else: both directions are over; close() sends the FIN.
+        session.pump_done()
 
     def close_pipe(self):
         if self.pipe_r >= 0:
@@ -298,9 +301,9 @@ class TcpSession:
         c2o, o2c = self.c2o, self.o2c
         if c2o is None:
             self.relay.connecting.discard(self)
-            err = self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                self._connect_failed(err)
+            # Writable without an error is success; ask for the error only on failure.
+            if events & (EPOLLERR | EPOLLHUP):
+                self._connect_failed(self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNREFUSED)
             else:
                 self._connected()
             return
