@@ -524,9 +524,12 @@ _PATCHED = []
 
 
 def _keep_udata_alive():
-    if _PATCHED or not _xtables.HAS_IPTC:
+    if _PATCHED:
         return
-    match_cls = _xtables.iptc.Match
+    iptc = _xtables.iptc
+    if iptc is None:   # the driver imports python-iptables lazily in some versions
+        import iptc  # pylint: disable=import-outside-toplevel
+    match_cls = iptc.Match
     original_reset = match_cls.reset
 
     def reset(self):
@@ -552,6 +555,9 @@ def iptc_hashlimit_fixup(match, options):
         match.set_parameter(opt, '' if value is None else str(value))
 
 
-def register_iptc_fixup():
-    _keep_udata_alive()   # before any hashlimit Match exists (workers are forked later)
+def register_iptc_fixup(driver):
+    """Install the fix when the python-iptables driver is used, before its workers fork."""
+    if getattr(driver, 'name', None) != 'python-iptables':
+        return
+    _keep_udata_alive()
     _xtables.IPTC_FIXUPS['hashlimit'] = iptc_hashlimit_fixup

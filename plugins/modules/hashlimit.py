@@ -308,10 +308,10 @@ def main():
             ssh_exempt = str(exposed)
 
     enter_module_netns(module)
-    _hashlimit.register_iptc_fixup()
     specs, roles = _hashlimit.build_plan(cfg, exempt)
     try:
         driver = select_driver(module, module.params['driver'])
+        _hashlimit.register_iptc_fixup(driver)
         result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
         for warning in warnings:
             module.warn(warning)
