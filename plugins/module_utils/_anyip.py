@@ -10,10 +10,11 @@ attributes we manage (device, preferred source). Ours carry ROUTE_PROTO.
 from __future__ import annotations
 
 import errno
+import ipaddress
+import os
 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    FAMILY, NetlinkError, ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL,
-    dump_routes, failure, link_index, link_names)
+    ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, failure, link_index, link_names)
 
 
 class AnyipRoute(object):
@@ -39,12 +40,11 @@ class AnyipRoute(object):
         return line + ' proto %s' % self.proto
 
 
-def read_local_routes(ipr):
+def read_local_routes(raw):
     """All type-local routes of table local, owned or not, keyed like AnyipRoute.key."""
-    import ipaddress
     found = {}
     for family in (4, 6):
-        for route in dump_routes(ipr, family, TABLE_LOCAL):
+        for route in raw.dump(family, TABLE_LOCAL):
             if route['type'] != RTN_LOCAL:
                 continue
             net = ipaddress.ip_network('%s/%d' % (route['dst'], route['dst_len']))
@@ -76,59 +76,43 @@ def plan(current, desired, present, purge):
     return add, replace, remove, adopt
 
 
-def _route_args(route):
-    args = {
-        'family': FAMILY[route.network.version],
+def _route(route):
+    return {
+        'family': route.network.version,
         'dst': str(route.network.network_address),
         'dst_len': route.network.prefixlen,
         'table': TABLE_LOCAL,
         'type': RTN_LOCAL,
         'scope': RT_SCOPE_HOST,
-        'proto': ROUTE_PROTO,
+        'proto': route.proto,
         'oif': route.oif,
+        'prefsrc': route.prefsrc,
     }
-    if route.prefsrc:
-        args['prefsrc'] = route.prefsrc
-    return args
 
 
-def apply(ipr, add, replace, remove):
-    """Apply the plan on one netlink socket; undo what was done if a step fails."""
-    done = []
-    try:
-        for route in remove:
-            try:
-                ipr.route('del', **_route_args(route))
-            except NetlinkError as exc:
-                if exc.code != errno.ESRCH:  # already gone: fine
-                    raise failure('removing AnyIP route %s' % route.network, exc)
-            done.append(('del', route))
-        for route, old in replace:
-            try:
-                ipr.route('replace', **_route_args(route))
-            except NetlinkError as exc:
-                raise failure('replacing AnyIP route %s' % route.network, exc)
-            done.append(('replace', old))
-        for route in add:
-            try:
-                ipr.route('add', **_route_args(route))
-            except NetlinkError as exc:
-                raise failure('adding AnyIP route %s' % route.network, exc)
-            done.append(('add', route))
-    except Exception:
-        _undo(ipr, done)
-        raise
+_VERB = {'add': 'adding', 'del': 'removing', 'replace': 'replacing'}
+_UNDO = {'add': 'del', 'del': 'add', 'replace': 'replace'}
 
 
-def _undo(ipr, done):
-    undo = {'add': 'del', 'del': 'add', 'replace': 'replace'}
-    for kind, route in reversed(done):
-        args = _route_args(route)
-        args['proto'] = route.proto
-        try:
-            ipr.route(undo[kind], **args)
-        except NetlinkError:
-            pass  # best effort: the error that triggered the undo is reported
+def apply(raw, add, replace, remove):
+    """Apply the plan in netlink batches; if the kernel refuses anything, undo the rest.
+
+    Raises NetlinkFailure naming the first refused prefix and the kernel's reason.
+    """
+    requests = [('del', r) for r in remove] + [('replace', new) for new, _old in replace] + \
+        [('add', r) for r in add]
+    undo_of = [('add', r) for r in remove] + [('replace', old) for _new, old in replace] + \
+        [('del', r) for r in add]
+    errors = [(i, code) for i, code in raw.change([(op, _route(r)) for op, r in requests])
+              if not (requests[i][0] == 'del' and code == errno.ESRCH)]  # already gone: fine
+    if not errors:
+        return
+    refused = set(i for i, _code in errors)
+    raw.change([(undo_of[i][0], _route(undo_of[i][1])) for i in reversed(range(len(requests)))
+                if i not in refused])
+    index, code = errors[0]
+    op, route = requests[index]
+    raise failure('%s AnyIP route %s' % (_VERB[op], route.network), OSError(code, os.strerror(code)))
 
 
 def render(routes, names):
@@ -136,7 +120,6 @@ def render(routes, names):
 
 
 def _sort_key(key):
-    import ipaddress
     return (key[0], ipaddress.ip_network(key[1]))
 
 

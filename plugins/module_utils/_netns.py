@@ -13,7 +13,6 @@ do not use them).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -56,7 +55,7 @@ def _setns(fd):
     if setns is not None:
         setns(fd, CLONE_NEWNET)
         return
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # libc is already loaded: no library search
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

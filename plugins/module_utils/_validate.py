@@ -39,10 +39,13 @@ def parse_prefix(value, param, family=None):
         raise ParamError(param, 'expected an IPv4 or IPv6 prefix in CIDR notation, got %r' % (value,))
     text = value.strip()
     try:
-        net = ipaddress.ip_network(text, strict=False)
+        net = ipaddress.ip_network(text)
     except ValueError:
-        raise ParamError(param, "'%s' is not a valid IPv4 or IPv6 prefix (CIDR like 192.0.2.0/24 or 2001:db8::/64)" % text)
-    if net.network_address != ipaddress.ip_interface(text).ip:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ParamError(param, "'%s' is not a valid IPv4 or IPv6 prefix (CIDR like 192.0.2.0/24 "
+                                    "or 2001:db8::/64)" % text)
         raise ParamError(param, "'%s' has host bits set; the prefix is %s" % (text, net))
     if family is not None and net.version != family:
         raise ParamError(param, "'%s' is IPv%d, expected IPv%d" % (text, net.version, family))

@@ -29,10 +29,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import os
 import pickle
 import re
-import shlex
 import time
 
 OWNER = 'anycast.edge'
@@ -329,22 +329,19 @@ def select_driver(module, requested):
 _COUNTERS = re.compile(r'^\[(\d+):(\d+)\]\s+')
 
 
+_TARGET_RE = re.compile(r'(?:^|\s)-[jg]\s+(\S+)')
+_OUR_COMMENT_RE = re.compile(r'--comment "?(anycast\.edge [0-9a-f]{12})"?(?:\s|$)')
+
+
 def _parse_rule_text(text):
-    """(target, tag) of one iptables-save rule body."""
-    try:
-        tokens = shlex.split(text)
-    except ValueError:
-        tokens = text.split()
-    target = None
-    tag = None
-    for index, token in enumerate(tokens[:-1]):
-        if token in ('-j', '-g', '--jump', '--goto'):
-            target = tokens[index + 1]
-        elif token == '--comment':
-            match = TAG_RE.match(tokens[index + 1])
-            if match:
-                tag = tokens[index + 1]
-    return target, tag
+    """(target, tag) of one iptables-save rule body.
+
+    Matches print before the target, and target options never contain " -j ",
+    so the last -j/-g is the target even if someone's comment mentions one.
+    """
+    targets = _TARGET_RE.findall(text)
+    tag = _OUR_COMMENT_RE.search(text)
+    return (targets[-1] if targets else None), (tag.group(1) if tag else None)
 
 
 def parse_save(text, family, table):
@@ -435,14 +432,22 @@ class IptablesCliDriver(object):
 # --------------------------------------------------------------------------
 # The python-iptables (libiptc) driver.
 
-try:
-    import iptc  # noqa: F401  (python-iptables)
-    HAS_IPTC = True
-    IPTC_IMPORT_ERROR = None
-except Exception as _exc:  # ImportError, or XTablesError when libxtables is missing
-    iptc = None
-    HAS_IPTC = False
-    IPTC_IMPORT_ERROR = _exc
+# python-iptables is imported only when its driver is used: the import alone
+# costs about half a second (it pulls in distutils to find libxtables).
+iptc = None
+HAS_IPTC = importlib.util.find_spec('iptc') is not None
+IPTC_IMPORT_ERROR = None if HAS_IPTC else 'No module named iptc'
+
+
+def _load_iptc():
+    global iptc
+    if iptc is None:
+        try:
+            import iptc as loaded  # pylint: disable=import-outside-toplevel
+        except Exception as exc:  # ImportError, or XTablesError when libxtables is missing
+            raise XtablesError('driver: python-iptables could not be loaded on the managed host: %s' % exc)
+        iptc = loaded
+    return iptc
 
 
 class _XtablesLock(object):
@@ -645,6 +650,9 @@ def _iptc_apply(family, table, ops):
 
 class PythonIptablesDriver(object):
     name = 'python-iptables'
+
+    def __init__(self):
+        _load_iptc()  # in the parent, so the forked workers share the import
 
     def drop_unused_table(self, family, table):
         """Legacy tables always exist: nothing to remove."""

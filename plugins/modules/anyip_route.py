@@ -128,7 +128,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    NetlinkFailure, ROUTE_PROTO, open_iproute, require_pyroute2)
+    NetlinkFailure, ROUTE_PROTO, RawRoutes, open_iproute, require_pyroute2)
 from ansible_collections.anycast.edge.plugins.module_utils._validate import (
     ParamError, check_ifname, parse_address, parse_prefix, require_unique)
 from ansible_collections.anycast.edge.plugins.module_utils import _anyip
@@ -162,7 +162,7 @@ def main():
     enter_module_netns(module)
 
     present = module.params['state'] == 'present'
-    with open_iproute() as ipr:
+    with open_iproute() as ipr, RawRoutes() as raw:
         oif = _anyip.link_index(ipr, module.params['device'])
         if oif is None:
             module.fail_json(msg="device: interface '%s' does not exist%s" % (
@@ -170,7 +170,7 @@ def main():
                 " in network namespace '%s'" % module.params['netns'] if module.params['netns'] else ''))
         desired = [_anyip.AnyipRoute(net, oif, src if net.version == 4 else None) for net in networks]
         names = _anyip.link_names(ipr)
-        current = _anyip.read_local_routes(ipr)
+        current = _anyip.read_local_routes(raw)
         add, replace, remove, adopt = _anyip.plan(current, desired, present, module.params['purge'])
 
         owned_before = {k: r for k, r in current.items() if r.proto == ROUTE_PROTO}
@@ -183,10 +183,10 @@ def main():
         changed = bool(add or replace or remove)
         if changed and not module.check_mode:
             try:
-                _anyip.apply(ipr, add, replace, remove)
+                _anyip.apply(raw, add, replace, remove)
             except NetlinkFailure as exc:
                 module.fail_json(msg='%s (changes made by this run were undone)' % exc)
-            readback = _anyip.read_local_routes(ipr)
+            readback = _anyip.read_local_routes(raw)
             wrong = [str(r.network) for r in add + [n for n, _o in replace]
                      if r.key not in readback or not r.same(readback[r.key])]
             wrong += [str(r.network) for r in remove if r.key in readback and readback[r.key].proto == ROUTE_PROTO]
