@@ -1,17 +1,18 @@
+#!/usr/bin/python3
 # Copyright: anycast.edge developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Role-private filter: turn the role's routes into AnyIP prefixes and TPROXY rules.
+"""Turn the role's routes into AnyIP prefixes and TPROXY rules, and find what does not fit.
 
-Kept in Python because prefix containment cannot be written in Jinja without
-netaddr, which the controller need not have. The result also carries every
-problem found, as sentences, for the role's preflight asserts.
+Run by the role's preflight on the managed host with its python3 (ipaddress does
+the prefix containment that Jinja cannot do without netaddr, and roles inside a
+collection cannot carry filter plugins). Reads one JSON argument
+{"routes", "prefixes", "listen_addresses", "listen_port"}, prints one JSON object
+{"prefixes_ipv4", "prefixes_ipv6", "tproxy_rules", "errors"}. Changes nothing.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import ipaddress
+import json
+import sys
 
 ALL_PORTS = (1, 65535)
 
@@ -49,7 +50,7 @@ def _collapse(networks):
     return result
 
 
-def transparent_proxy_plan(routes, prefixes, listen_addresses, listen_port):
+def plan(routes, prefixes, listen_addresses, listen_port):
     """Return {'prefixes_ipv4', 'prefixes_ipv6', 'tproxy_rules', 'errors'}."""
     errors = []
     listeners = {}
@@ -121,8 +122,14 @@ def transparent_proxy_plan(routes, prefixes, listen_addresses, listen_port):
     }
 
 
-class FilterModule(object):
-    """Filters private to the anycast.edge.transparent_proxy role."""
+def main(argv):
+    request = json.loads(argv[1])
+    result = plan(request.get('routes') or [], request.get('prefixes') or [],
+                  request.get('listen_addresses') or [], request.get('listen_port'))
+    json.dump(result, sys.stdout, sort_keys=True)
+    sys.stdout.write('\n')
+    return 0
 
-    def filters(self):
-        return {'transparent_proxy_plan': transparent_proxy_plan}
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv))

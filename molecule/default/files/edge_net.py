@@ -1,0 +1,120 @@
+#!/usr/bin/python3
+"""Traffic ends for the molecule verification of anycast.edge.transparent_proxy.
+
+  edge_net.py origin PORT [PP_PORT]   an origin: greets each connection, then echoes lines.
+                                      On PP_PORT it first reads a PROXY v1 header and greets
+                                      with it, to show what the proxy saw.
+  edge_net.py probe HOST PORT         one connection: greeting, one echoed line; JSON on stdout.
+  edge_net.py hold HOST PORT READY GO one connection kept open: an exchange, touch READY,
+                                      wait for the file GO, another exchange; JSON on stdout.
+
+Exit status 0 only when every echo came back unchanged.
+"""
+import json
+import os
+import random
+import socket
+import socketserver
+import sys
+import threading
+import time
+
+TIMEOUT = 10
+HOLD_LIMIT = 120
+
+
+class OriginHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        header = ""
+        if self.server.server_address[1] == self.server.pp_port:
+            header = self.rfile.readline(256).decode("ascii", "replace").strip()
+        self.wfile.write(("origin-hello %s\n" % header).rstrip(" \n").encode() + b"\n")
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class DualStackServer(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def origin(port, pp_port=None):
+    servers = []
+    for number in [port] + ([pp_port] if pp_port else []):
+        server = DualStackServer(("::", number), OriginHandler)
+        server.pp_port = pp_port
+        servers.append(server)
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
+
+
+def exchange(stream, result, key):
+    token = "ping-%s-%08x\n" % (key, random.getrandbits(32))
+    stream.write(token.encode())
+    stream.flush()
+    answer = stream.readline().decode()
+    result[key] = answer.strip()
+    return answer == token
+
+
+def connect(host, port):
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    stream = sock.makefile("rwb")
+    return sock, stream
+
+
+def probe(host, port):
+    result = {"host": host, "port": port}
+    sock, stream = connect(host, port)
+    with sock, stream:
+        result["local"] = "%s:%s" % sock.getsockname()[:2]
+        result["greeting"] = stream.readline().decode().strip()
+        ok = exchange(stream, result, "echo")
+    result["ok"] = ok and result["greeting"].startswith("origin-hello")
+    return result
+
+
+def hold(host, port, ready, go):
+    result = {"host": host, "port": port}
+    sock, stream = connect(host, port)
+    with sock, stream:
+        result["greeting"] = stream.readline().decode().strip()
+        first = exchange(stream, result, "before")
+        with open(ready, "w") as handle:
+            handle.write("connected\n")
+        deadline = time.monotonic() + HOLD_LIMIT
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        result["released"] = os.path.exists(go)
+        second = exchange(stream, result, "after")
+    result["ok"] = first and second and result["released"]
+    return result
+
+
+def main(argv):
+    command = argv[1] if len(argv) > 1 else ""
+    if command == "origin" and len(argv) in (3, 4):
+        origin(int(argv[2]), int(argv[3]) if len(argv) == 4 else None)
+        return 0
+    try:
+        if command == "probe" and len(argv) == 4:
+            result = probe(argv[2], int(argv[3]))
+        elif command == "hold" and len(argv) == 6:
+            result = hold(argv[2], int(argv[3]), argv[4], argv[5])
+        else:
+            sys.stderr.write(__doc__)
+            return 2
+    except OSError as exc:
+        result = {"host": argv[2], "port": argv[3], "ok": False, "error": str(exc)}
+    print(json.dumps(result, sort_keys=True))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,47 @@
+#!/bin/bash
+# Run a molecule scenario of anycast.edge (default: "default") on this machine.
+#
+# Does everything a fresh machine of the project's kind needs besides the venv and
+# scripts/apt-packages.txt: builds the container image if missing, points podman
+# at scripts/containers.conf, makes the collection importable as anycast.edge,
+# runs `molecule <command> -s <scenario>` and always removes the scenario's
+# containers afterwards.
+#
+# usage: scripts/molecule-test.sh [SCENARIO] [MOLECULE_COMMAND]   (default: default test)
+#        KEEP_INSTANCES=1 scripts/molecule-test.sh default converge   keeps the container to look at
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+scenario="${1:-default}"
+command="${2:-test}"
+venv="${VENV:-$repo/.venv}"
+
+export PATH="$venv/bin:$PATH"
+export CONTAINERS_CONF="$repo/scripts/containers.conf"
+
+"$repo/scripts/build-image.sh"
+
+# Ansible imports collections from .../ansible_collections/<namespace>/<name>;
+# the repository root is the collection, so link it into such a tree.
+collections="$repo/build/collections"
+mkdir -p "$collections/ansible_collections/anycast"
+ln -sfn "$repo" "$collections/ansible_collections/anycast/edge"
+export ANSIBLE_COLLECTIONS_PATH="$collections"
+
+cleanup() {
+    local rc=$?
+    if [ "${KEEP_INSTANCES:-0}" = 1 ]; then exit "$rc"; fi
+    # molecule destroy normally does this; containers left by an interrupted run
+    # carry the scenario's platform names, which start with "aem-".
+    (cd "$repo" && molecule destroy -s "$scenario" >/dev/null 2>&1) || true
+    for name in $(podman ps -a --format '{{.Names}}' | grep '^aem-' || true); do
+        podman rm -f "$name" >/dev/null 2>&1 || true
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+
+cd "$repo"
+start=$(date +%s)
+molecule "$command" -s "$scenario"
+echo "molecule $command -s $scenario: passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,175 @@
+"""The transparent_proxy role's variables: defaults, argument spec and preflight plan agree.
+
+- every public default is documented in meta/argument_specs.yml with the same value,
+- every documented option has a default or is required (and then has no default),
+- the defaults pass the role's own argument spec,
+- names follow the public `transparent_proxy_` / private `__transparent_proxy_` rule,
+- files/route_plan.py (the preflight's route checks) turns routes into the AnyIP prefixes
+  and TPROXY rules, and names what does not fit.
+"""
+import copy
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+ROLE = pathlib.Path(__file__).resolve().parents[2] / "roles" / "transparent_proxy"
+PUBLIC = "transparent_proxy_"
+PRIVATE = "__transparent_proxy_"
+# Keys of argument_specs.yml that are documentation, not validation.
+DOC_KEYS = {"description", "short_description", "version_added", "notes", "author"}
+
+
+def load(relative):
+    with open(ROLE / relative, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.fixture(scope="module")
+def defaults():
+    return load("defaults/main.yml")
+
+
+@pytest.fixture(scope="module")
+def options():
+    return load("meta/argument_specs.yml")["argument_specs"]["main"]["options"]
+
+
+def disagreements(defaults, options):
+    """Sentences for every way defaults and options differ; empty when they agree."""
+    problems = []
+    for name, value in defaults.items():
+        if name not in options:
+            problems.append("%s has a default but is not documented" % name)
+            continue
+        spec = options[name]
+        if spec.get("required"):
+            problems.append("%s is required, so it must not have a default" % name)
+        elif "default" not in spec:
+            problems.append("%s: the spec documents no default, defaults/main.yml says %r" % (name, value))
+        elif spec["default"] != value or type(spec["default"]) is not type(value):
+            problems.append("%s: spec default %r, defaults/main.yml %r" % (name, spec["default"], value))
+    for name, spec in options.items():
+        if name not in defaults and not spec.get("required"):
+            problems.append("%s is documented, neither required nor given a default" % name)
+        if spec.get("required") and "default" in spec:
+            problems.append("%s is required and has a default in the spec" % name)
+    return problems
+
+
+def validation_spec(options):
+    """argument_specs options without the documentation keys, as ArgumentSpecValidator wants."""
+    spec = {}
+    for name, option in options.items():
+        option = {k: v for k, v in option.items() if k not in DOC_KEYS}
+        if "options" in option:
+            option["options"] = validation_spec(option["options"])
+        spec[name] = option
+    return spec
+
+
+def test_defaults_and_argument_spec_agree(defaults, options):
+    assert disagreements(defaults, options) == []
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d, o: d.update(transparent_proxy_listen_port=4321), "transparent_proxy_listen_port: spec default"),
+    (lambda d, o: d.update(transparent_proxy_undocumented=1), "transparent_proxy_undocumented has a default"),
+    (lambda d, o: d.pop("transparent_proxy_workers"), "transparent_proxy_workers is documented"),
+    (lambda d, o: o["transparent_proxy_workers"].pop("default"), "transparent_proxy_workers: the spec documents"),
+    (lambda d, o: d.update(transparent_proxy_log_connections="true"), "transparent_proxy_log_connections"),
+    (lambda d, o: d.update(transparent_proxy_routes=[]), "transparent_proxy_routes is required"),
+])
+def test_the_agreement_check_sees_each_kind_of_mismatch(defaults, options, mutate, expected):
+    changed_defaults, changed_options = copy.deepcopy(defaults), copy.deepcopy(options)
+    mutate(changed_defaults, changed_options)
+    assert any(p.startswith(expected) for p in disagreements(changed_defaults, changed_options))
+
+
+def test_defaults_pass_the_roles_own_argument_spec(defaults):
+    spec = load("meta/argument_specs.yml")["argument_specs"]["main"]["options"]
+    params = dict(defaults, transparent_proxy_routes=[{"destination": "192.0.2.0/24", "origin": "10.0.0.1:80"}])
+    result = ArgumentSpecValidator(validation_spec(spec)).validate(params)
+    assert result.error_messages == []
+
+
+def test_routes_are_required_and_checked_by_the_spec(defaults, options):
+    validator = ArgumentSpecValidator(validation_spec(options))
+    assert "transparent_proxy_routes" in " ".join(validator.validate(dict(defaults)).error_messages)
+    bad_route = dict(defaults, transparent_proxy_routes=[{"destination": "192.0.2.0/24", "origin": "x",
+                                                          "proxy_protocol": "v3"}])
+    assert "proxy_protocol" in " ".join(validator.validate(bad_route).error_messages)
+
+
+def test_public_and_private_names(defaults, options):
+    assert [n for n in list(defaults) + list(options) if not n.startswith(PUBLIC)] == []
+    private = load("vars/main.yml")
+    assert private and [n for n in private if not n.startswith(PRIVATE)] == []
+
+
+# --- files/route_plan.py: the preflight's view of the routes ---------------------------
+
+def route_plan():
+    spec = importlib.util.spec_from_file_location("route_plan", ROLE / "files" / "route_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.plan
+
+
+LISTEN = ["127.0.0.1", "::1"]
+
+
+def test_plan_derives_prefixes_and_rules_from_routes():
+    result = route_plan()([
+        {"destination": "192.0.2.0/25", "origin": "o:80"},
+        {"destination": "192.0.2.128/25", "origin": "o", "ports": 443},
+        {"destination": "192.0.2.128/25", "origin": "o", "ports": "8000-8100", "protocol": "udp"},
+        {"destination": "2001:db8::/64", "origin": "o", "ports": "1-65535"},
+    ], [], LISTEN, 1234)
+    assert result["errors"] == []
+    assert result["prefixes_ipv4"] == ["192.0.2.0/24"]  # the two halves collapse into one local route
+    assert result["prefixes_ipv6"] == ["2001:db8::/64"]
+    assert result["tproxy_rules"] == [
+        {"destination": "192.0.2.0/25", "protocol": "tcp", "on_ip": "127.0.0.1", "on_port": 1234},
+        {"destination": "192.0.2.128/25", "protocol": "tcp", "on_ip": "127.0.0.1", "on_port": 1234, "ports": "443"},
+        {"destination": "192.0.2.128/25", "protocol": "udp", "on_ip": "127.0.0.1", "on_port": 1234,
+         "ports": "8000-8100"},
+        {"destination": "2001:db8::/64", "protocol": "tcp", "on_ip": "::1", "on_port": 1234},
+    ]
+
+
+def test_plan_names_a_prefix_without_a_route_and_a_route_outside_the_prefixes():
+    result = route_plan()([
+        {"destination": "192.0.2.0/24", "origin": "o"},
+        {"destination": "203.0.113.0/24", "origin": "o"},
+    ], ["192.0.2.0/23", "198.51.100.0/24"], LISTEN, 1234)
+    assert result["prefixes_ipv4"] == ["192.0.2.0/23", "198.51.100.0/24"]
+    assert len(result["errors"]) == 2
+    assert "198.51.100.0/24 has no route" in result["errors"][0]
+    assert "203.0.113.0/24 is not inside any of transparent_proxy_prefixes" in result["errors"][1]
+
+
+@pytest.mark.parametrize("route, listen, message", [
+    ({"destination": "192.0.2.1/24", "origin": "o"}, LISTEN, "transparent_proxy_routes[0].destination"),
+    ({"destination": "192.0.2.0/24", "origin": "o", "ports": "70000"}, LISTEN, "transparent_proxy_routes[0].ports"),
+    ({"destination": "192.0.2.0/24", "origin": "o", "ports": "90-80"}, LISTEN, "transparent_proxy_routes[0].ports"),
+    ({"destination": "2001:db8::/64", "origin": "o"}, ["127.0.0.1"], "has no IPv6 address"),
+    ({"destination": "192.0.2.0/24", "origin": "o"}, ["localhost"], "transparent_proxy_listen_addresses"),
+])
+def test_plan_refuses_bad_input_naming_the_variable(route, listen, message):
+    result = route_plan()([route], [], listen, 1234)
+    assert any(message in e for e in result["errors"]), result["errors"]
+
+
+def test_plan_runs_as_the_role_runs_it():
+    request = {"routes": [{"destination": "192.0.2.0/24", "origin": "o"}], "prefixes": [],
+               "listen_addresses": LISTEN, "listen_port": 1234}
+    out = subprocess.run([sys.executable, str(ROLE / "files" / "route_plan.py"), json.dumps(request)],
+                         check=True, capture_output=True, text=True).stdout
+    assert json.loads(out)["prefixes_ipv4"] == ["192.0.2.0/24"]
