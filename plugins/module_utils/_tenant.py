@@ -32,9 +32,11 @@ import hashlib
 import ipaddress
 import os
 import re
+import socket
+import struct
 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    FAMILY, NetlinkError, ROUTE_PROTO, TABLE_MAIN, failure, get_attr, open_iproute)
+    FAMILY, NetlinkError, ROUTE_PROTO, TABLE_MAIN, failure, open_iproute)
 from ansible_collections.anycast.edge.plugins.module_utils._netns import (
     NETNS_RUN_DIR, NetnsError, _setns, check_netns_name, in_netns, list_netns, netns_path)
 from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft, NftError
@@ -65,6 +67,34 @@ IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 4
 IFF_UP = 1
 LO_INDEX = 1
+
+# rtnetlink numbers (linux/rtnetlink.h, if_link.h, if_addr.h, fib_rules.h)
+NETLINK_ROUTE = 0
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+RTM_GETLINK = 18
+RTM_GETADDR = 22
+RTM_GETROUTE = 26
+RTM_GETRULE = 34
+IFLA_IFNAME = 3
+IFLA_LINK = 5
+IFLA_LINKINFO = 18
+IFLA_IFALIAS = 20
+IFLA_INFO_KIND = 1
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_TABLE = 15
+FRA_PRIORITY = 6
+FRA_FWMARK = 10
+FRA_TABLE = 15
+FRA_FWMASK = 16
+FRA_PROTOCOL = 21
 
 MARKER_RE = re.compile(r'^anycast\.edge tenant (\S+) host (\d+) mark (0x[0-9a-f]+)/(0x[0-9a-f]+) table (\d+)$')
 NFT_COMMENT_RE = re.compile(r'^\s*comment "anycast\.edge tenant (\S+) input=([0-9a-f]+) kernel=([0-9a-z]+)"\s*$')
@@ -408,64 +438,145 @@ def host_inode():
 # --------------------------------------------------------------------------
 # Reading the kernel
 
+class Rtnl(object):
+    """Read-only rtnetlink dumps on a plain socket, in the namespace of the creating thread.
+
+    Reading every tenant namespace is the whole cost of a no-op run; pyroute2
+    0.9 spends milliseconds per request on its event loop, a plain socket
+    tens of microseconds. Writes still go through pyroute2 (``_netlink``).
+    """
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self):
+        self.sock.close()
+
+    def dump(self, msg_type, body):
+        self.seq += 1
+        self.sock.send(struct.pack('=IHHII', 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+        found = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _flags, seq, _pid = struct.unpack_from('=IHHII', data, offset)
+                if length < 16:
+                    raise OSError(errno.EPROTO, 'malformed netlink message')
+                if seq == self.seq:
+                    if kind == NLMSG_DONE:
+                        return found
+                    if kind == NLMSG_ERROR:
+                        code = struct.unpack_from('=i', data, offset + 16)[0]
+                        if code:
+                            raise OSError(-code, os.strerror(-code))
+                        return found
+                    found.append(data[offset + 16:offset + length])
+                offset += (length + 3) & ~3
+
+
+def _attrs(data, offset):
+    """{type: raw payload} of the rtattrs from ``offset`` on (nested flag masked)."""
+    found = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from('=HH', data, offset)
+        if length < 4:
+            break
+        found[kind & 0x3FFF] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def _text(raw):
+    return raw.split(b'\0', 1)[0].decode('utf-8', 'replace') if raw is not None else None
+
+
+def _u32(raw, default=None):
+    return struct.unpack('=I', raw[:4])[0] if raw is not None else default
+
+
+def _ip(raw, family):
+    return socket.inet_ntop(socket.AF_INET if family == socket.AF_INET else socket.AF_INET6, raw)
+
+
 class Link(object):
     __slots__ = ('index', 'name', 'alias', 'up', 'kind', 'peer')
 
-    def __init__(self, msg):
-        self.index = msg['index']
-        self.name = get_attr(msg, 'IFLA_IFNAME')
-        self.alias = get_attr(msg, 'IFLA_IFALIAS')
-        self.up = bool(msg['flags'] & IFF_UP)
-        info = msg.get_attr('IFLA_LINKINFO')
-        self.kind = info.get_attr('IFLA_INFO_KIND') if info is not None else None
-        self.peer = get_attr(msg, 'IFLA_LINK')
+    def __init__(self, index, name, alias, up, kind, peer):
+        self.index = index
+        self.name = name
+        self.alias = alias
+        self.up = up
+        self.kind = kind
+        self.peer = peer
+
+
+def _read_links(rt):
+    """({name: Link}, {ifindex: {'addr/len'}}) of the socket's namespace."""
+    links = {}
+    for msg in rt.dump(RTM_GETLINK, struct.pack('=BxHiII', socket.AF_UNSPEC, 0, 0, 0, 0)):
+        _family, _type, index, flags, _change = struct.unpack_from('=BxHiII', msg)
+        attrs = _attrs(msg, 16)
+        kind = None
+        if IFLA_LINKINFO in attrs:
+            kind = _text(_attrs(attrs[IFLA_LINKINFO], 0).get(IFLA_INFO_KIND))
+        alias = _text(attrs.get(IFLA_IFALIAS)) or None
+        link = Link(index, _text(attrs.get(IFLA_IFNAME)), alias, bool(flags & IFF_UP), kind, _u32(attrs.get(IFLA_LINK)))
+        links[link.name] = link
+    addrs = {}
+    for msg in rt.dump(RTM_GETADDR, struct.pack('=BBBBI', socket.AF_UNSPEC, 0, 0, 0, 0)):
+        family, plen, _flags, _scope, index = struct.unpack_from('=BBBBI', msg)
+        attrs = _attrs(msg, 8)
+        raw = attrs.get(IFA_LOCAL) if family == socket.AF_INET and IFA_LOCAL in attrs else attrs.get(IFA_ADDRESS)
+        if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        addrs.setdefault(index, set()).add(_iface_text(_ip(raw, family), plen))
+    return links, addrs
 
 
 def _iface_text(addr, plen):
     return str(ipaddress.ip_interface('%s/%d' % (addr, plen)))
 
 
-def _read_links(ipr):
-    links = {}
-    for msg in ipr.get_links():
-        link = Link(msg)
-        links[link.name] = link
-    addrs = {}
-    for msg in ipr.get_addr():
-        addr = get_attr(msg, 'IFA_ADDRESS')
-        if addr:
-            addrs.setdefault(msg['index'], set()).add(_iface_text(addr, msg['prefixlen']))
-    return links, addrs
-
-
-def _read_routes(ipr):
-    """Our routes (collection protocol), both families, every table."""
+def _read_routes(rt, table=None):
+    """Our routes (collection protocol), both families, every table (or one)."""
     found = []
     for family in (4, 6):
-        for msg in ipr.route('dump', family=FAMILY[family]):
-            if msg['proto'] != ROUTE_PROTO:
+        af = FAMILY[family]
+        for msg in rt.dump(RTM_GETROUTE, struct.pack('=BBBBBBBBI', af, 0, 0, 0, 0, 0, 0, 0, 0)):
+            r_family, dst_len, _src, _tos, r_table, proto, _scope, _type, _flags = struct.unpack_from('=BBBBBBBBI', msg)
+            if proto != ROUTE_PROTO or r_family != af:
                 continue
-            dst = get_attr(msg, 'RTA_DST', '0.0.0.0' if family == 4 else '::')
+            attrs = _attrs(msg, 12)
+            r_table = _u32(attrs.get(RTA_TABLE), r_table)
+            if table is not None and r_table != table:
+                continue
+            dst = _ip(attrs[RTA_DST], af) if RTA_DST in attrs else ('0.0.0.0' if family == 4 else '::')
             found.append({
                 'family': family,
-                'prefix': str(ipaddress.ip_network('%s/%d' % (dst, msg['dst_len']))),
-                'table': get_attr(msg, 'RTA_TABLE', msg['table']),
-                'oif': get_attr(msg, 'RTA_OIF'),
-                'gateway': get_attr(msg, 'RTA_GATEWAY'),
-                'metric': get_attr(msg, 'RTA_PRIORITY', 0),
+                'prefix': str(ipaddress.ip_network('%s/%d' % (dst, dst_len))),
+                'table': r_table,
+                'oif': _u32(attrs.get(RTA_OIF)),
+                'gateway': _ip(attrs[RTA_GATEWAY], af) if RTA_GATEWAY in attrs else None,
+                'metric': _u32(attrs.get(RTA_PRIORITY), 0),
             })
     return found
 
 
-def _read_rules(ipr):
+def _read_rules(rt):
     """Our policy rules (collection protocol): (family, mark, mask, table, priority)."""
     found = set()
     for family in (4, 6):
-        for msg in ipr.get_rules(family=FAMILY[family]):
-            if get_attr(msg, 'FRA_PROTOCOL') != ROUTE_PROTO or get_attr(msg, 'FRA_FWMARK') is None:
+        for msg in rt.dump(RTM_GETRULE, struct.pack('=BBBBBBBBI', FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
+            table = struct.unpack_from('=BBBBB', msg)[4]
+            attrs = _attrs(msg, 12)
+            proto = attrs.get(FRA_PROTOCOL)
+            if proto is None or proto[0] != ROUTE_PROTO or FRA_FWMARK not in attrs:
                 continue
-            found.add((family, get_attr(msg, 'FRA_FWMARK'), get_attr(msg, 'FRA_FWMASK', 0xFFFFFFFF),
-                       get_attr(msg, 'FRA_TABLE', msg['table']), get_attr(msg, 'FRA_PRIORITY', 0)))
+            found.add((family, _u32(attrs[FRA_FWMARK]), _u32(attrs.get(FRA_FWMASK), 0xFFFFFFFF),
+                       _u32(attrs.get(FRA_TABLE), table), _u32(attrs.get(FRA_PRIORITY), 0)))
     return found
 
 
@@ -500,13 +611,26 @@ def parse_marker(alias):
 
 
 class TenantNs(object):
-    """Sockets into one tenant namespace, opened once and kept for the run."""
+    """Sockets into one tenant namespace, opened once and kept for the run.
+
+    Reading uses a plain rtnetlink socket; the pyroute2 socket for writing is
+    only opened when something has to change.
+    """
 
     def __init__(self, name):
         self.name = name
+        self._ipr = None
+        self._nft = None
         with in_netns(name):
-            self.ipr = open_iproute()
-            self._nft = None
+            self.rt = Rtnl()
+        self._links = None
+
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            with in_netns(self.name):
+                self._ipr = open_iproute()
+        return self._ipr
 
     def nft(self):
         if self._nft is None:
@@ -526,14 +650,23 @@ class TenantNs(object):
             _write_sysctl(path, value, what)
             return value
 
-    def marker(self):
-        for msg in self.ipr.get_links(LO_INDEX):
-            return parse_marker(get_attr(msg, 'IFLA_IFALIAS'))
+    def links(self, fresh=False):
+        """(links, addrs) of the namespace, read once unless ``fresh``."""
+        if self._links is None or fresh:
+            self._links = _read_links(self.rt)
+        return self._links
+
+    def marker(self, fresh=False):
+        for link in self.links(fresh)[0].values():
+            if link.index == LO_INDEX:
+                return parse_marker(link.alias)
         return None
 
     def close(self):
         try:
-            self.ipr.close()
+            self.rt.close()
+            if self._ipr is not None:
+                self._ipr.close()
         finally:
             if self._nft is not None:
                 self._nft.close()
@@ -743,15 +876,27 @@ def desired_view(tenant, settings, host_ino):
 class HostState(object):
     """The host namespace, read once."""
 
-    def __init__(self, ipr):
-        self.ipr = ipr
+    def __init__(self):
+        self._ipr = None
+        self.rt = Rtnl()
         self.inode = host_inode()
         self.refresh()
 
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            self._ipr = open_iproute()
+        return self._ipr
+
     def refresh(self):
-        self.links, self.addrs = _read_links(self.ipr)
-        self.routes = _read_routes(self.ipr)
-        self.rules = _read_rules(self.ipr)
+        self.links, self.addrs = _read_links(self.rt)
+        self.routes = _read_routes(self.rt)
+        self.rules = _read_rules(self.rt)
+
+    def close(self):
+        self.rt.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def owned_links(self):
         """{tenant name: Link} of host veth ends we created."""
@@ -782,7 +927,7 @@ def current_view(host, tenant, tns, marker, settings):
         view.host_ipv6_off = _read_sysctl(SYSCTL_V6_OFF % tenant.host_if)
     tenant_link = None
     if tns is not None:
-        links, addrs = _read_links(tns.ipr)
+        links, addrs = tns.links()
         tenant_link = links.get(tenant.tenant_if)
         if tenant_link is not None:
             view.tenant_link = (tenant_link.name, tenant_link.alias or '', tenant_link.up)
@@ -791,8 +936,8 @@ def current_view(host, tenant, tns, marker, settings):
                                              if not a.startswith('fe80:')))
             view.paired = (host_link is not None and host_link.kind == 'veth' and tenant_link.kind == 'veth'
                            and host_link.peer == tenant_link.index and tenant_link.peer == host_link.index)
-            view.defaults = _sorted((r['family'], r['gateway'], r['metric']) for r in _read_routes(tns.ipr)
-                                    if r['oif'] == tenant_link.index and r['table'] == TABLE_MAIN
+            view.defaults = _sorted((r['family'], r['gateway'], r['metric']) for r in _read_routes(tns.rt, TABLE_MAIN)
+                                    if r['oif'] == tenant_link.index
                                     and r['prefix'] in ('0.0.0.0/0', '::/0'))
         sysctls = [('net.ipv4.ip_forward', tns.sysctl(SYSCTL_V4_FORWARD))]
         if tenant.present and tenant.link6:
@@ -883,7 +1028,7 @@ def apply_present(host, namespaces, tenant, current, wanted, settings):
         if current.host_link:
             _nl('%s: deleting stale interface %s' % (what, tenant.host_if), ipr.link, 'del',
                 index=host.links[tenant.host_if].index)
-        links, _addrs = _read_links(tns.ipr)
+        links, _addrs = tns.links(fresh=True)
         if tenant.tenant_if in links:
             _nl('%s: deleting stale interface %s in %s' % (what, tenant.tenant_if, tenant.netns), tns.ipr.link,
                 'del', index=links[tenant.tenant_if].index)
@@ -1112,8 +1257,7 @@ class Run(object):
         self.purge = purge
         self.driver = driver
         self.check_mode = check_mode
-        self.ipr = open_iproute()
-        self.host = HostState(self.ipr)
+        self.host = HostState()
         self.namespaces = Namespaces()
         self._host_nft = None
 
@@ -1121,7 +1265,7 @@ class Run(object):
         self.namespaces.close()
         if self._host_nft is not None:
             self._host_nft.close()
-        self.ipr.close()
+        self.host.close()
 
     def host_nft(self):
         if self._host_nft is None:
@@ -1315,7 +1459,7 @@ class Run(object):
             tns = None
             if os.path.exists(netns_path(tenant.netns)):
                 tns = self.namespaces.get(tenant.netns)
-                marker = tns.marker()
+                marker = tns.marker(fresh=True)
             now = current_view(self.host, tenant, tns, marker, self.settings)
             if now.key() != want.key():
                 diff = [line for line in now.render(tenant.name) if line not in want.render(tenant.name)]
