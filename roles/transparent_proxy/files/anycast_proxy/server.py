@@ -23,6 +23,17 @@ from .udp_relay import UdpRelay
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_tasks = set()
+
+
+def spawn(coro):
+    """Run CORO as a task that stays referenced until done (asyncio keeps only weak references)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
 class Log:
     """One line per event on stderr; journald adds time and unit."""
 
@@ -173,7 +184,7 @@ class ProxyServer:
         await self._apply_metrics_server(None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop_event.set)
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload()))
         if self.worker is not None:
             await self._serve_control()
         self.log.info(f"anycast-proxy started (pid {os.getpid()}): {self.describe()}")
@@ -224,7 +235,7 @@ class ProxyServer:
                     writer.write(json.dumps(self.metrics.snapshot()).encode() + b"\n")
                     await writer.drain()
 
-        self.loop.create_task(serve())
+        spawn(serve())
         writer.write(b"ready\n")
         await writer.drain()
 
@@ -260,7 +271,7 @@ class Supervisor:
         line = await asyncio.wait_for(worker.reader.readline(), 60)
         if line.strip() != b"ready":
             raise RuntimeError(f"worker {worker.index} failed to start (exit status {worker.proc.returncode})")
-        asyncio.get_running_loop().create_task(self._watch(worker))
+        spawn(self._watch(worker))
 
     async def _watch(self, worker):
         status = await worker.proc.wait()
@@ -336,7 +347,7 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self._reload()))
         self.workers = [_Worker(i) for i in range(self.config.workers)]
         try:
             for w in self.workers:
