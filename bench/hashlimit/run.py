@@ -4,12 +4,15 @@ Three namespaces joined by veth pairs: ``edge`` runs an accept-and-close TCP
 server; ``flood`` opens new connections from one address as fast as one
 process can (bounded by --duration and --max-flood); ``legit`` connects at a
 steady rate from another address and records whether each connect succeeded
-and how long it took. Four phases, each --duration seconds:
+and how long it took. Six phases, each --duration seconds:
 
   idle          legit client only, no chain
   flood         legit + flood, no chain
-  flood+chain   legit + flood, the anycast.edge.hashlimit chain on (defaults: 50/sec, burst 20, srcip)
-  idle+chain    legit client only, chain on
+  flood+new     legit + flood, the anycast.edge.hashlimit chain on (defaults: 50/sec, burst 20, srcip,
+                conntrack NEW), scoped to the server's port
+  idle+new      legit client only, that chain on
+  flood+syn     legit + flood, the same limit with match: syn (stateless, scope untracked)
+  idle+syn      legit client only, that chain on
 
 The flood process runs at nice 19: on a real edge the flood's sender is
 another machine, and on this 2-core box an un-niced sender would mostly
@@ -21,7 +24,7 @@ its process over the phase, in % of one core). Everything runs inside
 namespaces this script creates (prefix aehb) and removes, even on errors.
 
 Rerun (as root, from the repository root):
-    .venv/bin/python bench/hashlimit/run.py --duration 5 --json build/bench-hashlimit.json
+    .venv/bin/python bench/hashlimit/run.py --duration 10 --flood-rate 10000 --json build/bench-hashlimit.json
 """
 
 from __future__ import annotations
@@ -67,10 +70,17 @@ while True:
 FLOOD = r'''
 import json, socket, struct, sys, time
 dst, port, duration, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+rate = float(sys.argv[5])   # connections per second, 0: as fast as possible
 linger = struct.pack('ii', 1, 0)
 ok = refused = other = 0
-end = time.monotonic() + duration
+start = time.monotonic()
+end = start + duration
 while time.monotonic() < end and ok + refused + other < limit:
+    n = ok + refused + other
+    if rate and n % 50 == 0:
+        ahead = start + n / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     s.settimeout(1.0)
@@ -81,7 +91,8 @@ while time.monotonic() < end and ok + refused + other < limit:
     except OSError:
         other += 1
     s.close()
-print(json.dumps({'attempted': ok + refused + other, 'accepted': ok, 'refused': refused, 'other': other}))
+print(json.dumps({'attempted': ok + refused + other, 'accepted': ok, 'refused': refused, 'other': other,
+                  'per_sec': round((ok + refused + other) / (time.monotonic() - start))}))
 '''
 
 # A steady client: one connect every 1/rate seconds, latency of each connect().
@@ -135,14 +146,14 @@ def percentile(values, pct):
     return ordered[min(len(ordered) - 1, int(round(pct / 100.0 * (len(ordered) - 1))))]
 
 
-def phase(name, ns, server_pid, duration, flood, legit_rate, max_flood):
+def phase(name, ns, server_pid, duration, flood, legit_rate, max_flood, flood_rate):
     legit = subprocess.Popen(['ip', 'netns', 'exec', ns['legit'], sys.executable, '-c', LEGIT_CLIENT, EDGE_LEGIT,
                               str(PORT), str(duration), str(legit_rate)], stdout=subprocess.PIPE, text=True)
     flooder = None
     if flood:
         # niced: in reality the flood's sender runs elsewhere; here it must not starve the edge of CPU
         command = ['ip', 'netns', 'exec', ns['flood'], 'nice', '-n', '19', sys.executable, '-c', FLOOD,
-                   EDGE_FLOOD, str(PORT), str(duration), str(max_flood)]
+                   EDGE_FLOOD, str(PORT), str(duration), str(max_flood), str(flood_rate)]
         flooder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     cpu0, busy0, t0 = cpu_seconds(server_pid), machine_busy(), time.monotonic()
     legit_out = json.loads(legit.communicate(timeout=duration + 60)[0])
@@ -155,6 +166,7 @@ def phase(name, ns, server_pid, duration, flood, legit_rate, max_flood):
         'legit_attempts': attempts,
         'legit_success_pct': round(100.0 * len(lat) / attempts, 2) if attempts else None,
         'latency_p50_ms': round(1000 * percentile(lat, 50), 3) if lat else None,
+        'latency_p90_ms': round(1000 * percentile(lat, 90), 3) if lat else None,
         'latency_p99_ms': round(1000 * percentile(lat, 99), 3) if lat else None,
         'flood': flood_out,
         'server_cpu_pct': round(100.0 * (cpu1 - cpu0) / (t1 - t0), 2),
@@ -195,8 +207,10 @@ def cleanup(created):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--duration', type=float, default=5.0, help='seconds per phase (max 30)')
-    parser.add_argument('--legit-rate', type=float, default=20.0, help='legit connections per second')
+    parser.add_argument('--legit-rate', type=float, default=40.0, help='legit connections per second')
     parser.add_argument('--max-flood', type=int, default=200000, help='most flood connections per phase')
+    parser.add_argument('--flood-rate', type=float, default=10000.0,
+                        help='flood connections per second (0: as fast as one process can)')
     parser.add_argument('--json', help='also write the results to this file')
     args = parser.parse_args()
     duration = min(args.duration, 30.0)
@@ -207,16 +221,19 @@ def main():
                                   stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == 'ready'
         # `ip netns exec` execs the interpreter: same pid
-        results = [phase('idle', ns, server.pid, duration, False, args.legit_rate, args.max_flood),
-                   phase('flood', ns, server.pid, duration, True, args.legit_rate, args.max_flood)]
-        applied = helpers.run_module('hashlimit', {'netns': ns['edge'], 'protocol': 'tcp', 'ports': [PORT]},
-                                     env={'SSH_CONNECTION': ''})
-        if applied.get('failed'):
-            raise SystemExit('hashlimit module failed: %s' % applied.get('msg'))
-        results.append(phase('flood+chain', ns, server.pid, duration, True, args.legit_rate, args.max_flood))
-        results.append(phase('idle+chain', ns, server.pid, duration, False, args.legit_rate, args.max_flood))
-        counters = helpers.run_module('hashlimit', {'netns': ns['edge'], 'protocol': 'tcp', 'ports': [PORT]},
-                                      env={'SSH_CONNECTION': ''})['counters']['ipv4']
+        run = lambda name, flood: phase(name, ns, server.pid, duration, flood, args.legit_rate,  # noqa: E731
+                                        args.max_flood, args.flood_rate)
+        results = [run('idle', False), run('flood', True)]
+        counters = {}
+        for match in ('new', 'syn'):
+            limiter = {'netns': ns['edge'], 'protocol': 'tcp', 'ports': [PORT], 'match': match}
+            applied = helpers.run_module('hashlimit', limiter, env={'SSH_CONNECTION': ''})
+            if applied.get('failed'):
+                raise SystemExit('hashlimit module failed: %s' % applied.get('msg'))
+            results.append(run('flood+%s' % match, True))
+            results.append(run('idle+%s' % match, False))
+            counters[match] = helpers.run_module('hashlimit', limiter,
+                                                 env={'SSH_CONNECTION': ''})['counters']['ipv4']
     finally:
         if server is not None:
             server.kill()
@@ -224,27 +241,30 @@ def main():
         cleanup(created)
 
     idle = results[0]
-    print('%-12s %8s %9s %9s %9s %10s %9s %8s' % ('phase', 'legit ok', 'p50 ms', 'p99 ms', 'flood', 'flood ok',
-                                                 'srv cpu%', 'busy%'))
+    print('%-12s %8s %9s %9s %9s %9s %10s %9s %8s' % ('phase', 'legit ok', 'p50 ms', 'p90 ms', 'p99 ms', 'flood/s',
+                                                      'flood ok', 'srv cpu%', 'busy%'))
     for row in results:
         flood = row['flood'] or {}
-        print('%-12s %7s%% %9s %9s %9s %10s %9s %8s' % (
-            row['phase'], row['legit_success_pct'], row['latency_p50_ms'], row['latency_p99_ms'],
-            flood.get('attempted', '-'), flood.get('accepted', '-'), row['server_cpu_pct'], row['machine_busy_pct']))
-    chain = results[2]
-    ratios = {
-        'legit_success_with_chain_pct': chain['legit_success_pct'],
-        'p50_latency_ratio_vs_idle': round(chain['latency_p50_ms'] / idle['latency_p50_ms'], 2),
-        'p99_latency_ratio_vs_idle': round(chain['latency_p99_ms'] / idle['latency_p99_ms'], 2),
-        'server_cpu_delta_vs_idle_pct_points': round(chain['server_cpu_pct'] - idle['server_cpu_pct'], 2),
-        'server_cpu_without_chain_pct': results[1]['server_cpu_pct'],
-    }
+        print('%-12s %7s%% %9s %9s %9s %9s %10s %9s %8s' % (
+            row['phase'], row['legit_success_pct'], row['latency_p50_ms'], row['latency_p90_ms'], row['latency_p99_ms'],
+            flood.get('per_sec', '-'), flood.get('accepted', '-'), row['server_cpu_pct'], row['machine_busy_pct']))
+    ratios = {'server_cpu_flood_without_chain_pct': results[1]['server_cpu_pct']}
+    for chain in results[2::2]:
+        key = chain['phase']
+        ratios[key] = {
+            'legit_success_pct': chain['legit_success_pct'],
+            'p50_latency_ratio_vs_idle': round(chain['latency_p50_ms'] / idle['latency_p50_ms'], 2),
+            'p90_latency_ratio_vs_idle': round(chain['latency_p90_ms'] / idle['latency_p90_ms'], 2),
+            'p99_latency_ratio_vs_idle': round(chain['latency_p99_ms'] / idle['latency_p99_ms'], 2),
+            'server_cpu_delta_vs_idle_pct_points': round(chain['server_cpu_pct'] - idle['server_cpu_pct'], 2),
+        }
     print(json.dumps(ratios, indent=1))
     print('chain counters: %s' % json.dumps(counters))
     if args.json:
         with open(args.json, 'w') as handle:
             json.dump({'results': results, 'ratios': ratios, 'counters': counters,
-                       'duration': duration, 'legit_rate': args.legit_rate}, handle, indent=1)
+                       'duration': duration, 'legit_rate': args.legit_rate, 'flood_rate': args.flood_rate},
+                      handle, indent=1)
 
 
 if __name__ == '__main__':
