@@ -129,7 +129,7 @@ class Nft(object):
             err = _LIB.nft_ctx_get_error_buffer(self._ctx) or b''
             return rc == 0, out.decode('utf-8', 'replace'), err.decode('utf-8', 'replace')
         args = [self._binary] + (['-s'] if self.stateless else []) + (['-c'] if dry_run else []) + ['-f', '-']
-        proc = subprocess.run(args, input=commands, capture_output=True, text=True)
+        proc = subprocess.run(args, input=commands, capture_output=True, text=True, check=False)
         return proc.returncode == 0, proc.stdout, proc.stderr
 
     def close(self):

@@ -39,7 +39,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     FAMILY, NetlinkError, ROUTE_PROTO, TABLE_MAIN, failure, open_iproute)
 from ansible_collections.anycast.edge.plugins.module_utils._netns import (
     NETNS_RUN_DIR, NetnsError, _setns, check_netns_name, in_netns, list_netns, netns_path)
-from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft, NftError
+from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft
 from ansible_collections.anycast.edge.plugins.module_utils._validate import (
     ParamError, check_ifname, check_mark, parse_interface, parse_prefix)
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import (
@@ -252,7 +252,10 @@ def validate(params):
         name = raw.get('name')
         if not isinstance(name, str) or not name:
             raise ParamError(param + '.name', 'is required')
-        if len(name) > NAME_MAX or not NAME_RE.match(name):
+        if len(name) > NAME_MAX:
+            raise ParamError(param + '.name', "'%s' is %d characters; a tenant name has at most %d (it also names "
+                             "its mark chain and ownership marker)" % (name, len(name), NAME_MAX))
+        if not NAME_RE.match(name):
             raise ParamError(param + '.name', "'%s' is not a tenant name: 1-%d letters, digits, '-' or '_', "
                              "starting with a letter or digit" % (name, NAME_MAX))
         tenant = Tenant(index, name, raw.get('state') or 'present')
@@ -270,7 +273,7 @@ def validate(params):
             where = '%s.link.%s' % (param, key) if link.get(key) else param + '.name'
             try:
                 check_ifname(value, where)
-            except ParamError as exc:
+            except ParamError:
                 if link.get(key):
                     raise
                 raise ParamError(where, "'%s' gives the interface name '%s' (%d characters) but the kernel allows "
@@ -822,8 +825,9 @@ class View(object):
         for label, link, addrs in (('host', self.host_link, self.host_addrs),
                                    ('tenant', self.tenant_link, self.tenant_addrs)):
             if link:
-                out.append('  %s end %s%s alias "%s" %s' % (label, link[0], '' if self.paired or label == 'tenant' or not self.tenant_link
-                                                           else ' (not paired)', link[1], 'up' if link[2] else 'down'))
+                unpaired = label == 'host' and self.tenant_link and not self.paired
+                out.append('  %s end %s%s alias "%s" %s' % (
+                    label, link[0], ' (not paired)' if unpaired else '', link[1], 'up' if link[2] else 'down'))
                 out += ['    address %s' % a for a in addrs]
                 if label == 'host' and self.host_ipv6_off == '1':
                     out.append('    IPv6 off')

@@ -17,20 +17,23 @@ description:
     O(tenants[].mark) (iptables C(mangle) table, a chain C(AE-TENANT-NAME) per tenant jumped to from
     C(PREROUTING)); C(ip rule fwmark MARK lookup TABLE) sends them to the tenant's own routing table, which
     routes the prefixes over the veth. The main routing table is never touched; the host end's addresses
-    are added without a prefix route and get no IPv6 link-local address.
+    are added without a prefix route, it generates no IPv6 link-local address (a tenant with IPv6 gets a
+    fixed C(fe80::1/64) there, also without a prefix route, for neighbour discovery), and it has IPv6
+    switched off when the tenant has no IPv6 prefix.
   - Inside the tenant's namespace, a default route back to the host with metric 4096 lets replies reach the
     internet; any route of the tenant's own (for example through a GRE tunnel of M(anycast.edge.gre_tunnel))
     has a lower metric and wins. Forwarding is enabled in the tenant's namespace and in the host's.
   - The tenant's firewall is one nftables table C(inet anycast_edge) with one chain C(ingress) (hook
-    C(prerouting)) that filters what enters the tenant from the host. It is replaced in one nftables
-    transaction after the whole ruleset passed C(nft --check): a rule nft rejects changes nothing, and
+    C(prerouting)) that filters what enters the tenant from the host (IPv6 neighbour discovery is always
+    let through, as ARP is, so that the link works). It is replaced in one nftables
+    transaction after the whole ruleset passed C(nft --check); a rule nft rejects changes nothing, and
     nft's message is returned.
   - Namespaces are created in-process (no command per tenant), never in check mode. The loopback of every
     namespace this module creates carries the alias C(anycast.edge tenant NAME host INODE mark M table T);
     only such namespaces, of this host's namespace, are ever deleted by O(tenants[].state=absent) or
     O(purge).
 author:
-  - anycast.edge contributors
+  - anycast.edge developers (@anycast-edge)
 requirements:
   - pyroute2 (0.7 or later) on the managed host
   - libnftables (Debian package libnftables1) or the nft command
@@ -178,7 +181,7 @@ EXAMPLES = r'''
   anycast.edge.tenant:
     tenants:
       - name: acme
-        prefixes: [203.0.113.0/24, "2001:db8:acme::/48"]
+        prefixes: [203.0.113.0/24, "2001:db8:ac3e::/48"]
         mark: "0x100"
         table: 100
         firewall:
@@ -271,6 +274,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._netns import NetnsError, enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import NetlinkFailure, require_pyroute2
+from ansible_collections.anycast.edge.plugins.module_utils._nftables import NftError
 from ansible_collections.anycast.edge.plugins.module_utils._tenant import Run, TenantError, validate
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
@@ -331,7 +335,7 @@ def main():
             after += xt['diff']['after'].splitlines()
             result['diff'] = dict(before='\n'.join(before) + ('\n' if before else ''),
                                   after='\n'.join(after) + ('\n' if after else ''))
-    except (TenantError, XtablesError, NetlinkFailure, NetnsError) as exc:
+    except (TenantError, XtablesError, NetlinkFailure, NetnsError, NftError) as exc:
         module.fail_json(msg=str(exc))
     finally:
         run.close()
