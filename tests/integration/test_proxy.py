@@ -444,6 +444,21 @@ def test_udp_round_trip_to_a_random_port(topo, start_proxy, origin, proxy_protoc
     assert 'udp closed' in proxy.logs() and 'outcome=idle_timeout' in proxy.logs()
 
 
+def test_udp_over_ipv6(topo, start_proxy, origin):
+    origin(cls=support.UdpOrigin, address=ORIGIN_V6, port=5354, family=socket.AF_INET6)
+    start_proxy(base_config(routes=[
+        {'name': 'dns6', 'destination': '2001:db8:100::/64', 'protocol': 'udp', 'origin': '[%s]:5354' % ORIGIN_V6},
+    ]))
+    address, port = '2001:db8:100::%x' % random.randint(1, 0xffff), random_port()
+    sock = support.socket_in(topo.client, socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    with sock:
+        sock.sendto(b'six', (address, port))
+        data, sender = sock.recvfrom(65535)
+    assert sender[:2] == (address, port)
+    assert json.loads(data)['payload'] == 'six'
+
+
 def test_sigterm_stops_accepting_and_drains(topo, start_proxy, origin):
     origin(port=8080)
     proxy = start_proxy(base_config(drain_timeout=30))

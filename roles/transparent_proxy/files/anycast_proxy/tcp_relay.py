@@ -422,7 +422,8 @@ class TcpRelay:
         self.log_connections = config.log_connections
 
     def add_listener(self, sock):
-        self.poller.register(sock.fileno(), EPOLLIN, lambda events, lsock=sock: self._on_accept(lsock))
+        self.poller.register(sock.fileno(), EPOLLIN, lambda events, lsock=sock: self._on_accept(lsock),
+                             deferred=True)
 
     def remove_listener(self, sock):
         self.poller.unregister(sock.fileno())
