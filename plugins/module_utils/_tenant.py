@@ -331,7 +331,7 @@ def validate(params):
                 problem = _nft_rule_problem(text)
                 if problem:
                     raise ParamError(where, problem)
-                rules.append(' '.join(text.split()))
+                rules.append(text.strip())
             tenant.firewall = (policy, rules)
         tenants.append(tenant)
 
@@ -924,7 +924,8 @@ def current_view(host, tenant, tns, marker, settings):
         view.netns = tenant.netns
         view.marker = '%s %s host %d mark 0x%x/0x%x table %d' % (
             OWNER, marker['name'], marker['host'], marker['mark'], marker['mask'], marker['table']) if marker else None
-    host_link = host.links.get(tenant.host_if)
+    # by name, or by our alias when the tenant's interfaces were renamed
+    host_link = host.links.get(tenant.host_if) or host.owned_links().get(tenant.name)
     if host_link is not None:
         view.host_link = (host_link.name, host_link.alias or '', host_link.up)
         view.host_addrs = tuple(sorted(host.addrs.get(host_link.index, ())))
@@ -933,6 +934,8 @@ def current_view(host, tenant, tns, marker, settings):
     if tns is not None:
         links, addrs = tns.links()
         tenant_link = links.get(tenant.tenant_if)
+        if tenant_link is None:
+            tenant_link = next((l for l in links.values() if l.alias == tenant.alias), None)
         if tenant_link is not None:
             view.tenant_link = (tenant_link.name, tenant_link.alias or '', tenant_link.up)
             # link-local addresses are the kernel's own, not managed
@@ -1014,6 +1017,20 @@ def _sync_addrs(ipr, index, current, wanted, host_side, where):
             **_addr_args(ipaddress.ip_interface(text), index, host_side))
 
 
+def needs_relink(tenant, current, wanted):
+    """True unless both veth ends exist under the wanted names, with our alias, as one pair."""
+    return not (current.host_link and current.tenant_link and current.paired
+                and current.host_link[:2] == wanted.host_link[:2] and current.tenant_link[:2] == wanted.tenant_link[:2])
+
+
+def _del_link(ipr, index):
+    try:
+        ipr.link('del', index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:   # gone already, e.g. with its peer
+            raise
+
+
 def apply_present(host, namespaces, tenant, current, wanted, settings):
     """Bring one tenant from ``current`` to ``wanted`` (Views). Host-side xtables are done elsewhere."""
     ipr = host.ipr
@@ -1026,16 +1043,17 @@ def apply_present(host, namespaces, tenant, current, wanted, settings):
         _nl('%s: marking namespace' % what, tns.ipr.link, 'set', index=LO_INDEX, ifalias=wanted.marker)
     tns = namespaces.get(tenant.netns)
 
-    relink = not (current.host_link and current.tenant_link and current.paired
-                  and current.host_link[1] == tenant.alias and current.tenant_link[1] == tenant.alias)
+    relink = needs_relink(tenant, current, wanted)
     if relink:
-        if current.host_link:
-            _nl('%s: deleting stale interface %s' % (what, tenant.host_if), ipr.link, 'del',
-                index=host.links[tenant.host_if].index)
+        # the old pair, under this name or an older one: its routes go with it
+        for link in list(host.links.values()):
+            if link.name == tenant.host_if or link.alias == tenant.alias:
+                _nl('%s: deleting stale interface %s' % (what, link.name), _del_link, ipr, link.index)
         links, _addrs = tns.links(fresh=True)
-        if tenant.tenant_if in links:
-            _nl('%s: deleting stale interface %s in %s' % (what, tenant.tenant_if, tenant.netns), tns.ipr.link,
-                'del', index=links[tenant.tenant_if].index)
+        for link in links.values():
+            if link.name == tenant.tenant_if or link.alias == tenant.alias:
+                _nl('%s: deleting stale interface %s in %s' % (what, link.name, tenant.netns), _del_link,
+                    tns.ipr, link.index)
         fd = os.open(netns_path(tenant.netns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             _nl('%s: creating veth %s <-> %s' % (what, tenant.host_if, tenant.tenant_if), ipr.link, 'add',
@@ -1176,8 +1194,7 @@ def describe(tenant, cur, want):
     acts = []
     if cur.netns is None:
         acts.append("%s: create network namespace '%s'" % (who, tenant.netns))
-    if not (cur.host_link and cur.tenant_link and cur.paired and cur.host_link[1] == want.host_link[1]
-            and cur.tenant_link[1] == want.tenant_link[1]):
+    if needs_relink(tenant, cur, want):
         acts.append('%s: create veth %s <-> %s (in %s)' % (who, tenant.host_if, tenant.tenant_if, tenant.netns))
     else:
         if cur.host_link != want.host_link or cur.tenant_link != want.tenant_link:

@@ -217,6 +217,8 @@ def test_traffic_is_marked_routed_to_the_tenant_and_filtered_by_its_firewall(sit
     assert (mark_counters(site.host, 'AE-TENANT-a'), mark_counters(site.host, 'AE-TENANT-b')) == (marks_a, marks_b)
 
     assert main_tables(site.host) == main_before
+    # the firewalls were checked (nft --check) in the host namespace before their tenants existed: no trace there
+    assert 'anycast_edge' not in nsexec(site.host, ['nft', 'list', 'ruleset']).stdout
     again = ok(run_playbook([site.task(site.tenants())])[0])
     assert again['changed'] is False, again['actions']
 
@@ -270,6 +272,28 @@ def test_check_mode_diff_idempotence_purge_and_absent(site):
     assert leftovers(site) == []
     assert helpers.route_dump(site.host) == routes_before
     assert ok(run_playbook([site.task([{'name': 'b', 'state': 'absent'}])])[0])['changed'] is False
+
+
+def test_changed_mark_table_prefixes_and_interfaces_leave_nothing_of_the_old(site):
+    ok(run_playbook([site.task(site.tenants(b=False))])[0])
+    changed = site.tenants(b=False)
+    changed[0].update({'mark': '0x11', 'table': 111, 'prefixes': ['203.0.113.0/25'],
+                       'link': {'host_if': 'ae-a2', 'tenant_if': 'ae-a2-t'}})
+    result = ok(run_playbook([site.task(changed)], diff=True)[0])
+    assert result['changed'] is True
+    assert 'lookup 110' in result['diff']['before'] and 'lookup 111' in result['diff']['after']
+    rules = nsexec(site.host, ['ip', 'rule']).stdout + nsexec(site.host, ['ip', '-6', 'rule']).stdout
+    assert 'fwmark 0x11 lookup 111 proto 172' in rules and '0x10' not in rules and 'lookup 110' not in rules
+    assert nsexec(site.host, ['ip', '-4', 'route', 'show', 'table', '111']).stdout.startswith('203.0.113.0/25 via')
+    assert nsexec(site.host, ['ip', '-4', 'route', 'show', 'table', '110']).stdout == ''
+    assert nsexec(site.host, ['ip', '-6', 'route', 'show', 'table', '110']).stdout == ''
+    links = nsexec(site.host, ['ip', '-o', 'link']).stdout
+    assert 'ae-a2@' in links and 'ae-a@' not in links
+    assert 'ae-a2-t@' in nsexec(site.ns('a'), ['ip', '-o', 'link']).stdout
+    # IPv6 prefixes are gone: so are the IPv6 mark chain and the host end's IPv6
+    assert 'AE-TENANT-a' not in nsexec(site.host, ['ip6tables-save', '-t', 'mangle']).stdout
+    assert nsexec(site.host, ['sysctl', '-n', 'net.ipv6.conf.ae-a2.disable_ipv6']).stdout.strip() == '1'
+    assert ok(run_playbook([site.task(changed)])[0])['changed'] is False
 
 
 def test_tenant_routes_win_over_the_default_route_and_survive_reruns(site):
