@@ -59,9 +59,23 @@ def module_env(extra=None):
     return env
 
 
-def run_module(name, args, check=False, diff=False, env=None):
-    """Run plugins/modules/NAME.py in a fresh process, as Ansible would; return its JSON result."""
+def persisted_modules():
+    """Modules in the `persisted` action group (they take state_dir)."""
+    import yaml  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(REPO, 'meta', 'runtime.yml')) as handle:
+        runtime = yaml.safe_load(handle)
+    return runtime.get('action_groups', {}).get('persisted', [])
+
+
+def run_module(name, args, check=False, diff=False, env=None, state_dir=None):
+    """Run plugins/modules/NAME.py in a fresh process, as Ansible would; return its JSON result.
+
+    Modules that persist get a throwaway state_dir unless one is given: tests
+    never write records into the machine's /etc.
+    """
     payload = dict(args)
+    if name in persisted_modules():
+        payload.setdefault('state_dir', state_dir or tempfile.mkdtemp(prefix='ae-state-'))
     payload['_ansible_check_mode'] = check
     payload['_ansible_diff'] = diff
     payload['_ansible_tmpdir'] = tempfile.gettempdir()
@@ -75,11 +89,13 @@ def run_module(name, args, check=False, diff=False, env=None):
                              % (name, proc.returncode, proc.stdout, proc.stderr))
 
 
-def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, timeout=600):
+def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, timeout=600, state_dir=None):
     """Run TASKS (a list of task dicts) with ansible-playbook on localhost.
 
     Each task's registered result is returned, in order; a failed task does not
     stop the play (its result has failed=True), so tests can assert on errors.
+    Persisting modules write their records to STATE_DIR (default: a fresh
+    temporary directory), never to the machine's /etc.
     """
     ensure_collection_link()
     workdir = tempfile.mkdtemp(prefix='ae-play-')
@@ -98,7 +114,9 @@ def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, time
         'check_mode': False,
         'diff': False,
     })
-    playbook = [{'hosts': 'localhost', 'gather_facts': False, 'tasks': play_tasks}]
+    playbook = [{'hosts': 'localhost', 'gather_facts': False, 'tasks': play_tasks,
+                 'module_defaults': {'group/anycast.edge.persisted': {
+                     'state_dir': state_dir or tempfile.mkdtemp(prefix='ae-state-')}}}]
     path = os.path.join(workdir, 'play.yml')
     with open(path, 'w') as handle:
         json.dump(playbook, handle)  # JSON is YAML

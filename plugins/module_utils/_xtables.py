@@ -138,6 +138,9 @@ class SavedRule(object):
         self.packets = packets
         self.bytes = bytes_
 
+    def restore_text(self):
+        return self.text
+
 
 class TableState(object):
     def __init__(self, family, table, chains, policies=None):
@@ -256,16 +259,19 @@ def sync_chains(driver, specs, check_mode):
         before += [prefix + line for line in render_state(state, group)]
         after += [prefix + line for line in render_planned(state, group)]
         actions += describe_ops(family, table, ops)
-        plans.append((family, table, group, ops))
-    changed = any(ops for _f, _t, _g, ops in plans)
+        plans.append((family, table, group, ops, state))
+    changed = any(ops for _f, _t, _g, ops, _s in plans)
     if changed and not check_mode:
         done = []
-        for family, table, group, ops in plans:
+        for family, table, group, ops, state in plans:
             if not ops:
                 continue
-            driver.apply(family, table, ops)
-            done.append((family, table, group))
-        for family, table, group in done:
+            try:
+                driver.apply(family, table, ops)
+            except XtablesError as exc:
+                raise XtablesError('%s%s' % (exc, _roll_back(driver, done)))
+            done.append((family, table, group, state))
+        for family, table, group, _state in done:
             state = driver.read(family, table)
             leftover = _plan_table(state, group)
             if leftover:
@@ -279,6 +285,38 @@ def sync_chains(driver, specs, check_mode):
         'diff': {'before': '\n'.join(before) + ('\n' if before else ''),
                  'after': '\n'.join(after) + ('\n' if after else '')},
     }
+
+
+def _restore_ops(current, before, specs):
+    """Operations that put the owned chains of ``specs`` back as they were in ``before``."""
+    ops = []
+    for spec in specs:
+        for saved in current.rules_jumping_to(spec.name):
+            ops.append(('delete', saved.chain, saved))
+        if spec.name in before.chains:
+            ops.append(('replace_chain', spec.name, before.chains[spec.name]))
+            for saved in reversed(before.rules_jumping_to(spec.name)):
+                ops.append(('insert', saved.chain, saved))
+        elif spec.name in current.chains:
+            ops.append(('delete_chain', spec.name, None))
+    order = {'delete': 0, 'replace_chain': 1, 'insert': 2, 'delete_chain': 3}
+    ops.sort(key=lambda op: order[op[0]])
+    return ops
+
+
+def _roll_back(driver, done):
+    """Undo the tables already written in this run; return a sentence for the error."""
+    if not done:
+        return ''
+    names = []
+    for family, table, group, before in reversed(done):
+        where = 'IPv%d %s' % (family, table)
+        try:
+            driver.apply(family, table, _restore_ops(driver.read(family, table), before, group))
+            names.append(where)
+        except XtablesError as exc:
+            return '; undoing the change already made to %s FAILED too: %s' % (where, exc)
+    return '; the change already made to %s was rolled back' % ', '.join(names)
 
 
 def read_chain_counters(driver, family, table, chain):
@@ -319,7 +357,7 @@ def select_driver(module, requested):
         if not HAS_IPTC:
             raise XtablesError('driver: python-iptables needs the python-iptables library on the managed host '
                                '(apt install python3-iptables, or pip install python-iptables): %s' % IPTC_IMPORT_ERROR)
-        return PythonIptablesDriver()
+        return PythonIptablesDriver(module)
     return IptablesCliDriver(module, variant)
 
 
@@ -377,12 +415,18 @@ def parse_save(text, family, table):
 class IptablesCliDriver(object):
     name = 'iptables'
 
-    def __init__(self, module, variant):
+    def __init__(self, module, variant, legacy_names=False):
         self.module = module
         self.variant = variant
+        self.legacy_names = legacy_names  # iptables-legacy-restore rather than iptables-restore
 
     def _bin(self, family, suffix):
-        name = ('ip6tables' if family == 6 else 'iptables') + suffix
+        base = 'ip6tables' if family == 6 else 'iptables'
+        name = base + suffix
+        if self.legacy_names:  # Debian names the legacy tools explicitly; older distros do not
+            path = self.module.get_bin_path(base + '-legacy' + suffix)
+            if path:
+                return path
         path = self.module.get_bin_path(name)
         if not path:
             raise XtablesError('%s is not installed on this host (package iptables)' % name)
@@ -400,7 +444,7 @@ class IptablesCliDriver(object):
             if kind == 'replace_chain':
                 # Declaring a chain in --noflush mode creates it or flushes it.
                 lines.append(':%s - [0:0]' % chain)
-                lines += ['-A %s %s' % (chain, rule.restore_text()) for rule in payload]
+                lines += ['-A %s %s' % (chain, rule.restore_text()) for rule in payload]  # Rule or SavedRule
             elif kind == 'insert':
                 lines.append('-I %s 1 %s' % (chain, payload.restore_text()))
             elif kind == 'delete':
@@ -651,7 +695,8 @@ def _iptc_apply(family, table, ops):
 class PythonIptablesDriver(object):
     name = 'python-iptables'
 
-    def __init__(self):
+    def __init__(self, module=None):
+        self.module = module
         _load_iptc()  # in the parent, so the forked workers share the import
 
     def drop_unused_table(self, family, table):
@@ -661,4 +706,9 @@ class PythonIptablesDriver(object):
         return _run_forked(_iptc_read, family, table)
 
     def apply(self, family, table, ops):
+        if any(isinstance(payload, SavedRule) or (kind == 'replace_chain' and any(
+                isinstance(r, SavedRule) for r in payload)) for kind, _c, payload in ops):
+            # Rules read back from the kernel (a rollback) exist only as text;
+            # the legacy CLI restores them into the same legacy tables.
+            return IptablesCliDriver(self.module, 'legacy', legacy_names=True).apply(family, table, ops)
         return _run_forked(_iptc_apply, family, table, ops)

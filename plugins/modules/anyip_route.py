@@ -61,7 +61,8 @@ options:
       - Name of a network namespace (as in C(ip netns list)) to work in instead of the host's.
       - The namespace must exist; it is never created.
     type: str
-extends_documentation_fragment: []
+extends_documentation_fragment:
+  - anycast.edge.persist
 attributes:
   check_mode:
     support: full
@@ -127,6 +128,8 @@ prefixes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._persist import (
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     NetlinkFailure, ROUTE_PROTO, RawRoutes, open_iproute, require_pyroute2)
 from ansible_collections.anycast.edge.plugins.module_utils._validate import (
@@ -151,6 +154,7 @@ def main():
             src=dict(type='str', default='127.0.0.1'),
             device=dict(type='str', default='lo'),
             netns=dict(type='str'),
+            **PERSIST_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
@@ -158,9 +162,23 @@ def main():
         networks, src = validate(module.params)
     except ParamError as exc:
         module.fail_json(msg=str(exc))
+    persistence = Persistence(module, 'anyip_route')
+    persistence.validate()
     require_pyroute2(module)
     enter_module_netns(module)
+    with HostLock():
+        result, owned_before, owned_after = sync(module, networks, src)
+    # What is recorded (and rolled back to) is the whole owned set, not this
+    # call's list: several calls without purge each add to it.
+    recorded = dict(persistence.params(), prefixes=owned_after, purge=True, state='present')
+    previous = dict(recorded, prefixes=owned_before)
+    result.update(persistence.save(bool(owned_after), result['changed'], params=recorded,
+                                   rollback_params=previous))
+    module.exit_json(**result)
 
+
+def sync(module, networks, src):
+    """Read, diff, apply unless check mode, read back. Returns (result, owned before, owned after)."""
     present = module.params['state'] == 'present'
     with open_iproute() as ipr, RawRoutes() as raw:
         oif = _anyip.link_index(ipr, module.params['device'])
@@ -209,7 +227,8 @@ def main():
             after = _anyip.render(owned_after, names)
             result['diff'] = dict(before='\n'.join(before) + ('\n' if before else ''),
                                   after='\n'.join(after) + ('\n' if after else ''))
-    module.exit_json(**result)
+    ordered = sorted(owned_before, key=_anyip._sort_key)
+    return result, [k[1] for k in ordered], result['prefixes']
 
 
 if __name__ == '__main__':

@@ -77,6 +77,8 @@ options:
   netns:
     description: Network namespace to work in instead of the host's; it must exist and is never created.
     type: str
+extends_documentation_fragment:
+  - anycast.edge.persist
 attributes:
   check_mode:
     support: full
@@ -133,6 +135,8 @@ rules:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._persist import (
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
 from ansible_collections.anycast.edge.plugins.module_utils._tproxy import build_specs, validate_rules
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, check_chain_name
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import (
@@ -154,6 +158,7 @@ def main():
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
             netns=dict(type='str'),
+            **PERSIST_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
@@ -162,15 +167,19 @@ def main():
         rules = validate_rules(module.params['rules'])
     except ParamError as exc:
         module.fail_json(msg=str(exc))
+    persistence = Persistence(module, 'tproxy_rule', module.params['chain'])
+    persistence.validate()
     enter_module_netns(module)
 
     present = module.params['state'] == 'present'
     specs = build_specs(rules, module.params['chain'], present)
     try:
         driver = select_driver(module, module.params['driver'])
-        result = sync_chains(driver, specs, module.check_mode)
+        with HostLock():
+            result = sync_chains(driver, specs, module.check_mode)
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
+    result.update(persistence.save(present, result['changed']))
     result['driver'] = driver.name
     result['rules'] = {'ipv%d' % s.family: len(s.rules) if s.present else 0 for s in specs}
     if not module._diff:

@@ -1,0 +1,31 @@
+# -*- coding: utf-8 -*-
+# Copyright: anycast.edge contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    DOCUMENTATION = r'''
+options:
+  persist:
+    description:
+      - Record the applied state under O(state_dir) so that C(anycast-edge-restore.service) re-applies it
+        at boot, without Ansible, before the proxy starts. V(false) changes only the running kernel.
+      - O(state=absent) removes the record.
+    type: bool
+    default: true
+  state_dir:
+    description:
+      - Where records, the restore script and the module payloads they run from are kept.
+    type: path
+    default: /etc/anycast-edge/state
+  confirm_timeout:
+    description:
+      - Commit-confirm. When greater than 0 and the run changes something, the change is applied and then
+        rolled back automatically after this many seconds unless M(anycast.edge.confirm) runs on the host
+        before that (run it as the next task: if the change cut the controller off, it cannot, and the host
+        heals itself). Only a confirmed change replaces the persisted record. 0 disables it.
+    type: int
+    default: 0
+'''
