@@ -697,9 +697,17 @@ class Namespaces(object):
             self.drop(name)
 
 
-def nft_listing(tns):
-    """Text listing of our table in the tenant's namespace, or None."""
-    ok, out, err = tns.nft_run('list table inet %s' % NFT_TABLE)
+def nft_listing(tns, inside=False):
+    """Text listing of our table in the tenant's namespace, or None.
+
+    ``inside``: the calling thread is in the tenant's namespace already.
+    """
+    if inside:
+        if tns._nft is None:
+            tns._nft = Nft()
+        ok, out, err = tns._nft.run('list table inet %s' % NFT_TABLE)
+    else:
+        ok, out, err = tns.nft_run('list table inet %s' % NFT_TABLE)
     if ok:
         return out
     if 'No such file or directory' in err:
@@ -946,11 +954,14 @@ def current_view(host, tenant, tns, marker, settings):
             view.defaults = _sorted((r['family'], r['gateway'], r['metric']) for r in _read_routes(tns.rt, TABLE_MAIN)
                                     if r['oif'] == tenant_link.index
                                     and r['prefix'] in ('0.0.0.0/0', '::/0'))
-        sysctls = [('net.ipv4.ip_forward', tns.sysctl(SYSCTL_V4_FORWARD))]
-        if tenant.present and tenant.link6:
-            sysctls.append(('net.ipv6.conf.all.forwarding', tns.sysctl(SYSCTL_V6_FORWARD)))
+        v6 = tenant.present and tenant.link6
+        # one visit to the namespace for the sysctls and the nftables listing
+        with in_netns(tns.name):
+            sysctls = [('net.ipv4.ip_forward', _read_sysctl(SYSCTL_V4_FORWARD))]
+            if v6:
+                sysctls.append(('net.ipv6.conf.all.forwarding', _read_sysctl(SYSCTL_V6_FORWARD)))
+            listing = nft_listing(tns, inside=True)
         view.sysctls = tuple(sysctls)
-        listing = nft_listing(tns)
         if listing is not None:
             comment, digest, body = parse_listing(listing)
             view.firewall = body
