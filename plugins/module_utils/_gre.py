@@ -393,7 +393,13 @@ def _read_addresses(ipr, index):
 def _read_routes(ipr, index):
     found = []
     for family in (4, 6):
-        for route in dump_routes(ipr, family, TABLE_MAIN, proto=ROUTE_PROTO):
+        try:
+            routes = dump_routes(ipr, family, TABLE_MAIN, proto=ROUTE_PROTO)
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:
+                raise
+            routes = []     # a namespace without any route has no main table yet
+        for route in routes:
             if route['oif'] == index:
                 found.append(ipaddress.ip_network('%s/%d' % (route['dst'], route['dst_len'])))
     return found

@@ -106,7 +106,7 @@ class VM:
         os.chmod(self.key, 0o600)
         self.port = free_port()
         cmd = [
-            QEMU, '-name', self.name, '-accel', 'tcg', '-m', str(self.memory_mb), '-smp', '1',
+            QEMU, '-name', self.name, '-accel', 'tcg,tb-size=512', '-cpu', 'max', '-m', str(self.memory_mb), '-smp', '1',
             '-nodefaults', '-no-reboot', '-display', 'none', '-monitor', 'none',
             '-serial', 'file:%s' % self.console_log,
             '-kernel', str(self.image / 'vmlinuz'), '-initrd', str(self.image / 'initrd.img'),

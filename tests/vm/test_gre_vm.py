@@ -1,0 +1,320 @@
+"""anycast.edge.gre_tunnel on a kernel with GRE, in a QEMU VM, through ansible-playbook.
+
+Topology inside the VM (all network namespaces):
+
+    cli (10.0.1.2) -- inet -- srv1 (anycast 192.0.2.1, AnyIP) -- ten1 (tenant, tunnel gre-acme)
+                          |-- srv2 (anycast 192.0.2.1, AnyIP) -- ten2 (tenant, tunnel gre-acme)
+                          `-- rtr (198.51.100.2, the tenant's router; 203.0.113.100 behind it)
+
+srv1 and srv2 stand for two edge servers carrying the same tenant with the same
+configuration. ``inet`` decides which server receives the tenant's prefix
+(203.0.113.0/24) and which receives the router's GRE packets to the anycast
+address, so the test can send each direction through either server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from conftest import vm_playbook
+
+pytestmark = pytest.mark.vm
+
+ANYCAST = '192.0.2.1'
+ROUTER = '198.51.100.2'
+TARGET = '203.0.113.100'
+KEY = 42
+
+SETUP = r'''
+pair() {  # pair NS1 IF1 NS2 IF2 ADDR1 ADDR2
+  ip link add "$2" netns "$1" type veth peer name "$4" netns "$3"
+  ip -n "$1" addr add "$5" dev "$2"; ip -n "$3" addr add "$6" dev "$4"
+  ip -n "$1" link set dev "$2" up; ip -n "$3" link set dev "$4" up
+}
+for ns in aeg-inet aeg-cli aeg-srv1 aeg-srv2 aeg-ten1 aeg-ten2 aeg-rtr; do
+  ip netns add $ns
+  ip -n $ns link set lo up
+  # asymmetric paths (in through one server, back through the other) are the point
+  ip netns exec $ns sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+     net.ipv4.conf.default.rp_filter=0
+done
+pair aeg-inet to-cli aeg-cli uplink 10.0.1.1/24 10.0.1.2/24
+pair aeg-inet to-srv1 aeg-srv1 uplink 10.0.11.1/24 10.0.11.2/24
+pair aeg-inet to-srv2 aeg-srv2 uplink 10.0.12.1/24 10.0.12.2/24
+pair aeg-inet to-rtr aeg-rtr uplink 198.51.100.1/24 198.51.100.2/24
+ip -n aeg-cli route add default via 10.0.1.1
+for i in 1 2; do
+  ip -n aeg-srv$i route add default via 10.0.1$i.1
+  ip -n aeg-srv$i route add local 192.0.2.0/24 dev lo     # AnyIP: the anycast endpoint
+  pair aeg-srv$i to-tenant aeg-ten$i veth0 10.1.$i.1/30 10.1.$i.2/30
+  ip -n aeg-srv$i route add 203.0.113.0/24 via 10.1.$i.2  # what the tenant module's table does
+  ip -n aeg-ten$i route add default via 10.1.$i.1
+done
+ip -n aeg-inet route add 203.0.113.0/24 via 10.0.11.2
+ip -n aeg-inet route add 192.0.2.1/32 via 10.0.11.2
+# the tenant's router: its end of the tunnel, and a service behind it
+ip -n aeg-rtr route add 192.0.2.1/32 via 198.51.100.1
+ip -n aeg-rtr link add gre-up type gre local 198.51.100.2 remote 192.0.2.1 key 42 ttl 64
+ip -n aeg-rtr addr add 10.255.0.2/30 dev gre-up
+ip -n aeg-rtr link set gre-up up
+ip -n aeg-rtr addr add 203.0.113.100/32 dev lo
+ip -n aeg-rtr route add default dev gre-up
+ip netns exec aeg-rtr setsid socat TCP-LISTEN:8080,bind=203.0.113.100,fork,reuseaddr \
+  SYSTEM:'echo hello-from-tenant' </dev/null >/dev/null 2>&1 &
+'''
+
+TEARDOWN = r'''
+for ns in aeg-inet aeg-cli aeg-srv1 aeg-srv2 aeg-ten1 aeg-ten2 aeg-rtr; do
+  ip netns pids $ns 2>/dev/null | xargs -r kill -9
+  ip netns del $ns 2>/dev/null || true
+done
+'''
+
+
+@pytest.fixture(scope='module')
+def lab(gre_vm):
+    gre_vm.script(SETUP)
+    try:
+        yield gre_vm
+    finally:
+        gre_vm.script(TEARDOWN, check=False)
+
+
+def acme(server, **overrides):
+    spec = {'name': 'gre-acme', 'netns': 'aeg-ten%d' % server, 'local': ANYCAST, 'remote': ROUTER,
+            'key': KEY, 'address': '10.255.0.1/30', 'routes': ['203.0.113.0/24']}
+    spec.update(overrides)
+    return spec
+
+
+def task(server, tunnels, **extra):
+    args = {'netns': 'aeg-srv%d' % server, 'tunnels': tunnels}
+    args.update(extra)
+    return {'anycast.edge.gre_tunnel': args}
+
+
+def ok(result):
+    assert not result.get('failed'), result.get('msg', result)
+    return result
+
+
+def counter(machine, ns, ifname, which):
+    out = machine.run('ip netns exec %s cat /sys/class/net/%s/statistics/%s' % (ns, ifname, which)).stdout
+    return int(out.strip())
+
+
+def route_via(machine, prefix_server, anycast_server):
+    """inet sends the tenant prefix to one server and GRE for the anycast address to another."""
+    machine.run('ip -n aeg-inet route replace 203.0.113.0/24 via 10.0.1%d.2 && '
+                'ip -n aeg-inet route replace 192.0.2.1/32 via 10.0.1%d.2' % (prefix_server, anycast_server))
+
+
+def link_json(machine, ns, ifname):
+    out = machine.run('ip -n %s -d -j link show dev %s' % (ns, ifname), check=False)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout)[0]
+
+
+def link_names(machine, ns):
+    """Interface names of a namespace (the kernel's gre0/gretap0/erspan0 included)."""
+    return sorted(link['ifname'] for link in json.loads(machine.run('ip -n %s -j link show' % ns).stdout))
+
+
+def test_check_mode_then_apply_then_idempotent(lab):
+    # check mode: a full prediction, nothing created anywhere
+    predicted = vm_playbook(lab, [task(1, [acme(1)])], check=True, diff=True)[0]
+    ok(predicted)
+    assert predicted['changed'] is True
+    assert "create tunnel 'gre-acme' in namespace 'aeg-ten1'" in predicted['actions'][0]
+    assert 'aeg-ten1: gre-acme gre local 192.0.2.1 remote 198.51.100.2 ttl 64 key 42 mtu 1476' \
+        in predicted['diff']['after']
+    assert 'ANYCAST-MSS-gre-acme' in predicted['diff']['after']
+    assert predicted['diff']['before'] == ''
+    assert link_json(lab, 'aeg-ten1', 'gre-acme') is None
+    assert link_names(lab, 'aeg-srv1') == link_names(lab, 'aeg-srv2')   # no temporary device either
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 iptables-save').stdout
+
+    first = vm_playbook(lab, [task(1, [acme(1)]), task(2, [acme(2)])], diff=True)
+    for result in first:
+        ok(result)
+        assert result['changed'] is True
+        assert result['corrected'] == []
+    # the device lives in the tenant namespace, its underlay stays in the server's
+    for server in (1, 2):
+        link = link_json(lab, 'aeg-ten%d' % server, 'gre-acme')
+        assert link is not None
+        assert link['linkinfo']['info_kind'] == 'gre'
+        data = link['linkinfo']['info_data']
+        assert (data['local'], data['remote'], data['ttl'], link['mtu']) == (ANYCAST, ROUTER, 64, 1476)
+        assert data['ikey'] in ('0.0.0.42', '42') and data['okey'] in ('0.0.0.42', '42')
+        assert 'link_netnsid' in link, link      # underlay in another namespace
+        assert link['ifalias'] == 'anycast.edge gre'
+        assert 'UP' in link['flags']
+        assert 'gre-acme' not in lab.run('ip -n aeg-srv%d link show' % server).stdout
+        routes = lab.run('ip -n aeg-ten%d route show 203.0.113.0/24' % server).stdout
+        assert 'dev gre-acme proto 172' in routes
+        assert '10.255.0.1/30' in lab.run('ip -n aeg-ten%d addr show dev gre-acme' % server).stdout
+        save = lab.run('ip netns exec aeg-ten%d iptables-save -t mangle' % server).stdout
+        assert '-A FORWARD -o gre-acme' in save and '-j ANYCAST-MSS-gre-acme' in save
+        assert '--clamp-mss-to-pmtu' in save
+
+    again = vm_playbook(lab, [task(1, [acme(1)])], check=True, diff=True) + \
+        vm_playbook(lab, [task(1, [acme(1)]), task(2, [acme(2)])])
+    for result in again:
+        ok(result)
+        assert result['changed'] is False, result['actions']
+        assert result['actions'] == []
+
+
+def test_either_server_encapsulates_and_decapsulates(lab):
+    """Client traffic for the tenant prefix enters through one server and is
+    encapsulated to the router; the router's replies to the anycast address are
+    decapsulated by whichever server the network hands them to."""
+    for result in vm_playbook(lab, [task(1, [acme(1)]), task(2, [acme(2)])]):
+        ok(result)
+    for prefix_server, anycast_server in ((1, 1), (2, 2), (1, 2), (2, 1)):
+        route_via(lab, prefix_server, anycast_server)
+        ingress, egress = 'aeg-ten%d' % prefix_server, 'aeg-ten%d' % anycast_server
+        tx_before = counter(lab, ingress, 'gre-acme', 'tx_packets')
+        rx_before = dict((ns, counter(lab, ns, 'gre-acme', 'rx_packets')) for ns in ('aeg-ten1', 'aeg-ten2'))
+        router_rx_before = counter(lab, 'aeg-rtr', 'gre-up', 'rx_packets')
+        lab.run('ip netns exec aeg-cli ping -c 3 -i 0.2 -W 5 %s' % TARGET)
+        reply = lab.run('ip netns exec aeg-cli socat -T 10 - TCP:%s:8080 </dev/null' % TARGET).stdout
+        assert 'hello-from-tenant' in reply, (prefix_server, anycast_server)
+        assert counter(lab, ingress, 'gre-acme', 'tx_packets') >= tx_before + 3
+        assert counter(lab, 'aeg-rtr', 'gre-up', 'rx_packets') >= router_rx_before + 3
+        assert counter(lab, egress, 'gre-acme', 'rx_packets') >= rx_before[egress] + 3
+        # the other server decapsulated nothing of this exchange
+        other = 'aeg-ten%d' % (3 - anycast_server)
+        assert counter(lab, other, 'gre-acme', 'rx_packets') == rx_before[other], (prefix_server, anycast_server)
+
+
+def tunnel_path_mtu(machine):
+    """The path MTU srv1's tenant namespace uses towards the target.
+
+    The device MTU (1476) until the tunnel first sends; then the tunnel's own
+    computation (1500 less IPv4 and GRE headers with the key: 1472), cached
+    on the route.
+    """
+    machine.run('ip netns exec aeg-cli ping -c 1 -W 5 %s' % TARGET)
+    text = machine.run('ip -n aeg-ten1 route get %s' % TARGET).stdout
+    found = re.search(r'\bmtu (\d+)', text)
+    return int(found.group(1)) if found else link_json(machine, 'aeg-ten1', 'gre-acme')['mtu']
+
+
+def syn_mss_at_router(machine):
+    """Open one TCP connection through srv1's tunnel; return the MSS the router sees in the SYN."""
+    route_via(machine, 1, 1)
+    machine.run('rm -f /tmp/aeg-syn.txt /tmp/aeg-syn.err; ip netns exec aeg-rtr setsid timeout 60 '
+                'tcpdump -l -n -v -c 1 -i gre-up "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn" '
+                '>/tmp/aeg-syn.txt 2>/tmp/aeg-syn.err </dev/null &')
+    for _ in range(120):
+        if 'listening on' in machine.run('cat /tmp/aeg-syn.err', check=False).stdout:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError('tcpdump did not start: %s' % machine.run('cat /tmp/aeg-syn.err', check=False).stdout)
+    reply = machine.run('ip netns exec aeg-cli socat -T 10 - TCP:%s:8080 </dev/null' % TARGET).stdout
+    assert 'hello-from-tenant' in reply
+    for _ in range(120):
+        text = machine.run('cat /tmp/aeg-syn.txt', check=False).stdout
+        if 'mss' in text:
+            break
+        time.sleep(0.5)
+    found = re.search(r'mss (\d+)', text)
+    assert found, text
+    return int(found.group(1))
+
+
+def test_mss_clamped_to_the_tunnel_path_mtu(lab):
+    # the client's SYN leaves it with MSS 1460 (1500-byte veth); through the
+    # tunnel it must arrive clamped to the tunnel's path MTU less 40
+    pmtu = tunnel_path_mtu(lab)
+    assert pmtu <= 1476
+    assert syn_mss_at_router(lab) == pmtu - 40
+    off = ok(vm_playbook(lab, [task(1, [acme(1, mss_clamp=False)])], diff=True)[0])
+    assert off['changed'] is True
+    assert 'ANYCAST-MSS-gre-acme' in off['diff']['before'] and 'ANYCAST-MSS' not in off['diff']['after']
+    assert 'ANYCAST-MSS-gre-acme' not in lab.run('ip netns exec aeg-ten1 iptables-save -t mangle').stdout
+    assert syn_mss_at_router(lab) == 1460
+    on = ok(vm_playbook(lab, [task(1, [acme(1)])])[0])
+    assert on['changed'] is True
+    assert syn_mss_at_router(lab) == tunnel_path_mtu(lab) - 40
+
+
+def test_drift_is_corrected(lab):
+    ok(vm_playbook(lab, [task(1, [acme(1)])])[0])
+    lab.run('ip -n aeg-ten1 link set gre-acme mtu 1400')
+    lab.run('ip -n aeg-ten1 route del 203.0.113.0/24 dev gre-acme')
+    fixed = ok(vm_playbook(lab, [task(1, [acme(1)])])[0])
+    assert fixed['changed'] is True
+    assert any('set mtu 1476' in a for a in fixed['actions']), fixed['actions']
+    assert any('route 203.0.113.0/24' in a for a in fixed['actions']), fixed['actions']
+    assert link_json(lab, 'aeg-ten1', 'gre-acme')['mtu'] == 1476
+    # a changed key (or endpoint) means a new tunnel: recreated, still in the tenant namespace
+    changed = ok(vm_playbook(lab, [task(1, [acme(1, key=7, ttl=32)])])[0])
+    assert any('recreate' in a for a in changed['actions']), changed['actions']
+    link = link_json(lab, 'aeg-ten1', 'gre-acme')
+    assert link['linkinfo']['info_data']['ttl'] == 32
+    assert link['linkinfo']['info_data']['ikey'] in ('0.0.0.7', '7')
+    assert 'link_netnsid' in link
+    assert 'dev gre-acme proto 172' in lab.run('ip -n aeg-ten1 route show 203.0.113.0/24').stdout
+    ok(vm_playbook(lab, [task(1, [acme(1)])])[0])
+
+
+def test_bad_input_changes_nothing(lab):
+    ok(vm_playbook(lab, [task(1, [acme(1)])])[0])
+    before = lab.run('ip -n aeg-srv1 -d link; ip -n aeg-ten1 -d link; ip -n aeg-ten1 addr; ip -n aeg-ten1 route; '
+                     'ip netns exec aeg-ten1 iptables-save -t mangle | grep -v "^#"').stdout
+    cases = [
+        (acme(1, name='gre-acme-too-long'), 'tunnels[0].name', 'at most 15'),
+        (acme(1, remote=ANYCAST), 'tunnels[0].remote', 'same as local'),
+        (acme(1, key=2 ** 32), 'tunnels[0].key', 'out of range'),
+        (acme(1, remote='2001:db8::2'), 'tunnels[0].remote', 'same address family'),
+    ]
+    # each bad entry comes with a good change that must not be applied either
+    tasks = [task(1, [acme(1, mtu=1400, name='gre-ok'), dict(bad)], purge=True) for bad, _p, _t in cases]
+    results = vm_playbook(lab, tasks)
+    for result, (_bad, param, text) in zip(results, cases):
+        assert result.get('failed'), result
+        assert result['msg'].startswith(param.replace('[0]', '[1]')), result['msg']
+        assert text in result['msg'], result['msg']
+    after = lab.run('ip -n aeg-srv1 -d link; ip -n aeg-ten1 -d link; ip -n aeg-ten1 addr; ip -n aeg-ten1 route; '
+                    'ip netns exec aeg-ten1 iptables-save -t mangle | grep -v "^#"').stdout
+    assert after == before
+
+
+def test_purge_and_absent_remove_only_our_tunnels(lab):
+    for result in vm_playbook(lab, [task(1, [acme(1)]), task(2, [acme(2)])]):
+        ok(result)
+    # a GRE device somebody else made in the tenant namespace
+    lab.run('ip -n aeg-ten1 link add gre-other type gre local 10.1.1.2 remote 10.9.9.9')
+    purged = vm_playbook(lab, [task(1, [], purge=True)], diff=True)[0]
+    ok(purged)
+    assert purged['changed'] is True
+    assert purged['actions'][0] == "delete tunnel 'gre-acme' in namespace 'aeg-ten1' (purge)"
+    assert 'gre-acme' in purged['diff']['before'] and 'gre-acme' not in purged['diff']['after']
+    assert link_json(lab, 'aeg-ten1', 'gre-acme') is None
+    assert link_json(lab, 'aeg-ten1', 'gre-other') is not None
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 iptables-save -t mangle').stdout
+    # srv2's tunnel (underlay srv2) is not srv1's to purge
+    assert link_json(lab, 'aeg-ten2', 'gre-acme') is not None
+    assert ok(vm_playbook(lab, [task(1, [], purge=True)])[0])['changed'] is False
+
+    removed = vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])],
+                          check=True)[0]
+    assert ok(removed)['changed'] is True
+    assert link_json(lab, 'aeg-ten2', 'gre-acme') is not None
+    removed = ok(vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])])[0])
+    assert removed['changed'] is True
+    assert link_json(lab, 'aeg-ten2', 'gre-acme') is None
+    assert '203.0.113.0/24' not in lab.run('ip -n aeg-ten2 route').stdout
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten2 iptables-save -t mangle').stdout
+    again = ok(vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])])[0])
+    assert again['changed'] is False
+    lab.run('ip -n aeg-ten1 link del gre-other')
