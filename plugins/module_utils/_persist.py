@@ -30,7 +30,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,11 +98,11 @@ def _atomic_write(path, data, mode=0o600):
 
 def current_payload():
     """Path of the AnsiballZ zip this module runs from, or None (run from a plain file)."""
-    import ansible.module_utils.basic as basic  # pylint: disable=import-outside-toplevel
+    from ansible.module_utils import basic  # pylint: disable=import-outside-toplevel
     path = basic.__file__ or ''
     marker = '.zip' + os.sep
     if marker in path:
-        zip_path = path.split(marker)[0] + '.zip'
+        zip_path = path.split(marker, 1)[0] + '.zip'
         if os.path.isfile(zip_path):
             return zip_path
     return None
