@@ -251,6 +251,9 @@ def parse_ssh_connection(text):
     try:
         client = ipaddress.ip_address(parts[0].split('%')[0])
         server = ipaddress.ip_address(parts[2].split('%')[0])
+        # a dual-stack sshd may report IPv4 peers as ::ffff:a.b.c.d; iptables sees them as IPv4
+        client = getattr(client, 'ipv4_mapped', None) or client
+        server = getattr(server, 'ipv4_mapped', None) or server
         return client, int(parts[1]), server, int(parts[3])
     except ValueError:
         return None

@@ -343,3 +343,55 @@ def test_ssh_guard_exempt_and_scope_outside_ssh(netns_factory):
     assert guarded['ssh_exempt'] == '10.77.9.9/32'
     assert '-A RATE-LIMIT -s 10.77.9.9/32' in nsexec(edge, ['iptables-save', '-t', 'filter']).stdout
     assert 'RATE-LIMIT -s' not in nsexec(edge, ['ip6tables-save', '-t', 'filter']).stdout
+
+
+UDP_ECHO = r'''
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(('::', int(sys.argv[1])))
+print('ready', flush=True)
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(data, peer)
+'''
+
+# One datagram per new socket (a new source port is a new conntrack flow): echoed, or refused by ICMP.
+UDP_DIALER = r'''
+import json, socket, sys
+src, dst, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+res = {'echoed': 0, 'refused': 0, 'lost': 0}
+for _ in range(count):
+    s = socket.socket(socket.AF_INET6 if ':' in dst else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.connect((dst, port))
+    s.settimeout(1.0)
+    s.send(b'hello')
+    try:
+        s.recv(100); res['echoed'] += 1
+    except ConnectionRefusedError:
+        res['refused'] += 1
+    except socket.timeout:
+        res['lost'] += 1
+    s.close()
+print(json.dumps(res))
+'''
+
+
+def test_udp_over_the_limit_gets_port_unreachable(topo):
+    """action reject: a TCP reset only exists for TCP, so UDP gets ICMP port unreachable."""
+    edge, client = topo
+    nsexec(edge, ['sysctl', '-qw', 'net.ipv6.icmp.ratelimit=0'])   # IPv4's is off already (conftest)
+    echo = subprocess.Popen(['ip', 'netns', 'exec', edge, sys.executable, '-c', UDP_ECHO, '5353'],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout.readline().strip() == 'ready'
+        ok(run_playbook([limiter(edge, protocol='udp', ports=[5353], rate='1/min', burst=5)], env=NO_SSH)[0])
+        assert '--reject-with icmp-port-unreachable' in nsexec(edge, ['iptables-save', '-t', 'filter']).stdout
+        for source, dest in ((FLOODER, '10.77.0.1'), (FLOODER6, 'fd77::1')):
+            out = nsexec(client, [sys.executable, '-c', UDP_DIALER, source, dest, '5353', '12']).stdout
+            # 1/min: nothing refills during the test, so exactly the burst gets through
+            assert json.loads(out) == {'echoed': 5, 'refused': 7, 'lost': 0}, (source, out)
+    finally:
+        echo.kill()
+        echo.wait()

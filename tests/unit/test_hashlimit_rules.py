@@ -125,6 +125,8 @@ def test_ssh_connection_parsing():
     assert SSH == (ipaddress.ip_address('198.51.100.7'), 50022, ipaddress.ip_address('192.0.2.1'), 22)
     assert hl.parse_ssh_connection('') is None and hl.parse_ssh_connection('garbage') is None
     assert hl.parse_ssh_connection('fe80::1%eth0 1 fe80::2%eth0 22')[2] == ipaddress.ip_address('fe80::2')
+    mapped = hl.parse_ssh_connection('::ffff:198.51.100.7 50022 ::ffff:192.0.2.1 22')
+    assert mapped == SSH
 
 
 @pytest.mark.parametrize('extra, exposed', [
