@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -294,6 +295,41 @@ def test_changed_mark_table_prefixes_and_interfaces_leave_nothing_of_the_old(sit
     assert 'AE-TENANT-a' not in nsexec(site.host, ['ip6tables-save', '-t', 'mangle']).stdout
     assert nsexec(site.host, ['sysctl', '-n', 'net.ipv6.conf.ae-a2.disable_ipv6']).stdout.strip() == '1'
     assert ok(run_playbook([site.task(changed)])[0])['changed'] is False
+
+
+def test_legacy_host_gets_its_marks_through_python_iptables(site):
+    """On a host whose iptables is the legacy variant, driver auto writes the legacy tables (libiptc)."""
+    legacy = {'PATH': helpers.legacy_host_path()}
+    result = ok(run_playbook([site.task(site.tenants(b=False))], env=legacy)[0])
+    assert result['driver'] == 'python-iptables'
+    assert 'AE-TENANT-a' in nsexec(site.host, ['iptables-legacy-save', '-t', 'mangle']).stdout
+    assert 'AE-TENANT-a' in nsexec(site.host, ['ip6tables-legacy-save', '-t', 'mangle']).stdout
+    assert 'AE-TENANT-a' not in nsexec(site.host, ['iptables-save', '-t', 'mangle']).stdout
+    nsexec(site.ns('a'), ['ip', 'addr', 'add', A_ADDR + '/32', 'dev', 'lo'])
+    site.listen(site.ns('a'), 'tenant-a', [A_ADDR + ':21'])
+    assert site.dial([[A_ADDR, 21]]) == ['tenant-a']
+    assert ok(run_playbook([site.task(site.tenants(b=False))], env=legacy)[0])['changed'] is False
+    gone = ok(run_playbook([site.task([], purge=True)], env=legacy)[0])
+    assert gone['purged'] == ['a']
+    assert 'AE-TENANT' not in nsexec(site.host, ['iptables-legacy-save', '-t', 'mangle']).stdout
+    assert leftovers(site) == []
+
+
+def test_namespace_deleted_by_hand_is_cleaned_up_by_purge(site):
+    """The namespace (and with it the veth) is gone; the mark chains and ip rules it left are ours to remove."""
+    ok(run_playbook([site.task(site.tenants())])[0])
+    helpers.sh(['ip', 'netns', 'del', site.ns('a')])
+    for _attempt in range(50):   # the kernel tears a namespace down asynchronously
+        if 'ae-a@' not in nsexec(site.host, ['ip', '-o', 'link']).stdout:
+            break
+        time.sleep(0.1)
+    kept = ok(run_playbook([site.task(site.tenants()[1:])])[0])
+    assert kept['changed'] is False      # without purge an unlisted tenant is left alone
+    purged = ok(run_playbook([site.task(site.tenants()[1:], purge=True)])[0])
+    assert purged['purged'] == ['a'], purged
+    rest = leftovers(site)
+    assert rest and not [x for x in rest if 'ae-a' in x or '0x10' in x or 'AE-TENANT-a' in x], rest
+    assert ok(run_playbook([site.task(site.tenants()[1:], purge=True)])[0])['changed'] is False
 
 
 def test_tenant_routes_win_over_the_default_route_and_survive_reruns(site):
