@@ -221,8 +221,10 @@ def main():
                                   stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == 'ready'
         # `ip netns exec` execs the interpreter: same pid
-        run = lambda name, flood: phase(name, ns, server.pid, duration, flood, args.legit_rate,  # noqa: E731
-                                        args.max_flood, args.flood_rate)
+
+        def run(name, flood):
+            return phase(name, ns, server.pid, duration, flood, args.legit_rate, args.max_flood, args.flood_rate)
+
         results = [run('idle', False), run('flood', True)]
         counters = {}
         for match in ('new', 'syn'):

@@ -212,7 +212,6 @@ def test_syn_match_limits_without_conntrack(topo):
     assert counters['counters']['ipv4']['refused']['packets'] == got[FLOODER]['refused']
 
 
-
 def kernel_state(ns):
     """helpers.kernel_state without packet counters: legacy chain policies count live traffic (IPv6 ND)."""
     return re.sub(r'\[\d+:\d+\]', '[-]', helpers.kernel_state(ns))
