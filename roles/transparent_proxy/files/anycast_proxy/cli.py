@@ -26,11 +26,12 @@ def _parser():
 def _new_loop():
     if os.environ.get("ANYCAST_PROXY_LOOP", "auto") != "asyncio":
         try:
-            import uvloop  # optional: faster loop when installed
+            import uvloop  # optional: used when installed
             return uvloop.new_event_loop()
         except ImportError:
             pass
-    return asyncio.new_event_loop()
+    from .poller import new_event_loop
+    return new_event_loop()
 
 
 def _load(path):

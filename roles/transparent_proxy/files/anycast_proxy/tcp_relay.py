@@ -20,9 +20,10 @@ import socket
 import time
 
 from .netutil import fmt_addr, reset_and_close
-from .poller import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Poller
+from .poller import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
 
 _READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
+_READING = EPOLLIN | EPOLLRDHUP   # RDHUP: the FIN is known with the last data, no extra wakeup
 
 _monotonic = time.monotonic
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -278,9 +279,13 @@ class TcpSession:
         if self.omask:
             poller.handlers[self.ofd] = self.on_origin
         else:
-            poller.register(self.ofd, EPOLLIN, self.on_origin)
-            self.omask = EPOLLIN
+            poller.register(self.ofd, _READING, self.on_origin)
+            self.omask = _READING
         self.update_interest()
+        # Clients usually speak first and their bytes are waiting by now: relay them without
+        # waiting for another turn of the loop.
+        if self.c2o.reading:
+            self.c2o.read()
 
     # -- events ----------------------------------------------------------------
     def on_client(self, events):
@@ -289,6 +294,8 @@ class TcpSession:
         if c2o.reading and events & _READ_EVENTS:
             handled = True
             c2o.read()
+            if events & EPOLLRDHUP and c2o.reading and not self.closed:
+                c2o.read()   # the end of the stream follows the data just read
             if self.closed:
                 return
         if o2c.blocked and events & (EPOLLOUT | EPOLLERR):
@@ -311,6 +318,8 @@ class TcpSession:
         if o2c.reading and events & _READ_EVENTS:
             handled = True
             o2c.read()
+            if events & EPOLLRDHUP and o2c.reading and not self.closed:
+                o2c.read()
             if self.closed:
                 return
         if c2o.blocked and events & (EPOLLOUT | EPOLLERR):
@@ -328,8 +337,8 @@ class TcpSession:
     def update_interest(self):
         """Tell epoll what each socket waits for now; a socket that waits for nothing leaves the set."""
         c2o, o2c = self.c2o, self.o2c
-        cmask = (EPOLLIN if c2o.reading else 0) | (EPOLLOUT if o2c.blocked else 0)
-        omask = (EPOLLIN if o2c.reading else 0) | (EPOLLOUT if c2o.blocked else 0)
+        cmask = (_READING if c2o.reading else 0) | (EPOLLOUT if o2c.blocked else 0)
+        omask = (_READING if o2c.reading else 0) | (EPOLLOUT if c2o.blocked else 0)
         epoll = self.relay.poller.epoll
         if cmask != self.cmask:
             if not self.cmask:
