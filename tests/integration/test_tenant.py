@@ -109,7 +109,7 @@ class Site(object):
 
 @pytest.fixture
 def site(netns_factory, veth):
-    host = netns_factory()
+    host = netns_factory(forwarding=False)    # the module must switch forwarding on itself
     client = netns_factory()
     veth(host, client, 'up0', 'cl0', ['198.51.100.1/24', '2001:db8:ff::1/64'],
          ['198.51.100.2/24', '2001:db8:ff::2/64'])
@@ -178,6 +178,9 @@ def test_traffic_is_marked_routed_to_the_tenant_and_filtered_by_its_firewall(sit
     main_before = main_tables(site.host)
     result = ok(run_playbook([site.task(site.tenants())])[0])
     assert result['changed'] is True
+    for key in ('net.ipv4.ip_forward', 'net.ipv6.conf.all.forwarding'):
+        assert nsexec(site.host, ['sysctl', '-n', key]).stdout.strip() == '1'
+        assert nsexec(site.ns('a'), ['sysctl', '-n', key]).stdout.strip() == '1'
     by_name = dict((t['name'], t) for t in result['tenants'])
     assert by_name['a']['netns'] == site.ns('a') and by_name['a']['table'] == 110 and by_name['a']['mark'] == '0x10'
     assert by_name['a']['interfaces'] == {'host': 'ae-a', 'tenant': 'ae-a-t'}
@@ -226,6 +229,9 @@ def test_traffic_is_marked_routed_to_the_tenant_and_filtered_by_its_firewall(sit
 
 def test_check_mode_diff_idempotence_purge_and_absent(site):
     """With Debian's own python and pyroute2 0.7, as on a real host."""
+    # Forwarding stays on when tenants go (it is never switched off), and IPv6 forwarding adds the
+    # subnet-router anycast routes: start with it on so that before/after compares our objects only.
+    nsexec(site.host, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'])
     routes_before = helpers.route_dump(site.host)
     namespaces_before = our_netns()
     state_before = host_state(site.host)
