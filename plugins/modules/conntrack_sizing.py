@@ -19,6 +19,8 @@ description:
     the hash in pages of 512 buckets and rounds a written value up the same way); C(max) is 4 x C(buckets).
   - When conntrack reaches C(nf_conntrack_max) new connections are dropped ("nf_conntrack - table full"); with too
     few buckets lookups slow down because the table never resizes itself. This module sets both together.
+  - If conntrack is a loadable module that is not loaded yet, it is loaded (C(modprobe nf_conntrack)) so that
+    its running values can be set.
   - The running values are also set when this network namespace can change them. In this kernel (6.x) both are
     global, writable only in the initial network namespace and read-only in every other one; elsewhere the module
     still writes the file, reports RV(runtime) as not applied and warns when the running maximum is below the
@@ -93,6 +95,11 @@ runtime:
   returned: when state is present
   type: dict
   sample: {nf_conntrack_max: {before: 262144, after: 262144, writable: false, applied: false}}
+loaded_nf_conntrack:
+  description: True when the module loaded the nf_conntrack kernel module.
+  returned: when it did
+  type: bool
+  sample: true
 conntrack:
   description: Entries tracked in this namespace against the running maximum.
   returned: always
@@ -231,6 +238,16 @@ def main():
                 os.unlink(path)
             else:
                 write_file(module, path, after)
+    if params['state'] == 'present' and params['runtime'] and read_value('nf_conntrack_max') is None:
+        # conntrack built as a module and not loaded yet: nothing to size until it is
+        modprobe = module.get_bin_path('modprobe')
+        if modprobe and not module.check_mode:
+            rc, _out, err = module.run_command([modprobe, 'nf_conntrack'])
+            if rc != 0:
+                module.warn('conntrack is not loaded and modprobe nf_conntrack failed: %s' % err.strip())
+            else:
+                result['changed'] = True
+                result['loaded_nf_conntrack'] = True
     if params['state'] == 'present':
         report, runtime_changed = set_runtime(module, {'nf_conntrack_max': maximum, 'nf_conntrack_buckets': buckets})
         result['changed'] = result['changed'] or runtime_changed
