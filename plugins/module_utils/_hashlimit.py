@@ -406,7 +406,7 @@ def families_needing_rebuild(driver, cfg, specs):
     The kernel would keep the live table and its old sizing; emptying the chain
     first drops the last reference, so the new rule creates a fresh table.
     """
-    out = []
+    rebuild, shared = [], []
     for spec in specs:
         if spec.table != 'filter' or not spec.present:
             continue
@@ -414,9 +414,11 @@ def families_needing_rebuild(driver, cfg, specs):
             continue
         wanted = [r.tag for r in spec.rules if r.matches and r.matches[0][0] == 'hashlimit']
         current = [r.tag for r in driver.read(spec.family, 'filter').chains.get(spec.name, []) or []]
-        if current and not set(wanted) <= set(current):
-            out.append(spec.family)
-    return out
+        if not current:
+            shared.append(spec.family)      # the table belongs to a rule outside this chain
+        elif not set(wanted) <= set(current):
+            rebuild.append(spec.family)
+    return rebuild, shared
 
 
 def wait_table_gone(family, name, timeout=3.0):
@@ -431,8 +433,11 @@ def wait_table_gone(family, name, timeout=3.0):
 
 def apply(driver, cfg, specs, check_mode):
     """sync_chains, in two steps for families whose hashlimit table must be rebuilt."""
-    rebuild = families_needing_rebuild(driver, cfg, specs) if cfg['state'] == 'present' else []
-    notes, warnings = [], []
+    rebuild, shared = families_needing_rebuild(driver, cfg, specs) if cfg['state'] == 'present' else ([], [])
+    notes = []
+    warnings = ['hashlimit table %s (IPv%d) already exists for a rule outside chain %s: the new rule shares it '
+                'and its settings, whatever this task asks; give this chain a table name of its own'
+                % (cfg['name'], family, cfg['chain']) for family in shared]
     first = None
     if rebuild:
         notes = ['IPv%d filter: hashlimit table %s is rebuilt (its rule changed): chain %s emptied first, '

@@ -394,3 +394,14 @@ def test_udp_over_the_limit_gets_port_unreachable(topo):
     finally:
         echo.kill()
         echo.wait()
+
+
+def test_a_table_name_used_by_another_rule_is_reported(topo):
+    """Tables are shared by name: the module says so instead of pretending its sizing applies."""
+    edge, _client = topo
+    nsexec(edge, ['iptables', '-A', 'FORWARD', '-m', 'hashlimit', '--hashlimit-upto', '5/sec',
+                  '--hashlimit-name', 'conn_rate_limit', '-j', 'ACCEPT'])
+    result = ok(run_module('hashlimit', {'netns': edge, 'family': 'ipv4', 'protocol': 'tcp', 'ports': [PORT]},
+                           env=NO_SSH))
+    assert 'hashlimit table conn_rate_limit (IPv4) already exists for a rule outside chain RATE-LIMIT' \
+        in json.dumps(result.get('warnings', []))
