@@ -126,6 +126,7 @@ class Tenant(object):
         self.link4 = None        # (host interface, tenant interface)
         self.link6 = None
         self.firewall = None     # (policy, [rule text]) or None
+        self.stale_ns_only = False   # purge: an old namespace of a listed tenant, nothing else
 
     @property
     def present(self):
@@ -1074,7 +1075,7 @@ def apply_present(host, namespaces, tenant, current, wanted, settings):
         # No IPv6 link-local on the host end: it would put fe80::/64 into the main table.
         _write_sysctl('/proc/sys/net/ipv6/conf/%s/addr_gen_mode' % tenant.host_if, '1', what)
         current.host_addrs = ()
-        current.host_ipv6_off = '0'
+        current.host_ipv6_off = _read_sysctl(SYSCTL_V6_OFF % tenant.host_if)   # the host's default for new links
         current.tenant_addrs = ()
         current.defaults = ()
         current.routes = ()
@@ -1163,15 +1164,11 @@ def apply_absent(host, namespaces, tenant, current):
     what = 'tenant %s' % tenant.name
     for rule in current.rules:
         _delete_rule(host.ipr, rule, what)
-    link = host.links.get(tenant.host_if)
+    link = host.links.get(current.host_link[0]) if current.host_link else None
     if link is not None and link.alias == tenant.alias:
         # Deleting our end takes the pair and the routes through it away now,
         # not whenever the namespace's last reference goes.
-        try:
-            host.ipr.link('del', index=link.index)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise TenantError(str(failure('%s: deleting interface %s' % (what, tenant.host_if), exc)))
+        _nl('%s: deleting interface %s' % (what, link.name), _del_link, host.ipr, link.index)
     if current.netns is not None:
         namespaces.drop(tenant.netns)
         delete_netns(tenant.netns)
@@ -1321,6 +1318,9 @@ class Run(object):
                     raise TenantError("%s.netns: cannot read network namespace '%s': %s" % (tenant.param, tenant.netns, exc))
         self.purged = []     # bare Tenants (name, netns, interfaces) to remove
         self.xt_marks = {}
+        if any(not t.present and self.markers.get(t.netns) is None for t in self.tenants):
+            # an absent tenant whose namespace is gone: its mark is still in its mark chain
+            self.xt_marks = _xt_owned_chains(self.driver)
         if not self.purge:
             return
         listed = dict((t.name, t) for t in self.tenants)
@@ -1352,7 +1352,7 @@ class Run(object):
                 bare.tenant_if = 'ae-%s-t' % name
                 if name in listed:
                     # a stale namespace of a listed tenant (its netns was changed): only the namespace goes
-                    bare.host_if = None
+                    bare.stale_ns_only = True
                 self.purged.append(bare)
         # host veths of purged tenants may have other names: find them by alias
         owned_links = self.host.owned_links()
@@ -1394,8 +1394,6 @@ class Run(object):
                 want = desired_view(tenant, self.settings, self.host.inode)
                 self.present_plans.append((tenant, cur, want))
             else:
-                if link is not None and link.alias != tenant.alias:
-                    tenant.host_if = None    # not ours: leave it
                 self.absent_plans.append((tenant, self._absent_view(tenant, tns, marker)))
         for bare in self.purged:
             owned = bare.netns is not None
@@ -1422,22 +1420,25 @@ class Run(object):
         view = View()
         if tns is not None:
             view.netns = tenant.netns
-        link = self.host.links.get(tenant.host_if) if tenant.host_if else None
-        if link is not None and link.alias == tenant.alias:
+        if tenant.stale_ns_only:
+            return view
+        link = self.host.links.get(tenant.host_if)
+        if link is None or link.alias != tenant.alias:
+            link = self.host.owned_links().get(tenant.name)   # renamed, or the name is someone else's
+        if link is not None:
             view.host_link = (link.name, link.alias, link.up)
             view.host_addrs = tuple(sorted(self.host.addrs.get(link.index, ())))
             view.routes = _sorted((r['family'], r['prefix'], r['gateway'], r['table']) for r in self.host.routes
                                   if r['oif'] == link.index and r['table'] != TABLE_MAIN)
-        if tenant.host_if is not None:
-            pairs = set()
-            if marker:
-                pairs.add(((marker['mark'], marker['mask']), marker['table']))
-            marks = set(p[0] for p in pairs)
-            xt_mark = self.xt_marks.get(tenant.name)
-            if xt_mark:
-                marks.add(xt_mark)
-            view.rules = _sorted(r for r in self.host.rules
-                                 if ((r[1], r[2]), r[3]) in pairs or (not marker and (r[1], r[2]) in marks))
+        pairs = set()
+        if marker:
+            pairs.add(((marker['mark'], marker['mask']), marker['table']))
+        marks = set(p[0] for p in pairs)
+        xt_mark = self.xt_marks.get(tenant.name)
+        if xt_mark:
+            marks.add(xt_mark)
+        view.rules = _sorted(r for r in self.host.rules
+                             if ((r[1], r[2]), r[3]) in pairs or (not marker and (r[1], r[2]) in marks))
         return view
 
     def actions(self):

@@ -325,10 +325,7 @@ def test_namespace_deleted_by_hand_is_cleaned_up_by_purge(site):
     """The namespace (and with it the veth) is gone; the mark chains and ip rules it left are ours to remove."""
     ok(run_playbook([site.task(site.tenants())])[0])
     helpers.sh(['ip', 'netns', 'del', site.ns('a')])
-    for _attempt in range(50):   # the kernel tears a namespace down asynchronously
-        if 'ae-a@' not in nsexec(site.host, ['ip', '-o', 'link']).stdout:
-            break
-        time.sleep(0.1)
+    wait_until_gone(site, 'ae-a@')
     kept = ok(run_playbook([site.task(site.tenants()[1:])])[0])
     assert kept['changed'] is False      # without purge an unlisted tenant is left alone
     purged = ok(run_playbook([site.task(site.tenants()[1:], purge=True)])[0])
@@ -336,6 +333,20 @@ def test_namespace_deleted_by_hand_is_cleaned_up_by_purge(site):
     rest = leftovers(site)
     assert rest and not [x for x in rest if 'ae-a' in x or '0x10' in x or 'AE-TENANT-a' in x], rest
     assert ok(run_playbook([site.task(site.tenants()[1:], purge=True)])[0])['changed'] is False
+
+    # the same without purge: b's namespace deleted by hand, then b listed as absent
+    helpers.sh(['ip', 'netns', 'del', site.ns('b')])
+    wait_until_gone(site, 'ae-b@')
+    gone = ok(run_playbook([site.task([{'name': 'b', 'state': 'absent'}])])[0])
+    assert gone['changed'] is True
+    assert leftovers(site) == []
+
+
+def wait_until_gone(site, link):
+    for _attempt in range(50):   # the kernel tears a namespace down asynchronously
+        if link not in nsexec(site.host, ['ip', '-o', 'link']).stdout:
+            return
+        time.sleep(0.1)
 
 
 def test_tenant_routes_win_over_the_default_route_and_survive_reruns(site):
