@@ -9,6 +9,8 @@ Everything happens inside one throwaway network namespace (aepb-*), which is
 removed at the end. In it:
 - an origin (bench/proxy/load.py serve) on 127.0.0.1:9000;
 - AnyIP 192.0.2.0/24 -> TPROXY -> anycast-proxy on 127.0.0.1:1234;
+- AnyIP 203.0.113.0/24 -> TPROXY -> anycast-proxy with 2 workers on 127.0.0.1:1237;
+- AnyIP 10.99.0.0/24 -> TPROXY -> anycast-proxy with `splice: true` on 127.0.0.1:1238;
 - AnyIP 198.51.100.0/24 -> TPROXY -> HAProxy `bind ... transparent` on 127.0.0.1:1235;
 - socat (no transparent listener in Debian's 1.7.4) on 127.0.0.1:1236;
 - "direct" dials the origin itself.
@@ -61,7 +63,8 @@ def setup(ns):
            "net.core.somaxconn=8192")
     ns.run("iptables", "-t", "mangle", "-N", "ANYCAST-TPROXY")
     ns.run("iptables", "-t", "mangle", "-A", "PREROUTING", "-j", "ANYCAST-TPROXY")
-    for prefix, port in (("192.0.2.0/24", 1234), ("198.51.100.0/24", 1235), ("203.0.113.0/24", 1237)):
+    for prefix, port in (("192.0.2.0/24", 1234), ("198.51.100.0/24", 1235), ("203.0.113.0/24", 1237),
+                         ("10.99.0.0/24", 1238)):
         # src 127.0.0.1: locally originated traffic must not hit TPROXY on the way back.
         ns.run("ip", "route", "add", "local", prefix, "dev", "lo", "src", "127.0.0.1")
         ns.run("iptables", "-t", "mangle", "-A", "ANYCAST-TPROXY", "-d", prefix, "-p", "tcp",
@@ -119,13 +122,14 @@ class Target:
         return cpu_seconds(self.proc.pid) if self.proc else 0.0
 
 
-def start_anycast_proxy(ns, workdir, workers=1, log=False, loop="auto", port=1234, prefix="192.0.2.0/24"):
+def start_anycast_proxy(ns, workdir, workers=1, log=False, loop="auto", port=1234, prefix="192.0.2.0/24",
+                        splice=False):
     config = {
-        "listen": ["127.0.0.1:%d" % port], "workers": workers, "log_connections": log,
+        "listen": ["127.0.0.1:%d" % port], "workers": workers, "log_connections": log, "splice": splice,
         "max_connections_per_source": 0,
         "routes": [{"destination": prefix, "origin": ORIGIN, "idle_timeout": 600}],
     }
-    path = os.path.join(workdir, "proxy-%d.json" % workers)
+    path = os.path.join(workdir, "proxy-%d.json" % port)
     with open(path, "w") as fh:
         json.dump(config, fh)
     env = dict(os.environ, ANYCAST_PROXY_LOOP=loop)
@@ -247,13 +251,15 @@ def main():
         wait_port(ns, "127.0.0.1", 9000, origin)
         ap1 = start_anycast_proxy(ns, workdir, loop=args.loop)
         ap2 = start_anycast_proxy(ns, workdir, workers=2, loop=args.loop, port=1237, prefix="203.0.113.0/24")
+        aps = start_anycast_proxy(ns, workdir, loop=args.loop, port=1238, prefix="10.99.0.0/24", splice=True)
         hap = start_haproxy(ns, workdir)
         soc = start_socat(ns)
-        procs += [ap1, ap2, hap, soc]
+        procs += [ap1, ap2, aps, hap, soc]
         targets = [
             Target("direct", ORIGIN),
             Target("anycast-proxy", "192.0.2.0/24:any", ap1),
             Target("anycast-proxy x2", "203.0.113.0/24:any", ap2),
+            Target("anycast-proxy splice", "10.99.0.0/24:any", aps),
             Target("haproxy", "198.51.100.0/24:any", hap),
             Target("socat", "127.0.0.1:1236", soc),
         ]
@@ -273,7 +279,10 @@ def main():
             for key in ("short_c1", "short_c50"):
                 r[key] = dict(max(runs[t.name][key], key=lambda x: x["per_second"]))
                 r[key]["cpu_us_per_conn"] = min(x["cpu_us_per_conn"] for x in runs[t.name][key])
-        for t, count in ((targets[1], idle_n), (targets[3], idle_n), (targets[2], 10000 if not args.quick else idle_n)):
+        by_name = {t.name: t for t in targets}
+        for name, count in (("anycast-proxy", idle_n), ("haproxy", idle_n),
+                            ("anycast-proxy x2", 10000 if not args.quick else idle_n)):
+            t = by_name[name]
             print("idle connections: %s ..." % t.name, file=sys.stderr, flush=True)
             results[t.name]["idle"] = measure_idle(ns, t, count)
     finally:
@@ -285,7 +294,7 @@ def main():
     direct = results["direct"]["bulk"]["gbit_s"]
     rows = [("target", "bulk Gbit/s", "x direct", "CPU s/GiB", "c1 conn/s", "c1 p99 ms", "c50 conn/s",
              "c50 p99 ms", "CPU us/conn", "idle conns", "RSS MiB")]
-    for name in ("direct", "anycast-proxy", "anycast-proxy x2", "haproxy", "socat"):
+    for name in ("direct", "anycast-proxy", "anycast-proxy x2", "anycast-proxy splice", "haproxy", "socat"):
         r = results[name]
         idle = r.get("idle", {})
         rows.append((

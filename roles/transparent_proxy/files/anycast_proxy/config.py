@@ -14,8 +14,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 TOP_KEYS = {
     "listen", "routes", "metrics", "workers", "max_connections_per_source",
-    "drain_timeout", "log_connections", "log_level", "buffer_size", "splice",
-    "defaults",
+    "drain_timeout", "log_connections", "log_level", "buffer_size", "bulk_buffer_size",
+    "splice", "defaults",
 }
 ROUTE_KEYS = {
     "name", "destination", "ports", "protocol", "origin", "proxy_protocol",
@@ -99,8 +99,8 @@ class Route:
 class Config:
     __slots__ = (
         "listen", "routes", "metrics", "workers", "max_connections_per_source",
-        "drain_timeout", "log_connections", "log_level", "buffer_size", "splice",
-        "source",
+        "drain_timeout", "log_connections", "log_level", "buffer_size", "bulk_buffer_size",
+        "splice", "source",
     )
 
     def __init__(self, **kw):
@@ -322,15 +322,19 @@ def parse_config(data, source="<config>"):
     buffer_size = _number(data.get("buffer_size", 65536), "buffer_size", 1024, integer=True)
     if buffer_size > 16 * 1024 * 1024:
         raise ConfigError("buffer_size", f"at most 16 MiB, got {buffer_size}")
-    splice = data.get("splice", "auto")
-    if splice not in (True, False, "auto"):
-        raise ConfigError("splice", f"expected true, false or \"auto\", got {splice!r}")
+    bulk_buffer_size = _number(data.get("bulk_buffer_size", max(524288, buffer_size)), "bulk_buffer_size",
+                               buffer_size, integer=True)
+    if bulk_buffer_size > 16 * 1024 * 1024:
+        raise ConfigError("bulk_buffer_size", f"at most 16 MiB, got {bulk_buffer_size}")
+    splice = data.get("splice", False)
+    if not isinstance(splice, bool):
+        raise ConfigError("splice", f"expected true or false, got {splice!r}")
 
     return Config(
         listen=listen, routes=routes, metrics=metrics, workers=workers,
         max_connections_per_source=per_source, drain_timeout=float(drain_timeout),
         log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
-        splice=splice, source=source,
+        bulk_buffer_size=bulk_buffer_size, splice=splice, source=source,
     )
 
 

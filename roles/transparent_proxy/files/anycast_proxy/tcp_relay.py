@@ -1,12 +1,15 @@
 """TCP: accept on transparent listeners, pick a route, dial the origin, relay.
 
 Each session has two pumps (client->origin, origin->client). A read goes
-into one scratch buffer shared by all sessions and is written out at once;
-only what the receiver does not take is kept (at most one buffer per pump),
-and while it is kept the pump stops reading, so the sender is throttled by
-TCP itself. Idle connections hold no buffer. A pump that fills a whole
-buffer is moving bulk data and switches to splice() through a pipe, so
-those bytes never enter user space.
+into a scratch buffer shared by all sessions and is written out at once;
+only what the receiver does not take is kept (at most one read's worth per
+pump), and while it is kept the pump stops reading, so the sender is
+throttled by TCP itself. Idle connections hold no buffer. A pump whose read
+fills the whole buffer is moving bulk data and switches to bulk mode: reads
+of bulk_buffer_size from a second shared buffer or, with `splice: true`,
+splice() through a pipe so that the bytes never enter user space (less CPU
+per byte; in our measurements less throughput per connection, see
+docs/benchmarks-proxy.md).
 
 A FIN is relayed as shutdown(SHUT_WR) once everything before it is out,
 leaving the other direction open; a reset on one side becomes a reset on
@@ -47,7 +50,7 @@ class _Pump:
 
     __slots__ = ("session", "relay", "src", "dst", "sfd", "dfd", "pending", "reading", "blocked",
                  "eof", "done", "to_origin", "splice_mode", "pipe_r", "pipe_w", "in_pipe", "may_splice",
-                 "stats")
+                 "stats", "bulk")
 
     def __init__(self, session, src, dst, to_origin):
         relay = session.relay
@@ -62,6 +65,7 @@ class _Pump:
         self.done = False
         self.to_origin = to_origin
         self.splice_mode = False
+        self.bulk = False
         self.may_splice = relay.splice
         self.pipe_r = self.pipe_w = -1
         self.in_pipe = 0
@@ -72,8 +76,12 @@ class _Pump:
             self._read_splice()
             return
         relay = self.relay
+        if self.bulk:
+            buf, view = relay.bulk_scratch, relay.bulk_view
+        else:
+            buf, view = relay.scratch, relay.scratch_view
         try:
-            n = self.src.recv_into(relay.scratch)
+            n = self.src.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -87,7 +95,6 @@ class _Pump:
             self.stats.bytes_in += n
         else:
             self.stats.bytes_out += n
-        view = relay.scratch_view
         try:
             sent = self.dst.send(view[:n])
         except (BlockingIOError, InterruptedError):
@@ -100,9 +107,11 @@ class _Pump:
             self.reading = False
             self.blocked = True
             self.session.update_interest()
-        elif n == relay.buffer_size and self.may_splice:
-            # A full buffer means bulk: hand this direction to the kernel.
-            self._enter_splice()
+        elif n == len(buf) and not self.bulk:
+            # A full buffer means bulk data: read in bigger chunks, or let the kernel move it.
+            self.bulk = True
+            if self.may_splice:
+                self._enter_splice()
 
     def write(self):
         if self.splice_mode:
@@ -205,6 +214,9 @@ class _Pump:
                 pass
         # else: both directions are over; close() sends the FIN.
         session.pump_done()
+
+    def mode(self):
+        return "s" if self.splice_mode else ("b" if self.bulk else "-")
 
     def close_pipe(self):
         if self.pipe_r >= 0:
@@ -410,8 +422,8 @@ class TcpRelay:
         self.connecting = set()
         self.per_source = {}
         self.max_per_source = 0
-        self.buffer_size = 0
-        self.scratch = self.scratch_view = None
+        self.buffer_size = self.bulk_buffer_size = 0
+        self.scratch = self.scratch_view = self.bulk_scratch = self.bulk_view = None
         self.splice = _HAVE_SPLICE
         self.log_connections = True
         self.draining = False
@@ -427,7 +439,11 @@ class TcpRelay:
             self.buffer_size = config.buffer_size
             self.scratch = bytearray(self.buffer_size)
             self.scratch_view = memoryview(self.scratch)
-        self.splice = _HAVE_SPLICE and config.splice in (True, "auto")
+        if config.bulk_buffer_size != self.bulk_buffer_size:
+            self.bulk_buffer_size = config.bulk_buffer_size
+            self.bulk_scratch = bytearray(self.bulk_buffer_size)
+            self.bulk_view = memoryview(self.bulk_scratch)
+        self.splice = _HAVE_SPLICE and config.splice
         self.log_connections = config.log_connections
 
     def add_listener(self, sock):
@@ -513,7 +529,7 @@ class TcpRelay:
                 f"tcp closed client={fmt_addr(session.client_addr)} dst={fmt_addr(session.dst)} "
                 f"route={session.route.name} origin={fmt_addr(session.origin_addr)} outcome={outcome} "
                 f"duration={_monotonic() - session.t_start:.3f}s"
-                + ("" if c2o is None else f" splice={int(c2o.splice_mode)}{int(o2c.splice_mode)}"))
+                + ("" if c2o is None else f" bulk={c2o.mode()}{o2c.mode()}"))
 
     def reset_all(self, outcome="shutdown"):
         for session in list(self.sessions):
