@@ -13,7 +13,7 @@ version_added: "0.1.0"
 description:
   - Manages GRE tunnels whose device lives in a tenant's network namespace while their encapsulated
     packets are sent and received in the host's namespace. Each tunnel is created in the host
-    namespace and then moved into the tenant's: the kernel keeps a tunnel's underlay in the namespace
+    namespace and then moved into the tenant's, because the kernel keeps a tunnel's underlay in the namespace
     where it was created.
   - The local endpoint is an anycast address (local to every server of the fleet, for example through
     AnyIP, see M(anycast.edge.anyip_route)). Every server holds the same tunnel with the same

@@ -96,6 +96,7 @@ class VM:
         self.workdir = Path(tempfile.mkdtemp(prefix='aeg-vm-'))
         self.console_log = self.workdir / 'console.log'
         self.key = self.workdir / 'id_ed25519'
+        self.control_path = self.workdir / 'ssh-control'
         self.boot_seconds = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -138,6 +139,9 @@ class VM:
         return self
 
     def stop(self):
+        if self.port is not None:
+            subprocess.run(['ssh', '-o', 'ControlPath=%s' % self.control_path, '-O', 'exit', '-p', str(self.port),
+                            'root@127.0.0.1'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -166,7 +170,9 @@ class VM:
 
     # -- commands ------------------------------------------------------------
     def ssh_command(self, command):
-        return ['ssh', *SSH_OPTIONS, '-i', str(self.key), '-p', str(self.port),
+        # One shared connection: a key exchange costs seconds under emulation.
+        return ['ssh', *SSH_OPTIONS, '-o', 'ControlMaster=auto', '-o', 'ControlPath=%s' % self.control_path,
+                '-o', 'ControlPersist=600', '-i', str(self.key), '-p', str(self.port),
                 'root@127.0.0.1', command]
 
     def run(self, command, check=True, timeout=120, input=None):
