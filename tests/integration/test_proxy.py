@@ -32,6 +32,11 @@ NS_PREFIX = 'aep'
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root to create network namespaces')
 
 
+# nobody, with CAP_NET_ADMIN as its only capability (ambient, so it survives exec)
+UNPRIVILEGED = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all,+net_admin',
+                '--ambient-caps=-all,+net_admin', '--bounding-set=-all,+net_admin']
+
+
 def random_v4():
     return '192.0.2.%d' % random.randint(1, 254)
 
@@ -515,8 +520,7 @@ def test_a_crashed_worker_is_replaced(topo, start_proxy, origin):
 
 def test_runs_as_unprivileged_user_with_only_cap_net_admin(topo, start_proxy, origin):
     origin(port=8080, proxy_protocol='v2')
-    user_cmd = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
-                '--inh-caps=-all,+net_admin', '--ambient-caps=-all,+net_admin', '--bounding-set=-all,+net_admin']
+    user_cmd = UNPRIVILEGED
     proxy = start_proxy(base_config(routes=[
         {'name': 'web', 'destination': '192.0.2.0/24', 'origin': '%s:8080' % ORIGIN_V4, 'proxy_protocol': 'v2'},
     ]), user_cmd=user_cmd)
@@ -555,6 +559,16 @@ def test_self_test_reads_the_edge(topo, tmp_path):
                                       '--config', str(good)], check=False)
     assert proc.returncode == 0, proc.stdout
     assert 'self-test: OK' in proc.stdout and 'ANYCAST-TPROXY' in proc.stdout
+    # The service user holds only CAP_NET_ADMIN: enough to read the nf_tables rules.
+    workdir = support.workdir()
+    public = os.path.join(workdir, 'good.json')
+    shutil.copy(str(good), public)
+    os.chmod(public, 0o644)
+    proc = helpers.nsexec(topo.edge, UNPRIVILEGED + [support.SYSTEM_PYTHON, support.PROXY_PKG, '--self-test',
+                                                     '--config', public], check=False)
+    shutil.rmtree(workdir)
+    assert proc.returncode == 0, proc.stdout
+    assert 'self-test: OK' in proc.stdout
 
     bad = tmp_path / 'bad.json'
     bad.write_text(json.dumps(base_config(listen=['127.0.0.1:4321'], routes=[

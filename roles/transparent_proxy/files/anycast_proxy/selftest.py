@@ -202,6 +202,7 @@ def parse_mangle(text, version):
 
 
 def tproxy_rules():
+    """Rules from every readable mangle table; errors are (version, text)."""
     found, unreachable, sources, errors = [], [], [], []
     for version, tools in ((4, ("iptables-save", "iptables-legacy-save")),
                            (6, ("ip6tables-save", "ip6tables-legacy-save"))):
@@ -210,7 +211,7 @@ def tproxy_rules():
                 continue
             out, err = _run([tool, "-t", "mangle"])
             if out is None:
-                errors.append(f"{tool} -t mangle: {err}")
+                errors.append((version, f"{tool} -t mangle: {err}"))
                 continue
             ok, dead = parse_mangle(out, version)
             found += [(version, r) for r in ok]
@@ -221,10 +222,12 @@ def tproxy_rules():
 
 def check_tproxy(config, report):
     found, unreachable, sources, errors = tproxy_rules()
-    for err in errors:
-        report.miss(f"cannot read the mangle table: {err}")
+    # A table that cannot be read (legacy tables need CAP_NET_RAW too) only matters when
+    # no readable table has the rule.
+    for _, err in errors:
+        report.note(f"cannot read {err}")
     if not sources:
-        report.miss("no iptables-save found: cannot check TPROXY rules")
+        report.miss("could not read any mangle table: cannot check TPROXY rules")
         return
     for r in config.routes:
         listeners = [ep for ep in config.listen if ep.family == r.family]
@@ -245,7 +248,9 @@ def check_tproxy(config, report):
         tool = "ip6tables" if r.network.version == 6 else "iptables"
         hint = (f"{tool} -t mangle -A ANYCAST-TPROXY -d {r.network} -p {r.protocol} -j TPROXY "
                 f"--on-port {ep.port} --on-ip {ep.host}")
-        report.miss(f"{what}: no rule sends it to a listener ({', '.join(map(str, listeners))}); e.g. `{hint}`")
+        unread = [err for v, err in errors if v == r.network.version]
+        report.miss(f"{what}: no rule sends it to a listener ({', '.join(map(str, listeners))}); e.g. `{hint}`"
+                    + (f" (not readable here: {'; '.join(unread)})" if unread else ""))
 
 
 def run_self_test(config, out=None):
