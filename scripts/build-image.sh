@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Build the Debian 12 container image that molecule and the lab run systemd in.
 #
 # No registry is reachable from the build machines, so the image is made here:

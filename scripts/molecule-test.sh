@@ -1,10 +1,11 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Run a molecule scenario of anycast.edge (default: "default") on this machine.
 #
 # Does everything a fresh machine of the project's kind needs besides the venv and
 # scripts/apt-packages.txt: builds the container image if missing, points podman
-# at scripts/containers.conf, makes the collection importable as anycast.edge,
-# runs `molecule <command> -s <scenario>` and always removes the scenario's
+# at scripts/containers.conf, makes a snapshot of the working tree importable as
+# anycast.edge (build/molecule/ansible_collections/anycast/edge), runs
+# `molecule <command> -s <scenario>` there and always removes the scenario's
 # containers afterwards.
 #
 # usage: scripts/molecule-test.sh [SCENARIO] [MOLECULE_COMMAND]   (default: default test)
@@ -21,11 +22,15 @@ export CONTAINERS_CONF="$repo/scripts/containers.conf"
 
 "$repo/scripts/build-image.sh"
 
-# Ansible imports collections from .../ansible_collections/<namespace>/<name>;
-# the repository root is the collection, so link it into such a tree.
-collections="$repo/build/collections"
-mkdir -p "$collections/ansible_collections/anycast"
-ln -sfn "$repo" "$collections/ansible_collections/anycast/edge"
+# Ansible imports collections from .../ansible_collections/<namespace>/<name>. The
+# scenario runs on a snapshot of the working tree (tracked and new files, not
+# ignored ones), so edits made while it runs cannot make converge and
+# idempotence see different roles.
+collections="$repo/build/molecule"
+snapshot="$collections/ansible_collections/anycast/edge"
+rm -rf "$snapshot"
+mkdir -p "$snapshot"
+(cd "$repo" && git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$snapshot/")
 export ANSIBLE_COLLECTIONS_PATH="$collections"
 
 cleanup() {
@@ -33,7 +38,7 @@ cleanup() {
     if [ "${KEEP_INSTANCES:-0}" = 1 ]; then exit "$rc"; fi
     # molecule destroy normally does this; containers left by an interrupted run
     # carry the scenario's platform names, which start with "aem-".
-    (cd "$repo" && molecule destroy -s "$scenario" >/dev/null 2>&1) || true
+    (cd "$snapshot" && molecule destroy -s "$scenario" >/dev/null 2>&1) || true
     for name in $(podman ps -a --format '{{.Names}}' | grep '^aem-' || true); do
         podman rm -f "$name" >/dev/null 2>&1 || true
     done
@@ -41,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cd "$repo"
+cd "$snapshot"
 start=$(date +%s)
 molecule "$command" -s "$scenario"
 echo "molecule $command -s $scenario: passed in $(( $(date +%s) - start )) s"

@@ -1,10 +1,11 @@
-#!/usr/bin/python3
 """Traffic ends for the molecule verification of anycast.edge.transparent_proxy.
 
   edge_net.py origin PORT [PP_PORT]   an origin: greets each connection, then echoes lines.
                                       On PP_PORT it first reads a PROXY v1 header and greets
                                       with it, to show what the proxy saw.
-  edge_net.py probe HOST PORT         one connection: greeting, one echoed line; JSON on stdout.
+  edge_net.py probe HOST PORT [HOST PORT ...]
+                                      one connection each: greeting, one echoed line; one JSON
+                                      line per connection on stdout.
   edge_net.py hold HOST PORT READY GO one connection kept open: an exchange, touch READY,
                                       wait for the file GO, another exchange; JSON on stdout.
 
@@ -20,7 +21,7 @@ import threading
 import time
 
 TIMEOUT = 10
-HOLD_LIMIT = 120
+HOLD_LIMIT = 600  # the role runs in between; slow on a busy machine
 
 
 class OriginHandler(socketserver.StreamRequestHandler):
@@ -102,18 +103,25 @@ def main(argv):
     if command == "origin" and len(argv) in (3, 4):
         origin(int(argv[2]), int(argv[3]) if len(argv) == 4 else None)
         return 0
-    try:
-        if command == "probe" and len(argv) == 4:
-            result = probe(argv[2], int(argv[3]))
-        elif command == "hold" and len(argv) == 6:
-            result = hold(argv[2], int(argv[3]), argv[4], argv[5])
-        else:
-            sys.stderr.write(__doc__)
-            return 2
-    except OSError as exc:
-        result = {"host": argv[2], "port": argv[3], "ok": False, "error": str(exc)}
-    print(json.dumps(result, sort_keys=True))
-    return 0 if result["ok"] else 1
+    if command == "probe" and len(argv) >= 4 and len(argv) % 2 == 0:
+        targets = list(zip(argv[2::2], argv[3::2]))
+    elif command == "hold" and len(argv) == 6:
+        targets = [(argv[2], argv[3])]
+    else:
+        sys.stderr.write(__doc__)
+        return 2
+    failures = 0
+    for host, port in targets:
+        try:
+            if command == "probe":
+                result = probe(host, int(port))
+            else:
+                result = hold(host, int(port), argv[4], argv[5])
+        except OSError as exc:
+            result = {"host": host, "port": port, "ok": False, "error": str(exc)}
+        print(json.dumps(result, sort_keys=True), flush=True)
+        failures += not result["ok"]
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

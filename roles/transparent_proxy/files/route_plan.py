@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: anycast.edge developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Turn the role's routes into AnyIP prefixes and TPROXY rules, and find what does not fit.
