@@ -1,0 +1,146 @@
+#!/usr/bin/python3
+"""The lab's client side: connects to edges and tenants and prints JSON results.
+
+  probe.py dial  --target EDGE,PREFIX,EDGE_ADDRESS [--target ...] --count N [--pace S]
+      N connections per target to random addresses of PREFIX on random ports
+      (the first target also gets ports 1 and 65535); each must reach the origin,
+      which reports (PROXY v2) the client's real address and what was dialled,
+      and sees the connection come from EDGE_ADDRESS (the edge that relayed it).
+  probe.py flood --prefix PREFIX --count N --duration S
+      as many new connections as possible, bounded by N and S seconds.
+  probe.py steady --prefix PREFIX --count N --interval S
+      N connections, one every S seconds.
+  probe.py tcp --address A --port P [--timeout S]
+      one connection; reports its outcome and the answer line.
+"""
+
+import argparse
+import errno
+import ipaddress
+import json
+import random
+import socket
+import sys
+import time
+
+
+def random_address(prefix):
+    network = ipaddress.ip_network(prefix)
+    # Neither the first nor the last address: they are valid AnyIP addresses,
+    # but a reader of the table should not wonder.
+    offset = random.randint(1, network.num_addresses - 2)
+    return str(network.network_address + offset)
+
+
+def connect(address, port, timeout):
+    """(outcome, answer dict or None, own address, seconds)."""
+    family = socket.AF_INET6 if ':' in address else socket.AF_INET
+    started = time.monotonic()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    own = None
+    try:
+        sock.connect((address, port))
+        own = sock.getsockname()[0]
+        data = b''
+        while not data.endswith(b'\n'):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            return 'closed', None, own, time.monotonic() - started
+        return 'ok', json.loads(data.decode()), own, time.monotonic() - started
+    except socket.timeout:
+        return 'timeout', None, own, time.monotonic() - started
+    except ConnectionRefusedError:
+        return 'refused', None, own, time.monotonic() - started
+    except ConnectionResetError:
+        return 'reset', None, own, time.monotonic() - started
+    except OSError as error:
+        return errno.errorcode.get(error.errno, str(error)), None, own, time.monotonic() - started
+    finally:
+        sock.close()
+
+
+def cmd_dial(args):
+    results = []
+    first = True
+    for target in args.target:
+        edge, prefix, edge_address = target.split(',', 2)
+        ports = [random.randint(1, 65535) for _ in range(args.count)]
+        if first:
+            ports[:2] = [1, 65535][:len(ports)]
+            first = False
+        for port in ports:
+            address = random_address(prefix)
+            outcome, answer, own, seconds = connect(address, port, args.timeout)
+            answer = answer or {}
+            good = (outcome == 'ok' and answer.get('client') == own and answer.get('dialled') == address
+                    and answer.get('dialled_port') == port and answer.get('edge') == edge_address)
+            results.append({'edge': edge, 'prefix': prefix, 'address': address, 'port': port,
+                            'outcome': outcome, 'own': own, 'answer': answer, 'good': bool(good),
+                            'ms': round(seconds * 1000, 1)})
+            time.sleep(args.pace)
+    print(json.dumps({'results': results}, sort_keys=True))
+
+
+def cmd_flood(args):
+    counts = {}
+    started = time.monotonic()
+    attempts = 0
+    while attempts < args.count and time.monotonic() - started < args.duration:
+        outcome = connect(random_address(args.prefix), random.randint(1, 65535), args.timeout)[0]
+        counts[outcome] = counts.get(outcome, 0) + 1
+        attempts += 1
+    print(json.dumps({'attempts': attempts, 'counts': counts,
+                      'seconds': round(time.monotonic() - started, 3)}, sort_keys=True))
+
+
+def cmd_steady(args):
+    counts = {}
+    started = time.monotonic()
+    for index in range(args.count):
+        outcome = connect(random_address(args.prefix), random.randint(1, 65535), args.timeout)[0]
+        counts[outcome] = counts.get(outcome, 0) + 1
+        next_start = started + (index + 1) * args.interval
+        time.sleep(max(0.0, next_start - time.monotonic()))
+    print(json.dumps({'attempts': args.count, 'counts': counts,
+                      'seconds': round(time.monotonic() - started, 3)}, sort_keys=True))
+
+
+def cmd_tcp(args):
+    outcome, answer, own, seconds = connect(args.address, args.port, args.timeout)
+    print(json.dumps({'address': args.address, 'port': args.port, 'outcome': outcome, 'answer': answer,
+                      'own': own, 'ms': round(seconds * 1000, 1)}, sort_keys=True))
+
+
+def main():
+    parser = argparse.ArgumentParser(description='lab client probes')
+    sub = parser.add_subparsers(dest='command', required=True)
+    dial = sub.add_parser('dial')
+    dial.add_argument('--target', action='append', required=True)
+    dial.add_argument('--count', type=int, default=8)
+    dial.add_argument('--pace', type=float, default=0.02)
+    dial.add_argument('--timeout', type=float, default=5)
+    flood = sub.add_parser('flood')
+    flood.add_argument('--prefix', required=True)
+    flood.add_argument('--count', type=int, default=300)
+    flood.add_argument('--duration', type=float, default=5)
+    flood.add_argument('--timeout', type=float, default=2)
+    steady = sub.add_parser('steady')
+    steady.add_argument('--prefix', required=True)
+    steady.add_argument('--count', type=int, default=20)
+    steady.add_argument('--interval', type=float, default=0.1)
+    steady.add_argument('--timeout', type=float, default=3)
+    tcp = sub.add_parser('tcp')
+    tcp.add_argument('--address', required=True)
+    tcp.add_argument('--port', type=int, required=True)
+    tcp.add_argument('--timeout', type=float, default=3)
+    args = parser.parse_args()
+    {'dial': cmd_dial, 'flood': cmd_flood, 'steady': cmd_steady, 'tcp': cmd_tcp}[args.command](args)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

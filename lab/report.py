@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Print the lab's tables.
+
+  report.py --status-log LOG            the table status.yml printed, as plain lines
+  report.py --results DIR [--seconds N] one line per proven behaviour; exit 1 if any failed
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import yaml
+
+
+def status_lines(log):
+    """The msg list of the last debug task of a status.yml run (YAML callback format)."""
+    lines = open(log).read().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.strip() == 'msg:')
+    block = []
+    for line in lines[start + 1:]:
+        if not line.startswith('  '):
+            break
+        block.append(line)
+    return yaml.safe_load('\n'.join(block))
+
+
+def load(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def check_converge(results):
+    first, second = load(os.path.join(results, 'converge-1.json')), load(os.path.join(results, 'converge-2.json'))
+    ok = second['changed'] == 0
+    return ('site.yml twice', ok, 'first run changed=%d (%ds), second run changed=%d (%ds)'
+            % (first['changed'], first['seconds'], second['changed'], second['seconds']))
+
+
+def check_check_mode(results):
+    check = load(os.path.join(results, 'check.json'))
+    return ('site.yml --check --diff', check['unchanged'],
+            '%d changes predicted; ael-edge1 routes, rules, netns, iptables, files %s'
+            % (check['predicted'], 'unchanged' if check['unchanged'] else 'CHANGED'))
+
+
+def check_dial(results):
+    rows = load(os.path.join(results, 'dial.json'))['results']
+    good = [r for r in rows if r['good']]
+    edges = sorted({r['edge'] for r in good})
+    families = sorted({'IPv6' if ':' in r['address'] else 'IPv4' for r in good})
+    ports = sorted({r['port'] for r in good})
+    clients = sorted({r['answer'].get('client') for r in good})
+    ok = len(good) == len(rows) and len(edges) == 2 and len(families) == 2
+    detail = ('%d/%d connections to random AnyIP addresses and ports (%d..%d) of %s over %s reached the origin; '
+              'PROXY v2 gave it the real client %s and the dialled address'
+              % (len(good), len(rows), ports[0] if ports else 0, ports[-1] if ports else 0, ' and '.join(edges),
+                 '/'.join(families), ', '.join(c for c in clients if c)))
+    bad = [r for r in rows if not r['good']]
+    if bad:
+        detail += '; first failure: %s:%s %s %s' % (bad[0]['address'], bad[0]['port'], bad[0]['outcome'],
+                                                   bad[0]['answer'])
+    return ('AnyIP + TPROXY + proxy', ok, detail)
+
+
+def check_rate_limit(results):
+    flood, steady = load(os.path.join(results, 'flood.json')), load(os.path.join(results, 'steady.json'))
+    accepted = flood['counts'].get('ok', 0)
+    refused = sum(v for k, v in flood['counts'].items() if k != 'ok')
+    served = steady['counts'].get('ok', 0)
+    ok = refused > 0 and accepted > 0 and served == steady['attempts']
+    return ('per-source rate limit', ok,
+            'ael-client flood: %d attempts in %.1fs, %d served, %d refused (%s); ael-client2 meanwhile: %d/%d served'
+            % (flood['attempts'], flood['seconds'], accepted, refused,
+               ', '.join('%s %d' % kv for kv in sorted(flood['counts'].items()) if kv[0] != 'ok'),
+               served, steady['attempts']))
+
+
+def check_tenants(results):
+    rows = {}
+    with open(os.path.join(results, 'tenant.jsonl')) as handle:
+        for line in handle:
+            if line.strip():
+                item = json.loads(line)
+                rows[item['check']] = item['result']
+    out = []
+    expectations = [
+        ('acme-ftp', 'acme', True, 'firewall admits tcp/21'),
+        ('acme-ssh', 'acme', False, 'firewall (policy drop) refuses tcp/22, a listener is there'),
+        ('globex-ftp', 'globex', True, 'policy accept'),
+        ('globex-ssh', 'globex', True, 'policy accept'),
+    ]
+    for check, tenant, reachable, why in expectations:
+        result = rows.get(check, {})
+        answer = result.get('answer') or {}
+        if reachable:
+            ok = result.get('outcome') == 'ok' and answer.get('tenant') == tenant
+            detail = '%s:%s reached tenant %s namespace on %s, which saw client %s (%s)' % (
+                result.get('address'), result.get('port'), answer.get('tenant'), answer.get('edge'),
+                answer.get('client'), why)
+        else:
+            ok = result.get('outcome') in ('timeout', 'refused', 'reset')
+            detail = '%s:%s %s (%s)' % (result.get('address'), result.get('port'), result.get('outcome'), why)
+        out.append(('tenant %s' % check, ok, detail))
+    return out
+
+
+def check_gre(results):
+    gre = load(os.path.join(results, 'gre.json'))
+    if gre['status'] == 'skipped':
+        return ('GRE', None, 'SKIPPED: ' + gre['reason'])
+    return ('GRE', gre['status'] == 'ok', gre['reason'])
+
+
+def check_status(results):
+    path = os.path.join(results, 'status.txt')
+    lines = [line for line in open(path).read().splitlines() if line.strip()] if os.path.exists(path) else []
+    rows = [line for line in lines[1:] if line.startswith('ael-edge') and not line.split()[0].endswith(':')]
+    ok = len(rows) == 2 and all(line.rstrip().endswith(' none') for line in rows)
+    return ('status.yml', ok, '%d hosts in the table, drift: %s' % (
+        len(rows), 'none' if ok else 'see the status table'))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--status-log')
+    parser.add_argument('--results')
+    parser.add_argument('--seconds', type=int)
+    args = parser.parse_args()
+    if args.status_log:
+        for line in status_lines(args.status_log):
+            print(line)
+        return 0
+    rows = []
+    for check in (check_check_mode, check_converge, check_dial, check_rate_limit, check_tenants, check_gre,
+                  check_status):
+        try:
+            result = check(args.results)
+        except (OSError, ValueError, KeyError, IndexError) as error:
+            result = (check.__name__.replace('check_', ''), False, 'no result: %s' % error)
+        rows.extend(result if isinstance(result, list) else [result])
+    width = max(len(name) for name, _, _ in rows)
+    print('%-*s  %-7s  %s' % (width, 'CHECK', 'RESULT', 'DETAIL'))
+    for name, ok, detail in rows:
+        print('%-*s  %-7s  %s' % (width, name, {True: 'PASS', False: 'FAIL', None: 'SKIPPED'}[ok], detail))
+    failed = [name for name, ok, _ in rows if ok is False]
+    if args.seconds is not None:
+        print('\nlab up in %d s; %s' % (args.seconds, 'all checks passed' if not failed else
+                                        'FAILED: ' + ', '.join(failed)))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,339 @@
+#!/bin/bash
+# The anycast.edge lab: podman containers with systemd, configured by
+# playbooks/site.yml through the podman connection, then proven with traffic.
+#
+# usage: scripts/lab.sh up     build/start the lab, converge twice, prove it, print the table
+#        scripts/lab.sh down   remove every container, network, namespace and image it made
+#
+# Containers (image from scripts/build-image.sh, settings of scripts/containers.conf):
+#   ael-edge1, ael-edge2   edge servers (the inventory lab/inventory)
+#   ael-client, ael-client2  clients; ael-client also floods
+#   ael-origin             origin behind the proxies; reads PROXY v2 (lab/origin.py)
+#   ael-router             acme's router, the remote end of its GRE tunnel
+# They share the podman network ael-net. Its bridge and NAT rules are created
+# inside the network namespace ael-host (podman runs under nsenter), so the
+# machine's root network namespace is never touched. Results: build/lab/.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${VENV:-$repo/.venv}"
+state="$repo/build/lab"
+image="${ANYCAST_EDGE_IMAGE:-localhost/anycast-edge/debian12:latest}"
+hostns=ael-host
+network=ael-net
+subnet4=10.89.77
+subnet6=fd00:ae1:
+label=anycast.edge.lab=ael
+inventory="$repo/lab/inventory"
+
+# name:last-octet (IPv4 .N, IPv6 ::N)
+containers=(ael-edge1:11 ael-edge2:12 ael-client:21 ael-client2:22 ael-origin:30 ael-router:40)
+
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$repo/scripts/containers.conf}"
+export PATH="$venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$repo/build/collections"
+export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 ANSIBLE_CALLBACK_RESULT_FORMAT=yaml
+export ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_RETRY_FILES_ENABLED=False
+
+trap 'echo "lab: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+say() { printf '\n=== lab: %s\n' "$*"; }
+die() { printf 'lab: %s\n' "$*" >&2; exit 1; }
+# podman commands that set up or tear down networking run inside ael-host.
+hpodman() { nsenter --net="/run/netns/$hostns" podman "$@"; }
+in_ctr() { local name=$1; shift; podman exec "$name" "$@"; }
+
+ensure_hostns() {
+    if [ ! -e "/run/netns/$hostns" ]; then
+        ip netns add "$hostns"
+        ip -n "$hostns" link set lo up
+    fi
+    # Frames between containers cross the bridge: keep them out of ael-host's
+    # iptables, or podman's masquerade rule would hide the clients' addresses.
+    if [ -e /proc/sys/net/bridge ]; then
+        ip netns exec "$hostns" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
+    fi
+}
+
+# ---------------------------------------------------------------------------
+down() {
+    say "down"
+    local names
+    names=$(podman ps -a --filter "label=$label" --format '{{.Names}}' || true)
+    if [ -n "$names" ]; then
+        # Tear networking down where it was set up, never in the root namespace.
+        ensure_hostns
+        for name in $names; do
+            hpodman rm -f -t 5 "$name" >/dev/null && echo "removed container $name"
+        done
+    fi
+    if podman network exists "$network" 2>/dev/null; then
+        ensure_hostns
+        hpodman network rm -f "$network" >/dev/null && echo "removed network $network"
+    fi
+    if [ -e "/run/netns/$hostns" ]; then
+        ip netns del "$hostns" && echo "removed network namespace $hostns"
+    fi
+    if [ -e "$state/image-built-by-lab" ]; then
+        if podman image exists "$image"; then
+            if podman rmi "$image" >/dev/null 2>&1; then
+                echo "removed image $image (the lab built it)"
+            else
+                echo "kept image $image: other containers (molecule?) still use it"
+            fi
+        fi
+        rm -f "$state/image-built-by-lab"
+    fi
+    rm -rf "$state/results"
+    echo "lab is down"
+}
+
+# ---------------------------------------------------------------------------
+prepare() {
+    [ "$(id -u)" = 0 ] || die "needs root (rootful podman, network namespaces)"
+    for tool in podman nsenter ip python3; do
+        command -v "$tool" >/dev/null || die "'$tool' is missing (scripts/apt-packages.txt; run make deps)"
+    done
+    if [ ! -x "$venv/bin/ansible-playbook" ]; then
+        say "no venv at $venv: running scripts/install-deps.sh"
+        bash "$repo/scripts/install-deps.sh"
+    fi
+    mkdir -p "$repo/build/collections/ansible_collections/anycast" "$state/results"
+    ln -sfn "$repo" "$repo/build/collections/ansible_collections/anycast/edge"
+    rm -f "$state"/results/*
+
+    say "image $image"
+    if ! podman image exists "$image"; then
+        "$repo/scripts/build-image.sh" --image "$image"
+        touch "$state/image-built-by-lab"
+    else
+        echo "present"
+    fi
+}
+
+start_containers() {
+    say "network $network in namespace $hostns, containers"
+    ensure_hostns
+    if ! podman network exists "$network"; then
+        podman network create --disable-dns --subnet "$subnet4.0/24" --subnet "${subnet6}:/64" \
+            --label "$label" "$network" >/dev/null
+    fi
+    local entry name octet
+    for entry in "${containers[@]}"; do
+        name=${entry%%:*}; octet=${entry##*:}
+        if ! podman container exists "$name"; then
+            hpodman run -d --name "$name" --hostname "$name" --label "$label" \
+                --privileged --systemd=always \
+                --network "$network" --ip "$subnet4.$octet" --ip6 "${subnet6}:$octet" \
+                "$image" >/dev/null
+            echo "created $name ($subnet4.$octet, ${subnet6}:$octet)"
+        elif [ "$(podman inspect -f '{{.State.Running}}' "$name")" != true ]; then
+            hpodman start "$name" >/dev/null
+            echo "started $name"
+        else
+            echo "running $name"
+        fi
+    done
+    for entry in "${containers[@]}"; do
+        name=${entry%%:*}
+        local status
+        status=$(timeout 90 podman exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
+        case "$status" in
+            running|degraded) ;;
+            *) die "$name: systemd did not come up (is-system-running: '${status:-timeout}')" ;;
+        esac
+        podman exec "$name" mkdir -p /opt/ael
+        podman cp "$repo/lab/probe.py" "$name:/opt/ael/probe.py"
+    done
+}
+
+# Routes of the clients and the router: half of every anycast prefix to each edge.
+setup_support() {
+    say "clients, origin, router"
+    local e1=$subnet4.11 e2=$subnet4.12 e16=${subnet6}:11 e26=${subnet6}:12 client
+    for client in ael-client ael-client2 ael-router; do
+        in_ctr "$client" sh -ec "
+            ip route replace 192.0.2.0/25 via $e1
+            ip route replace 192.0.2.128/25 via $e2
+            ip -6 route replace 2001:db8:100::/65 via $e16
+            ip -6 route replace 2001:db8:100:0:8000::/65 via $e26
+            ip route replace 203.0.113.0/25 via $e1
+            ip route replace 203.0.113.128/25 via $e2
+            ip route replace 198.51.100.0/24 via $e1"
+    done
+    podman cp "$repo/lab/origin.py" ael-origin:/opt/ael/origin.py
+    if ! in_ctr ael-origin systemctl -q is-active ael-origin; then
+        in_ctr ael-origin systemd-run --unit ael-origin --collect /usr/bin/python3 /opt/ael/origin.py --port 8080 >/dev/null
+    fi
+    echo "origin: $(in_ctr ael-origin systemctl is-active ael-origin) on [::]:8080 (PROXY v2)"
+}
+
+# ---------------------------------------------------------------------------
+changed_total() {  # sum of changed= over the PLAY RECAP of a log
+    awk '/^PLAY RECAP/ {recap=1; next} recap && /changed=/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^changed=/) { split($i, a, "="); sum += a[2] } }
+         END { print sum + 0 }' "$1"
+}
+failed_total() {
+    awk '/^PLAY RECAP/ {recap=1; next} recap && /failed=/ {
+            for (i = 1; i <= NF; i++) if ($i ~ /^(failed|unreachable)=/) { split($i, a, "="); sum += a[2] } }
+         END { print sum + 0 }' "$1"
+}
+
+edge_state() {  # kernel state of an edge that check mode must not change
+    in_ctr "$1" sh -c 'ip -d route show table all; ip rule; ip netns list; iptables-save | grep -v "^#";
+                       ip6tables-save | grep -v "^#"; ls /etc/sysctl.d /etc/anycast-proxy 2>&1; true' \
+        | sed -E 's/\[[0-9]+:[0-9]+\]//'
+}
+
+converge() {
+    local n=$1 log="$state/converge-$1.log" start
+    say "converge $n: ansible-playbook -i lab/inventory playbooks/site.yml"
+    start=$(date +%s)
+    (cd "$repo" && ANSIBLE_CALLBACK_RESULT_FORMAT=json ansible-playbook -i "$inventory" playbooks/site.yml) > "$log" 2>&1 \
+        || { tail -60 "$log"; die "converge $n failed (full log: $log)"; }
+    local changed seconds=$(( $(date +%s) - start ))
+    changed=$(changed_total "$log")
+    sed -n '/^PLAY RECAP/,$p' "$log"
+    grep -E '"msg": ".*GRE skipped' "$log" | sed 's/^ *"msg": *"//; s/"$//' | sort -u || true
+    echo "converge $n: changed=$changed in ${seconds}s"
+    printf '{"run": %d, "changed": %d, "seconds": %d}\n' "$n" "$changed" "$seconds" > "$state/results/converge-$n.json"
+}
+
+check_mode_run() {
+    local log="$state/check.log"
+    say "check mode: ansible-playbook playbooks/site.yml --check --diff"
+    edge_state ael-edge1 > "$state/edge1-before-check.txt"
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/site.yml --check --diff) > "$log" 2>&1 \
+        || { tail -60 "$log"; die "check-mode run failed (full log: $log)"; }
+    edge_state ael-edge1 > "$state/edge1-after-check.txt"
+    local same=true predicted
+    cmp -s "$state/edge1-before-check.txt" "$state/edge1-after-check.txt" || same=false
+    predicted=$(changed_total "$log")
+    sed -n '/^PLAY RECAP/,$p' "$log"
+    echo "check mode: $predicted predicted changes; edge1 kernel state unchanged: $same"
+    printf '{"predicted": %d, "unchanged": %s}\n' "$predicted" "$same" > "$state/results/check.json"
+}
+
+# ---------------------------------------------------------------------------
+start_tenant_services() {
+    say "tenant servers inside the tenant namespaces of both edges"
+    local edge spec tenant address
+    for edge in ael-edge1 ael-edge2; do
+        podman cp "$repo/lab/tenant_service.py" "$edge:/opt/ael/tenant_service.py"
+        for spec in acme:203.0.113.10 globex:203.0.113.130; do
+            tenant=${spec%%:*}; address=${spec##*:}
+            # The tenant's server address, as its own machine behind the tunnel would have it.
+            in_ctr "$edge" ip -n "tenant-$tenant" addr replace "$address/32" dev lo
+            if ! in_ctr "$edge" systemctl -q is-active "ael-tenant-$tenant"; then
+                in_ctr "$edge" systemd-run --unit "ael-tenant-$tenant" --collect \
+                    -p "NetworkNamespacePath=/run/netns/tenant-$tenant" \
+                    /usr/bin/python3 /opt/ael/tenant_service.py --tenant "$tenant" --edge "$edge" --ports 21,22 >/dev/null
+            fi
+        done
+    done
+    sleep 1
+}
+
+prove_anyip() {
+    say "client dials random ports on random AnyIP addresses of both edges"
+    in_ctr ael-client python3 /opt/ael/probe.py dial --count 6 --pace 0.03 \
+        --target "ael-edge1,192.0.2.0/25,$subnet4.11" \
+        --target "ael-edge2,192.0.2.128/25,$subnet4.12" \
+        --target "ael-edge1,2001:db8:100::/65,${subnet6}:11" \
+        --target "ael-edge2,2001:db8:100:0:8000::/65,${subnet6}:12" > "$state/results/dial.json"
+    python3 -c '
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    a = r["answer"]
+    print("%-9s %-24s port %-5d %-7s origin saw client %s dialled %s:%s via %s" % (
+        r["edge"], r["address"], r["port"], r["outcome"], a.get("client"), a.get("dialled"),
+        a.get("dialled_port"), a.get("edge")))' "$state/results/dial.json"
+}
+
+prove_rate_limit() {
+    say "flood from ael-client while ael-client2 connects steadily (both to ael-edge1)"
+    sleep 2   # let the client's bucket refill after the dial test
+    in_ctr ael-client python3 /opt/ael/probe.py flood --prefix 192.0.2.0/25 --count 400 --duration 4 \
+        > "$state/results/flood.json" &
+    local flood=$!
+    in_ctr ael-client2 python3 /opt/ael/probe.py steady --prefix 192.0.2.0/25 --count 20 --interval 0.15 \
+        > "$state/results/steady.json"
+    wait "$flood"
+    echo "flood:  $(cat "$state/results/flood.json")"
+    echo "steady: $(cat "$state/results/steady.json")"
+}
+
+prove_tenants() {
+    say "tenant traffic: acme via ael-edge1, globex via ael-edge2"
+    local spec name address port
+    : > "$state/results/tenant.jsonl"
+    for spec in acme-ftp:203.0.113.10:21 acme-ssh:203.0.113.10:22 globex-ftp:203.0.113.130:21 globex-ssh:203.0.113.130:22; do
+        IFS=: read -r name address port <<< "$spec"
+        printf '{"check": "%s", "result": %s}\n' "$name" \
+            "$(in_ctr ael-client python3 /opt/ael/probe.py tcp --address "$address" --port "$port" --timeout 2)" \
+            >> "$state/results/tenant.jsonl"
+    done
+    cat "$state/results/tenant.jsonl"
+    # The firewall's verdicts, read from the tenant namespace itself.
+    in_ctr ael-edge1 ip netns exec tenant-acme nft list table inet anycast_edge > "$state/acme-nft.txt" 2>&1 || true
+}
+
+prove_gre() {
+    say "GRE"
+    local probe kernel
+    kernel=$(in_ctr ael-edge1 uname -r)
+    probe=$(in_ctr ael-edge1 sh -c 'test -d /sys/module/ip_gre ||
+              grep -qs "/ip_gre\.ko" /lib/modules/$(uname -r)/modules.builtin /lib/modules/$(uname -r)/modules.dep && echo yes || echo no')
+    if [ "$probe" != yes ]; then
+        local reason="kernel $kernel has no GRE (ip_gre neither loaded, built in nor installable: CONFIG_NET_IPGRE); site.yml skipped gre-acme on both edges"
+        echo "skipped: $reason"
+        printf '{"status": "skipped", "reason": "%s"}\n' "$reason" > "$state/results/gre.json"
+        return
+    fi
+    # The router's end of acme's anycast tunnel; the edges' end is gre-acme in tenant-acme.
+    in_ctr ael-router sh -ec "
+        ip link show gre-acme >/dev/null 2>&1 || ip link add gre-acme type gre local $subnet4.40 remote 198.51.100.1 key 42 ttl 64
+        ip addr replace 10.255.0.2/30 dev gre-acme
+        ip link set gre-acme up"
+    if in_ctr ael-router ping -c 3 -W 2 10.255.0.1 > "$state/gre-ping.txt" 2>&1; then
+        printf '{"status": "ok", "reason": "router 10.255.0.2 pings 10.255.0.1 in tenant-acme through the anycast tunnel"}\n' > "$state/results/gre.json"
+    else
+        printf '{"status": "failed", "reason": "no ping through the tunnel (see %s)"}\n' "$state/gre-ping.txt" > "$state/results/gre.json"
+    fi
+    cat "$state/results/gre.json"
+}
+
+status_table() {
+    say "status: ansible-playbook -i lab/inventory playbooks/status.yml"
+    local log="$state/status.log"
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/status.yml) > "$log" 2>&1 \
+        || { tail -40 "$log"; die "status.yml failed (full log: $log)"; }
+    # The table is the msg of the last task: print its lines without YAML quoting.
+    python3 "$repo/lab/report.py" --status-log "$log" | tee "$state/results/status.txt"
+}
+
+up() {
+    local started
+    started=$(date +%s)
+    prepare
+    start_containers
+    setup_support
+    check_mode_run
+    converge 1
+    converge 2
+    start_tenant_services
+    prove_anyip
+    prove_rate_limit
+    prove_tenants
+    prove_gre
+    status_table
+    say "results"
+    python3 "$repo/lab/report.py" --results "$state/results" --seconds $(( $(date +%s) - started ))
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    *) sed -n '2,7p' "$0"; exit 2 ;;
+esac

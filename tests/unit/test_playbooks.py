@@ -1,0 +1,146 @@
+"""The site and status playbooks parse against the example and lab inventories,
+the inventories resolve to what the playbooks read, and the lab's PROXY v2
+origin decodes the header the proxy sends. Cheap: no hosts are contacted."""
+
+import importlib.util
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+INVENTORIES = {
+    'example': os.path.join(REPO, 'inventories', 'example'),
+    'lab': os.path.join(REPO, 'lab', 'inventory'),
+}
+# What site.yml configures; the example inventory must show every one of them.
+FEATURES = ['edge_conntrack', 'edge_rate_limit', 'edge_anyip_prefixes', 'edge_anyip_purge', 'edge_tproxy_rules',
+            'edge_tenants', 'edge_tenants_purge', 'edge_gre_tunnels', 'edge_gre_purge', 'transparent_proxy_routes',
+            'transparent_proxy_prefixes', 'edge_xtables_driver']
+
+
+def ansible_env():
+    collections = os.path.join(REPO, 'build', 'collections')
+    link = os.path.join(collections, 'ansible_collections', 'anycast', 'edge')
+    if not os.path.exists(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(REPO, link)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, ANSIBLE_NOCOLOR='1')
+    env.pop('ANSIBLE_CONFIG', None)
+    return env
+
+
+def run(*argv):
+    result = subprocess.run([os.path.join(BIN, argv[0])] + list(argv[1:]), cwd=REPO, env=ansible_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert result.returncode == 0, result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize('inventory', sorted(INVENTORIES))
+@pytest.mark.parametrize('playbook', ['site.yml', 'status.yml'])
+def test_playbook_syntax(playbook, inventory):
+    output = run('ansible-playbook', '-i', INVENTORIES[inventory], '--syntax-check',
+                 os.path.join('playbooks', playbook))
+    assert 'playbook: playbooks/%s' % playbook in output
+
+
+def test_site_plays_and_rolling_batches():
+    output = run('ansible-playbook', '-i', INVENTORIES['example'], '--list-tasks', 'playbooks/site.yml')
+    assert 'play #1 (edge): Edge kernel state' in output
+    assert 'play #2 (edge): Transparent proxy (rolling' in output
+    for task in ('Size conntrack', 'Rate-limit new connections per source', 'Make the AnyIP prefixes local',
+                 'Apply the TPROXY rules', 'Apply the tenants', 'Apply the GRE tunnels', 'Run the transparent proxy role'):
+        assert task in output, task
+
+
+def inventory_hosts(name):
+    data = json.loads(run('ansible-inventory', '-i', INVENTORIES[name], '--list'))
+    return data, data['_meta']['hostvars']
+
+
+def test_example_inventory_shows_every_feature():
+    data, hostvars = inventory_hosts('example')
+    assert sorted(data['edge']['children']) == ['edge_ams', 'edge_fra']
+    assert sorted(hostvars) == ['edge-ams-1', 'edge-fra-1', 'edge-fra-2']
+    for host, variables in hostvars.items():
+        missing = [name for name in FEATURES if name not in variables]
+        assert not missing, '%s lacks %s' % (host, missing)
+        # The AnyIP purge keeps edge_anyip_prefixes + transparent_proxy_prefixes only.
+        assert variables['transparent_proxy_prefixes'], host
+    assert hostvars['edge-fra-1']['transparent_proxy_workers'] == 4
+    assert hostvars['edge-ams-1']['edge_conntrack']['expected_connections'] == 200000
+    assert hostvars['edge-fra-2']['edge_xtables_driver'] == 'python-iptables'
+    tenants = hostvars['edge-fra-1']['edge_tenants']
+    marks = [t['mark'] for t in tenants]
+    assert len(set(marks)) == len(marks)
+    namespaces = {'tenant-' + t['name'] for t in tenants}
+    assert {t['netns'] for t in hostvars['edge-fra-1']['edge_gre_tunnels']} <= namespaces
+
+
+def test_lab_inventory_uses_the_podman_connection():
+    data, hostvars = inventory_hosts('lab')
+    assert sorted(hostvars) == ['ael-edge1', 'ael-edge2']
+    for variables in hostvars.values():
+        assert variables['ansible_connection'] == 'containers.podman.podman'
+        for prefix in variables['transparent_proxy_prefixes'] + variables['edge_anyip_prefixes']:
+            # Documentation prefixes only.
+            assert prefix.startswith(('192.0.2.', '198.51.100.', '203.0.113.', '2001:db8:')), prefix
+
+
+def load_origin():
+    spec = importlib.util.spec_from_file_location('lab_origin', os.path.join(REPO, 'lab', 'origin.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def proxy_v2(family_byte, source, destination, source_port, destination_port, tlv=b''):
+    addresses = (socket.inet_pton(socket.AF_INET6 if ':' in source else socket.AF_INET, source)
+                 + socket.inet_pton(socket.AF_INET6 if ':' in destination else socket.AF_INET, destination)
+                 + struct.pack('!HH', source_port, destination_port) + tlv)
+    return b'\r\n\r\n\x00\r\nQUIT\n' + bytes([0x21, family_byte]) + struct.pack('!H', len(addresses)) + addresses
+
+
+@pytest.mark.parametrize('header, expected', [
+    (proxy_v2(0x11, '10.89.77.21', '192.0.2.77', 40000, 31337),
+     {'family': 'tcp4', 'client': '10.89.77.21', 'client_port': 40000, 'dialled': '192.0.2.77', 'dialled_port': 31337}),
+    (proxy_v2(0x21, 'fd00:ae1::21', '2001:db8:100::5', 1, 65535, tlv=b'\x04\x00\x01\x00'),
+     {'family': 'tcp6', 'client': 'fd00:ae1::21', 'client_port': 1, 'dialled': '2001:db8:100::5',
+      'dialled_port': 65535, 'tlv_bytes': 4}),
+])
+def test_lab_origin_reads_proxy_v2(header, expected):
+    origin = load_origin()
+    left, right = socket.socketpair()
+    try:
+        left.sendall(header + b'payload')
+        answer = origin.parse_proxy_v2(right)
+        assert right.recv(7) == b'payload'     # nothing beyond the header was consumed
+    finally:
+        left.close()
+        right.close()
+    for key, value in expected.items():
+        assert answer[key] == value, key
+
+
+@pytest.mark.parametrize('data, message', [
+    (b'GET / HTTP/1.1\r\n\r\n', 'no PROXY v2 signature'),
+    (b'\r\n\r\n\x00\r\nQUIT\n\x11\x11\x00\x0c', 'version 1'),
+    (b'\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x04abcd', 'too short'),
+])
+def test_lab_origin_refuses_bad_headers(data, message):
+    origin = load_origin()
+    left, right = socket.socketpair()
+    try:
+        left.sendall(data)
+        left.shutdown(socket.SHUT_WR)
+        with pytest.raises(ValueError, match=message):
+            origin.parse_proxy_v2(right)
+    finally:
+        left.close()
+        right.close()
