@@ -202,11 +202,10 @@ def validate(params):
     destinations = {}
     for index, value in enumerate(params.get('destinations') or []):
         net = parse_prefix(value, 'destinations[%d]' % index)
-        if net.version in destinations:
-            raise ParamError('destinations[%d]' % index, 'only one IPv%d prefix can be given (the scope is one jump '
-                             'rule per family); %s is already listed' % (net.version, destinations[net.version]))
-        destinations[net.version] = net
-    cfg['destinations'] = destinations
+        if net in destinations.get(net.version, []):
+            raise ParamError('destinations[%d]' % index, '%s is listed twice' % net)
+        destinations.setdefault(net.version, []).append(net)
+    cfg['destinations'] = destinations  # family -> [prefix]: one jump rule per prefix
     exempt = []
     for index, value in enumerate(params.get('exempt') or []):
         net = parse_prefix(value, 'exempt[%d]' % index)
@@ -267,7 +266,7 @@ def ssh_exposure(cfg, ssh):
     family = server.version
     if client.version != family or family not in cfg['families']:
         return None
-    if cfg['destinations'] and (family not in cfg['destinations'] or server not in cfg['destinations'][family]):
+    if cfg['destinations'] and not any(server in net for net in cfg['destinations'].get(family, [])):
         return None
     if cfg['protocol'] not in ('tcp', 'all'):
         return None
@@ -338,24 +337,31 @@ def chain_rules(cfg, family, exempt):
     return rules
 
 
-def jump_rule(cfg, family):
+def _scope(cfg, family):
+    """The destination prefixes of the scope, or [None] for every destination."""
+    return [str(net) for net in cfg['destinations'].get(family, [])] or [None]
+
+
+def jump_rules(cfg, family):
+    """INPUT jumps into the chain: one per destination prefix of the scope."""
     protocol = None if cfg['protocol'] == 'all' else cfg['protocol']
-    dest = cfg['destinations'].get(family)
     if cfg['match'] == 'syn':
         matches = port_match('tcp', cfg['ports'], 'd', extra=(('syn', None),))
     else:
         matches = port_match(protocol, cfg['ports'], 'd') + (('conntrack', (('ctstate', 'NEW'),)),)
-    return Rule(family, cfg['chain'], dst=str(dest) if dest else None, protocol=protocol, matches=matches)
+    return [Jump('INPUT', Rule(family, cfg['chain'], dst=dest, protocol=protocol, matches=matches))
+            for dest in _scope(cfg, family)]
 
 
 def notrack_jumps(cfg, family):
     """Raw-table jumps: the scope inbound (PREROUTING) and its replies (OUTPUT)."""
-    dest = cfg['destinations'].get(family)
-    inbound = Rule(family, cfg['chain'], dst=str(dest) if dest else None, protocol='tcp',
-                   matches=port_match('tcp', cfg['ports'], 'd'))
-    outbound = Rule(family, cfg['chain'], src=str(dest) if dest else None, protocol='tcp',
-                    matches=port_match('tcp', cfg['ports'], 's'))
-    return [Jump('PREROUTING', inbound), Jump('OUTPUT', outbound)]
+    jumps = []
+    for dest in _scope(cfg, family):
+        jumps.append(Jump('PREROUTING', Rule(family, cfg['chain'], dst=dest, protocol='tcp',
+                                             matches=port_match('tcp', cfg['ports'], 'd'))))
+        jumps.append(Jump('OUTPUT', Rule(family, cfg['chain'], src=dest, protocol='tcp',
+                                         matches=port_match('tcp', cfg['ports'], 's'))))
+    return jumps
 
 
 def configured_families(cfg):
@@ -376,7 +382,7 @@ def build_plan(cfg, exempt):
         rules = chain_rules(cfg, family, exempt) if present else []
         roles[family] = [(role, rule.tag) for role, rule in rules]
         specs.append(ChainSpec(family, 'filter', cfg['chain'], [rule for _role, rule in rules],
-                               [Jump('INPUT', jump_rule(cfg, family))] if present else [], present=present))
+                               jump_rules(cfg, family) if present else [], present=present))
         raw_present = present and cfg['match'] == 'syn'
         specs.append(ChainSpec(family, 'raw', cfg['chain'],
                                [Rule(family, 'CT', (('notrack', None),))] if raw_present else [],

@@ -167,13 +167,19 @@ def _plan_table(state, specs):
         if spec.present:
             if existing is None or [r.tag for r in existing] != [r.tag for r in spec.rules]:
                 ops.append(('replace_chain', spec.name, spec.rules))
+            # All jumps from one built-in chain are compared as an ordered list
+            # (a scope of several prefixes needs several jumps).
+            wanted_by_chain = {}
             for jump in spec.jumps:
-                current = [r for r in state.chains.get(jump.from_chain, []) if r.target == spec.name]
-                if len(current) == 1 and current[0].tag == jump.rule.tag:
+                wanted_by_chain.setdefault(jump.from_chain, []).append(jump.rule)
+            for from_chain, wanted in wanted_by_chain.items():
+                current = [r for r in state.chains.get(from_chain, []) if r.target == spec.name]
+                if [r.tag for r in current] == [rule.tag for rule in wanted]:
                     continue
                 for saved in current:
-                    ops.append(('delete', jump.from_chain, saved))
-                ops.append(('insert', jump.from_chain, jump.rule))
+                    ops.append(('delete', from_chain, saved))
+                for rule in reversed(wanted):  # each is inserted at position 1
+                    ops.append(('insert', from_chain, rule))
             # jumps from chains the spec no longer names
             wanted_from = set(j.from_chain for j in spec.jumps)
             for chain_name, rules in state.chains.items():

@@ -405,3 +405,21 @@ def test_a_table_name_used_by_another_rule_is_reported(topo):
                            env=NO_SSH))
     assert 'hashlimit table conn_rate_limit (IPv4) already exists for a rule outside chain RATE-LIMIT' \
         in json.dumps(result.get('warnings', []))
+
+
+def test_several_destination_prefixes_get_one_jump_each(netns_factory):
+    ns = netns_factory()
+    args = {'netns': ns, 'protocol': 'tcp', 'ports': 80,
+            'destinations': ['192.0.2.0/24', '198.51.100.0/24', '2001:db8::/64'], 'ssh_guard': 'ignore'}
+    first = ok(run_module('hashlimit', args))
+    assert first['changed']
+    v4 = nsexec(ns, ['iptables-save', '-t', 'filter']).stdout
+    jumps = [line for line in v4.splitlines() if line.startswith('-A INPUT') and '-j RATE-LIMIT' in line]
+    assert [j.split()[3] for j in jumps] == ['192.0.2.0/24', '198.51.100.0/24']
+    assert nsexec(ns, ['ip6tables-save', '-t', 'filter']).stdout.count('-d 2001:db8::/64') == 1
+    assert ok(run_module('hashlimit', args))['changed'] is False
+    narrowed = ok(run_module('hashlimit', dict(args, destinations=['198.51.100.0/24'])))
+    assert narrowed['changed']
+    v4 = nsexec(ns, ['iptables-save', '-t', 'filter']).stdout
+    assert '192.0.2.0/24' not in v4 and v4.count('-j RATE-LIMIT') == 1
+    assert '2001:db8::/64' not in nsexec(ns, ['ip6tables-save', '-t', 'filter']).stdout

@@ -99,7 +99,7 @@ def test_udp_scope_rejects_with_port_unreachable_only():
     ({'match': 'syn', 'protocol': 'udp'}, 'protocol', 'must be tcp'),
     ({'ports': [80]}, 'ports', 'protocol tcp or udp'),
     ({'protocol': 'tcp', 'ports': list(range(1, 40, 2))}, 'ports', 'multiport'),
-    ({'destinations': ['192.0.2.0/24', '198.51.100.0/24']}, 'destinations[1]', 'only one IPv4'),
+    ({'destinations': ['192.0.2.0/24', '192.0.2.0/24']}, 'destinations[1]', 'listed twice'),
     ({'exempt': ['192.0.2.1/24']}, 'exempt[0]', 'host bits'),
     ({'log': {'prefix': 'p' * 30}}, 'log.prefix', 'at most 29'),
     ({'log': {'rate': 'often'}}, 'log.rate', 'not a rate'),
