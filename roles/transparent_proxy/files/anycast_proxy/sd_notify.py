@@ -1,6 +1,7 @@
 """systemd notification protocol (sd_notify) without libsystemd."""
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -36,7 +37,9 @@ class Notifier:
         return self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
     def reloading(self):
-        return self.notify("RELOADING=1")
+        # MONOTONIC_USEC lets Type=notify-reload (systemd >= 253) match this to its SIGHUP.
+        usec = int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6)
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self):
         return self.notify("STOPPING=1")
