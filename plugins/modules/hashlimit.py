@@ -169,6 +169,8 @@ options:
   netns:
     description: Network namespace to work in instead of the host's; it must exist and is never created.
     type: str
+extends_documentation_fragment:
+  - anycast.edge.persist
 attributes:
   check_mode:
     support: full
@@ -257,6 +259,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _hashlimit
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._persist import (
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
 
@@ -287,6 +291,7 @@ def main():
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
             netns=dict(type='str'),
+            **PERSIST_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
@@ -294,6 +299,8 @@ def main():
         cfg = _hashlimit.validate(module.params)
     except ParamError as exc:
         module.fail_json(msg=str(exc))
+    persistence = Persistence(module, 'hashlimit', cfg['chain'])
+    persistence.validate()
 
     exempt = list(cfg['exempt'])
     ssh_exempt = None
@@ -312,7 +319,8 @@ def main():
     try:
         driver = select_driver(module, module.params['driver'])
         _hashlimit.register_iptc_fixup(driver)
-        result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
+        with HostLock():
+            result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
         for warning in warnings:
             module.warn(warning)
         if cfg['state'] == 'present':
@@ -320,6 +328,11 @@ def main():
             result['hashlimit_table'] = _hashlimit.collect_tables(cfg, module.warn)
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
+    # At boot there is no SSH connection to detect: record the exemption it got.
+    recorded = persistence.params()
+    if ssh_exempt:
+        recorded['exempt'] = list(recorded.get('exempt') or []) + [ssh_exempt]
+    result.update(persistence.save(cfg['state'] == 'present', result['changed'], params=recorded))
     result['conntrack'] = _hashlimit.conntrack_status(module.warn)
     result['driver'] = driver.name
     result['ssh_exempt'] = ssh_exempt

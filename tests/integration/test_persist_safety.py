@@ -253,3 +253,13 @@ def test_a_failure_in_the_second_table_rolls_back_the_first(edge, state_dir, tmp
         return [line for line in text.splitlines() if line.startswith('-A')]
     assert [rules_of(t) for t in after] == [rules_of(t) for t in before]
     assert '192.0.2.128/25' not in after[0]
+
+
+def test_an_ssh_exemption_is_recorded_so_a_reboot_cannot_lock_the_operator_out(edge, state_dir):
+    edge_ns, _ctl = edge
+    ssh = {'SSH_CONNECTION': '198.51.100.2 50022 %s 22' % EDGE_ADDR}
+    result = ok(run_module('hashlimit', {'netns': edge_ns, 'protocol': 'tcp', 'ssh_guard': 'exempt'},
+                           env=ssh, state_dir=state_dir))
+    assert result['ssh_exempt'] == '198.51.100.2/32'
+    with open(os.path.join(state_dir, 'hashlimit@%s@RATE-LIMIT.json' % edge_ns)) as handle:
+        assert json.load(handle)['params']['exempt'] == ['198.51.100.2/32']
