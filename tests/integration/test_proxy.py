@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -516,6 +517,41 @@ def test_a_crashed_worker_is_replaced(topo, start_proxy, origin):
     for _ in range(10):
         with topo.connect(random_v4(), random_port()) as sock:
             assert talk(sock)[1] == b'ping'
+
+
+def test_out_of_descriptors_pauses_accepting_without_losing_the_backlog(topo, start_proxy, origin):
+    origin(port=8080)
+    # Room for about a dozen relayed connections (two descriptors each).
+    proxy = start_proxy(base_config(metrics=None), user_cmd=['prlimit', '--nofile=40:40'])
+    socks = [topo.connect(random_v4(), random_port()) for _ in range(30)]
+    try:
+        greeted, waiting = [], list(socks)
+        deadline = time.monotonic() + 3
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select(waiting, [], [], 0.2)
+            for sock in readable:
+                waiting.remove(sock)
+                try:
+                    json.loads(support.recv_line(sock))
+                    greeted.append(sock)
+                except (ConnectionResetError, EOFError):
+                    pass   # accepted with no descriptor left for the origin: reset at once
+        assert len(greeted) >= 5 and waiting, (len(greeted), len(waiting))
+        logs = proxy.wait_log('pausing accepts')
+        # One line per five seconds, not one per wakeup of a listener that stays readable.
+        assert logs.count('pausing accepts') == 1
+        for sock in greeted:
+            sock.close()
+        # The connections left in the backlog are served once descriptors are free again
+        # (each is closed when served, making room for the next).
+        for sock in waiting:
+            sock.settimeout(10)
+            greeting = json.loads(support.recv_line(sock))
+            assert greeting['peer'][0] == EDGE_ORIGIN_V4
+            sock.close()
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_runs_as_unprivileged_user_with_only_cap_net_admin(topo, start_proxy, origin):

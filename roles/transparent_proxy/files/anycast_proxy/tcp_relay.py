@@ -33,6 +33,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1 << 20   # measured: 1 MiB pipes need about a third less CPU per GiB than 256 KiB
 _HAVE_SPLICE = hasattr(os, "splice")
+ACCEPT_PAUSE = 0.1      # seconds without accepting after EMFILE and the like
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SWEEP_INTERVAL = 0.25   # connect deadlines are checked this often
 IDLE_SWEEP_EVERY = 4    # ...and idle timeouts every this many sweeps
 
@@ -428,6 +430,8 @@ class TcpRelay:
         self.log_connections = True
         self.draining = False
         self.listeners = {}
+        self._paused = set()
+        self._last_pause_log = -10.0
         self._sweeps = 0
         self._sweep_handle = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -447,11 +451,37 @@ class TcpRelay:
         self.log_connections = config.log_connections
 
     def add_listener(self, sock):
+        self.listeners[sock.fileno()] = sock
+        self._watch_listener(sock)
+
+    def _watch_listener(self, sock):
         self.poller.register(sock.fileno(), EPOLLIN, lambda events, lsock=sock: self._on_accept(lsock),
                              deferred=True)
 
     def remove_listener(self, sock):
-        self.poller.unregister(sock.fileno())
+        if self.listeners.pop(sock.fileno(), None) is not None and sock.fileno() not in self._paused:
+            self.poller.unregister(sock.fileno())
+        self._paused.discard(sock.fileno())
+
+    def _pause_accepting(self, lsock, exc):
+        """Out of descriptors or memory: the listener would be readable at once again, so stop
+        watching it for a moment instead of spinning; waiting clients stay in the backlog."""
+        fd = lsock.fileno()
+        self.poller.unregister(fd)
+        self._paused.add(fd)
+        now = _monotonic()
+        if now - self._last_pause_log >= 5.0:
+            self._last_pause_log = now
+            self.log.error(f"accept on {fmt_addr(lsock.getsockname())} failed: {exc.strerror}; "
+                           f"pausing accepts ({len(self.sessions)} connections open)")
+        self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting, fd)
+
+    def _resume_accepting(self, fd):
+        if fd in self._paused:
+            self._paused.discard(fd)
+            sock = self.listeners.get(fd)
+            if sock is not None:
+                self._watch_listener(sock)
 
     def _sweep(self):
         now = _monotonic()
@@ -473,9 +503,10 @@ class TcpRelay:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE/ENFILE/ENOBUFS: leave the rest in the backlog for later.
-                self.log.error(f"accept on {fmt_addr(lsock.getsockname())} failed: {exc.strerror}")
-                return
+                if exc.errno in _RESOURCE_ERRORS:
+                    self._pause_accepting(lsock, exc)
+                    return
+                continue  # ECONNABORTED and the like: that one connection is gone
             self._new_connection(client, client_addr)
 
     def _new_connection(self, client, client_addr):
