@@ -12,7 +12,6 @@ only; one epoll loop per process.
 """
 import errno
 import json
-import os
 import random
 import select
 import socket

@@ -290,7 +290,8 @@ def parse_config(data, source="<config>"):
         raise ConfigError("defaults", f"expected an object, got {defaults!r}")
     for k in defaults:
         if k not in DEFAULTABLE_KEYS:
-            raise ConfigError(f"defaults.{k}", f"not a key routes can inherit (those are: {', '.join(sorted(DEFAULTABLE_KEYS))})")
+            known = ", ".join(sorted(DEFAULTABLE_KEYS))
+            raise ConfigError(f"defaults.{k}", f"not a key routes can inherit (those are: {known})")
 
     routes_raw = data.get("routes")
     if routes_raw is None:
@@ -304,7 +305,8 @@ def parse_config(data, source="<config>"):
                 if (o.network, o.port_lo, o.port_hi, o.protocol) == (r.network, r.port_lo, r.port_hi, r.protocol)]
         if same:
             raise ConfigError(f"routes[{r.index}].destination",
-                              f"routes[{same[0].index}] already covers {r.network} ports {r.port_lo}-{r.port_hi}/{r.protocol}")
+                              f"routes[{same[0].index}] already covers {r.network} "
+                              f"ports {r.port_lo}-{r.port_hi}/{r.protocol}")
         if r.name in seen:
             raise ConfigError(f"routes[{r.index}].name", f"{r.name!r} is also the name of routes[{seen[r.name]}]")
         seen[r.name] = r.index

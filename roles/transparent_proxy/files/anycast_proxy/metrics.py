@@ -106,7 +106,8 @@ def render(snap):
     family("active_connections", "gauge", "Connections (TCP) or flows (UDP) open now, per route.")
     for name, r in routes:
         lines.append(f'{PREFIX}_active_connections{{route="{_label(name)}",protocol="{r["protocol"]}"}} {r["active"]}')
-    family("connections_total", "counter", "Connections (TCP) or flows (UDP) matched to a route, refused ones included.")
+    family("connections_total", "counter",
+           "Connections (TCP) or flows (UDP) matched to a route, refused ones included.")
     for name, r in routes:
         lines.append(f'{PREFIX}_connections_total{{route="{_label(name)}",protocol="{r["protocol"]}"}} {r["total"]}')
     family("bytes_total", "counter", "Payload bytes relayed, per route and direction.")
