@@ -666,36 +666,68 @@ class TenantNs(object):
                 return parse_marker(link.alias)
         return None
 
-    def close(self):
+    def close(self, keep_nft=False):
+        """Close the sockets; with ``keep_nft`` hand the nftables context back instead of freeing it."""
+        nft, self._nft = self._nft, None
         try:
             self.rt.close()
             if self._ipr is not None:
                 self._ipr.close()
+                self._ipr = None
         finally:
-            if self._nft is not None:
-                self._nft.close()
-                self._nft = None
+            if nft is not None and not keep_nft:
+                nft.close()
+        return nft
 
 
 class Namespaces(object):
-    """Tenant namespace sockets by name."""
+    """Tenant namespace sockets by name.
+
+    Sockets are released as soon as a namespace has been read or written
+    (what was read is kept): with hundreds of tenants the process would
+    otherwise hold thousands of descriptors, and libnftables aborts the
+    process on a socket numbered above FD_SETSIZE (it uses select()).
+    """
+
+    # Freeing an nftables context right after a transaction that deleted something
+    # waits for the kernel to release the old objects (an RCU grace period, ~10 ms);
+    # a few dozen tenants later the wait is over.
+    NFT_CLOSE_LAG = 32
 
     def __init__(self):
         self._open = {}
+        self._links = {}
+        self._nft_closing = []
 
     def get(self, name):
         if name not in self._open:
-            self._open[name] = TenantNs(name)
+            tns = TenantNs(name)
+            tns._links = self._links.get(name)
+            self._open[name] = tns
         return self._open[name]
 
-    def drop(self, name):
+    def release(self, name):
+        """Close the namespace's sockets, keep its links as read."""
         tns = self._open.pop(name, None)
         if tns is not None:
-            tns.close()
+            if tns._links is not None:
+                self._links[name] = tns._links
+            nft = tns.close(keep_nft=True)
+            if nft is not None:
+                self._nft_closing.append(nft)
+                if len(self._nft_closing) > self.NFT_CLOSE_LAG:
+                    self._nft_closing.pop(0).close()
+
+    def drop(self, name):
+        """Close and forget: the next read is fresh."""
+        self.release(name)
+        self._links.pop(name, None)
 
     def close(self):
         for name in list(self._open):
             self.drop(name)
+        while self._nft_closing:
+            self._nft_closing.pop(0).close()
 
 
 def nft_listing(tns, inside=False):
@@ -1079,8 +1111,10 @@ def apply_present(host, namespaces, tenant, current, wanted, settings):
         current.tenant_addrs = ()
         current.defaults = ()
         current.routes = ()
-    host_index = ipr.link_lookup(ifname=tenant.host_if)[0]
-    tenant_index = tns.ipr.link_lookup(ifname=tenant.tenant_if)[0]
+    # by name through the kernel directly: pyroute2's link_lookup dumps every link, per tenant
+    host_index = socket.if_nametoindex(tenant.host_if)
+    with in_netns(tenant.netns):
+        tenant_index = socket.if_nametoindex(tenant.tenant_if)
     if current.host_ipv6_off != wanted.host_ipv6_off:
         # no IPv6 at all on the host end of an IPv4-only tenant: not even MLD reports reach it
         _write_sysctl(SYSCTL_V6_OFF % tenant.host_if, wanted.host_ipv6_off, what)
@@ -1135,6 +1169,7 @@ def apply_present(host, namespaces, tenant, current, wanted, settings):
 
     if current.marker != wanted.marker:
         _nl('%s: marking namespace' % what, tns.ipr.link, 'set', index=LO_INDEX, ifalias=wanted.marker)
+    namespaces.drop(tenant.netns)
 
 
 def write_firewall(tns, tenant):
@@ -1267,6 +1302,7 @@ def _check_firewalls(host_nft_factory, namespaces, tenants, plans):
                 return host_nft_factory().run(script, dry_run=True)
         ok, _out, err = check(nft_script(tenant))
         if ok:
+            namespaces.release(tenant.netns)
             continue
         for index, rule in enumerate(tenant.firewall[1]):
             rule_ok, _out, rule_err = check(_one_rule_script(tenant, rule))
@@ -1306,6 +1342,8 @@ class Run(object):
             return self.namespaces.get(netns).marker()
         except (NetnsError, OSError, NetlinkError):
             return None
+        finally:
+            self.namespaces.release(netns)
 
     def discover(self):
         """Markers of listed namespaces; with purge, every tenant of ours not listed."""
@@ -1316,6 +1354,8 @@ class Run(object):
                     self.markers[tenant.netns] = self.namespaces.get(tenant.netns).marker()
                 except (NetnsError, OSError) as exc:
                     raise TenantError("%s.netns: cannot read network namespace '%s': %s" % (tenant.param, tenant.netns, exc))
+                finally:
+                    self.namespaces.release(tenant.netns)
         self.purged = []     # bare Tenants (name, netns, interfaces) to remove
         self.xt_marks = {}
         if any(not t.present and self.markers.get(t.netns) is None for t in self.tenants):
@@ -1394,11 +1434,11 @@ class Run(object):
                 want = desired_view(tenant, self.settings, self.host.inode)
                 self.present_plans.append((tenant, cur, want))
             else:
-                self.absent_plans.append((tenant, self._absent_view(tenant, tns, marker)))
+                self.absent_plans.append((tenant, self._absent_view(tenant, tns is not None, marker)))
+            self.namespaces.release(tenant.netns)
         for bare in self.purged:
-            owned = bare.netns is not None
-            tns = self.namespaces.get(bare.netns) if owned else None
-            self.absent_plans.append((bare, self._absent_view(bare, tns, self.markers.get(bare.netns))))
+            self.absent_plans.append((bare, self._absent_view(bare, bare.netns is not None,
+                                                              self.markers.get(bare.netns))))
 
         self.specs = []
         for tenant in self.tenants:
@@ -1415,10 +1455,10 @@ class Run(object):
             self.host_sysctls.append(('net.ipv6.conf.all.forwarding', SYSCTL_V6_FORWARD))
         self.host_sysctls = [(n, p) for n, p in self.host_sysctls if _read_sysctl(p) != '1']
 
-    def _absent_view(self, tenant, tns, marker):
-        """The part of an absent tenant that is ours to remove."""
+    def _absent_view(self, tenant, owned_ns, marker):
+        """The part of an absent tenant that is ours to remove (``owned_ns``: its namespace is ours)."""
         view = View()
-        if tns is not None:
+        if owned_ns:
             view.netns = tenant.netns
         if tenant.stale_ns_only:
             return view
@@ -1494,6 +1534,7 @@ class Run(object):
                 tns = self.namespaces.get(tenant.netns)
                 marker = tns.marker(fresh=True)
             now = current_view(self.host, tenant, tns, marker, self.settings)
+            self.namespaces.release(tenant.netns)
             if now.key() != want.key():
                 diff = [line for line in now.render(tenant.name) if line not in want.render(tenant.name)]
                 problems.append('tenant %s: %s' % (tenant.name, '; '.join(diff) or 'state differs'))
