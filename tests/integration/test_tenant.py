@@ -9,6 +9,7 @@ test fails.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -476,3 +477,35 @@ def test_nftables_binding_and_its_nft_command_fallback(netns_factory, monkeypatc
             nft.close()
         assert ok_ and 'tcp dport 21 counter accept' in listing   # stateless: no packet counts
         assert 'tcp dport 21 counter packets 0 bytes 0 accept' in nsexec(ns, ['nft', 'list', 'ruleset']).stdout
+
+
+def test_many_tenants_with_few_file_descriptors(site, netns_factory):
+    """Namespaces are read and written one after the other, their sockets released: 60 tenants fit in
+    96 descriptors (libnftables aborts the process on a socket numbered above FD_SETSIZE, so holding
+    one per tenant would crash a host with a few hundred tenants)."""
+    import resource
+    items = [{'name': 't%02d' % n, 'prefixes': ['10.%d.0.0/16' % n], 'mark': str(n + 1), 'table': 1000 + n,
+              'firewall': {'rules': ['tcp dport 22 accept']}} for n in range(60)]
+    args = {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': items, 'purge': True}
+    for item in items:
+        netns_factory.track(site.ns(item['name']))
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+
+    def run(module_args):
+        payload = dict(module_args, _ansible_check_mode=False, _ansible_diff=False, _ansible_tmpdir='/tmp')
+        proc = subprocess.run([sys.executable, os.path.join(helpers.REPO, 'plugins', 'modules', 'tenant.py')],
+                              input=json.dumps({'ANSIBLE_MODULE_ARGS': payload}), capture_output=True, text=True,
+                              env=helpers.module_env(), preexec_fn=limited, timeout=600, check=False)
+        assert proc.stdout, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    try:
+        assert ok(run(args))['changed'] is True
+        assert len([ns for ns in our_netns() if ns.startswith(site.prefix)]) == 60
+        assert ok(run(args))['changed'] is False
+    finally:
+        gone = run({'netns': site.host, 'tenants': [], 'purge': True})
+    assert len(ok(gone)['purged']) == 60
+    assert leftovers(site) == []
