@@ -266,6 +266,14 @@ def test_check_mode_diff_idempotence_purge_and_absent(site):
     assert 'dport 23' not in nsexec(site.ns('a'), ['nft', 'list', 'table', 'inet', 'anycast_edge']).stdout
     assert ok(run_playbook([site.task(site.tenants())], extra_vars=SYSTEM_PYTHON)[0])['changed'] is False
 
+    # the veth pair deleted by hand (its routes go with it): recreated with addresses and routes
+    nsexec(site.host, ['ip', 'link', 'del', 'ae-b'])
+    relinked = ok(run_playbook([site.task(site.tenants())], extra_vars=SYSTEM_PYTHON)[0])
+    assert any('create veth ae-b' in a for a in relinked['actions']), relinked['actions']
+    assert nsexec(site.host, ['ip', 'route', 'show', 'table', '120']).stdout.startswith('192.0.2.0/24 via 169.254.0.241')
+    assert 'default via 169.254.0.240' in nsexec(site.ns('b'), ['ip', 'route']).stdout
+    assert ok(run_playbook([site.task(site.tenants())], extra_vars=SYSTEM_PYTHON)[0])['changed'] is False
+
     # purge: only b listed, a goes entirely
     purged = ok(run_playbook([site.task(site.tenants()[1:], purge=True)], extra_vars=SYSTEM_PYTHON)[0])
     assert purged['changed'] is True and purged['purged'] == ['a']
