@@ -52,6 +52,7 @@ CONNECT_ERRORS = {
     errno.EADDRNOTAVAIL: "no_source_port",
 }
 
+
 class _Pump:
     """One direction: src -> dst."""
 
