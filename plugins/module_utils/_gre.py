@@ -190,9 +190,9 @@ def validate(params):
             # The kernel tells a tunnel's packets apart by endpoints and key only.
             endpoint = (str(local), str(remote), key)
             if endpoint in endpoints:
+                first = endpoints[endpoint]
                 raise ParamError(param, 'local %s, remote %s and key %s are the same as tunnels[%d]: the '
-                                 'kernel could not tell the two tunnels apart' % (local, remote, key,
-                                                                                endpoints[endpoint]))
+                                 'kernel could not tell the two tunnels apart' % (local, remote, key, first))
             endpoints[endpoint] = index
         tunnels.append(tunnel)
     return tunnels
@@ -577,8 +577,8 @@ def create_device(namespaces, tunnel):
         host.link('add', ifname=temp, kind=KIND[tunnel.family], mtu=tunnel.mtu, **_gre_kwargs(tunnel))
     except NetlinkError as exc:
         if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT) or 'Unknown device type' in kernel_says(exc):
-            raise GreError('%s: %s (the kernel said: %s)' % (tunnel.param, no_gre_message(tunnel.family),
-                                                              kernel_says(exc)))
+            raise GreError('%s: %s (the kernel said: %s)'
+                           % (tunnel.param, no_gre_message(tunnel.family), kernel_says(exc)))
         if exc.code == errno.EEXIST:
             raise GreError('%s: the kernel refused to create %s: another tunnel in this host namespace already '
                            'has local %s, remote %s and key %s (%s)' % (
@@ -711,11 +711,11 @@ def verify(namespaces, tunnels):
             problems.append('it is down')
         wanted_addrs = [tunnel.address] if tunnel.address is not None else []
         if sorted(map(str, device.addresses)) != sorted(map(str, wanted_addrs)):
-            problems.append('addresses are %s, expected %s' % ([str(a) for a in device.addresses],
-                                                                [str(a) for a in wanted_addrs]))
+            problems.append('addresses are %s, expected %s'
+                            % ([str(a) for a in device.addresses], [str(a) for a in wanted_addrs]))
         if sorted(map(str, device.routes)) != sorted(map(str, tunnel.routes)):
-            problems.append('routes are %s, expected %s' % ([str(n) for n in device.routes],
-                                                             [str(n) for n in tunnel.routes]))
+            problems.append('routes are %s, expected %s'
+                            % ([str(n) for n in device.routes], [str(n) for n in tunnel.routes]))
         if problems:
             wrong.append((tunnel, problems))
     return wrong
@@ -787,7 +787,7 @@ def run(module, namespaces, tunnels, purge, driver_name):
     # Kernel support is known before anything changes: in check mode from the
     # module files alone; otherwise the first creation is the first change, so
     # a kernel that refuses it has not been touched.
-    creating = [t for t in plan.create] + [t for t, _d, _f in plan.recreate]
+    creating = list(plan.create) + [t for t, _d, _f in plan.recreate]
     if module.check_mode:
         for family in sorted(set(t.family for t in creating)):
             problem = gre_support_problem(family)

@@ -31,7 +31,7 @@ description:
   - On a kernel without GRE support (no C(ip_gre) module) the module fails with a message saying so and
     changes nothing.
 author:
-  - anycast.edge contributors
+  - anycast.edge developers (@anycast-edge)
 requirements:
   - pyroute2 (0.7 or later) on the managed host
   - a kernel with GRE (C(ip_gre); C(ip6_gre) for IPv6 endpoints)

@@ -71,8 +71,8 @@ def test_removing_needs_no_gre_and_changes_nothing(edge):
     host, tenant = edge
     state_before = snapshot([host, tenant])
     results = helpers.run_playbook([
-        {'anycast.edge.gre_tunnel': {'netns': host, 'tunnels': [{'name': 'gre-acme', 'netns': tenant,
-                                                                   'state': 'absent'}]}},
+        {'anycast.edge.gre_tunnel': {'netns': host,
+                                     'tunnels': [{'name': 'gre-acme', 'netns': tenant, 'state': 'absent'}]}},
         {'anycast.edge.gre_tunnel': {'netns': host, 'tunnels': [], 'purge': True}},
     ])
     for result in results:

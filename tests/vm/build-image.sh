@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Build the GRE test VM: a Debian bookworm root filesystem (debootstrap) with
 # Debian's cloud kernel, in a raw ext4 image, plus the kernel and initrd
 # extracted for `qemu -kernel/-initrd`, and an SSH key for root.

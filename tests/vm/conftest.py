@@ -21,18 +21,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vm as vmlib  # noqa: E402
 
 
+def say(config, line):
+    """A line on the terminal even under -q and output capture."""
+    reporter = config.pluginmanager.get_plugin('terminalreporter')
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        sys.stderr.write(line + '\n')
+
+
 @pytest.fixture(scope='session')
-def gre_vm():
+def gre_vm(request):
     reason = vmlib.unavailable_reason()
     if reason:
+        say(request.config, 'SKIPPING the GRE VM tests: %s' % reason)
         pytest.skip('QEMU VM tests cannot run on this machine: %s' % reason)
     started = time.monotonic()
     image = vmlib.ensure_image()
     build_seconds = time.monotonic() - started
     with vmlib.VM(image) as machine:
-        sys.stderr.write('\nGRE VM: image ready in %.0f s, booted to SSH in %.0f s (kernel %s)\n'
-                         % (build_seconds, machine.boot_seconds,
-                            (image / 'kernel-release').read_text().strip()))
+        say(request.config, 'GRE VM: image ready in %.0f s, booted to SSH in %.0f s (kernel %s)'
+            % (build_seconds, machine.boot_seconds, (image / 'kernel-release').read_text().strip()))
         machine.base = tempfile.mkdtemp(prefix='aeg-ansible-')
         machine.inventory_path = machine.inventory(os.path.join(machine.base, 'inventory.ini'))
         yield machine
@@ -59,7 +68,7 @@ def vm_playbook(machine, tasks, check=False, diff=False, timeout=600):
         cmd.append('--check')
     if diff:
         cmd.append('--diff')
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=vmlib.ansible_env(machine.base),
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=vmlib.ansible_env(machine.base),
                           timeout=timeout)
     try:
         report = json.loads(proc.stdout)

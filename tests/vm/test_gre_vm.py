@@ -226,7 +226,7 @@ def syn_mss_at_router(machine):
     machine.run('rm -f /tmp/aeg-syn.txt /tmp/aeg-syn.err; ip netns exec aeg-rtr setsid timeout 60 '
                 'tcpdump -l -n -v -c 1 -i gre-up "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn" '
                 '>/tmp/aeg-syn.txt 2>/tmp/aeg-syn.err </dev/null &')
-    for _ in range(120):
+    for _attempt in range(120):
         if 'listening on' in machine.run('cat /tmp/aeg-syn.err', check=False).stdout:
             break
         time.sleep(0.5)
@@ -234,7 +234,7 @@ def syn_mss_at_router(machine):
         raise AssertionError('tcpdump did not start: %s' % machine.run('cat /tmp/aeg-syn.err', check=False).stdout)
     reply = machine.run('ip netns exec aeg-cli socat -T 10 - TCP:%s:8080 </dev/null' % TARGET).stdout
     assert 'hello-from-tenant' in reply
-    for _ in range(120):
+    for _attempt in range(120):
         text = machine.run('cat /tmp/aeg-syn.txt', check=False).stdout
         if 'mss' in text:
             break
@@ -330,3 +330,26 @@ def test_purge_and_absent_remove_only_our_tunnels(lab):
     again = ok(vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])])[0])
     assert again['changed'] is False
     lab.run('ip -n aeg-ten1 link del gre-other')
+
+
+def test_ipv6_underlay(lab):
+    """IPv6 endpoints give an ip6gre tunnel, read back (key flags included) like an IPv4 one."""
+    lab.run('ip -n aeg-srv1 -6 route replace local 2001:db8:a::/64 dev lo')
+    gre6 = {'name': 'gre6-acme', 'netns': 'aeg-ten1', 'local': '2001:db8:a::1', 'remote': '2001:db8:b::2',
+            'key': 7, 'mtu': 1448, 'address': '2001:db8:ffff::1/64', 'routes': ['2001:db8:cafe::/48']}
+    first, second = vm_playbook(lab, [task(1, [gre6]), task(1, [gre6])])
+    assert ok(first)['changed'] is True and first['corrected'] == []
+    assert ok(second)['changed'] is False, second['actions']
+    link = link_json(lab, 'aeg-ten1', 'gre6-acme')
+    assert link['linkinfo']['info_kind'] == 'ip6gre'
+    data = link['linkinfo']['info_data']
+    assert (data['local'], data['remote'], link['mtu']) == ('2001:db8:a::1', '2001:db8:b::2', 1448)
+    assert data['ikey'] in ('0.0.0.7', '7') and data['okey'] in ('0.0.0.7', '7')
+    assert 'link_netnsid' in link
+    assert 'dev gre6-acme proto 172' in lab.run('ip -n aeg-ten1 -6 route show 2001:db8:cafe::/48').stdout
+    save = lab.run('ip netns exec aeg-ten1 ip6tables-save -t mangle').stdout
+    assert '-o gre6-acme' in save and '--clamp-mss-to-pmtu' in save
+    gone = ok(vm_playbook(lab, [task(1, [{'name': 'gre6-acme', 'netns': 'aeg-ten1', 'state': 'absent'}])])[0])
+    assert gone['changed'] is True
+    assert link_json(lab, 'aeg-ten1', 'gre6-acme') is None
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 ip6tables-save -t mangle').stdout

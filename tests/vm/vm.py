@@ -69,12 +69,16 @@ def ensure_image(log=sys.stderr):
         if not (out / 'complete').exists():
             started = time.monotonic()
             print('building the GRE test VM image in %s (once; a few minutes)' % out, file=log)
-            result = subprocess.run(['bash', str(BUILD_SCRIPT), str(out)],
+            result = subprocess.run(['bash', str(BUILD_SCRIPT), str(out)], check=False,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if result.returncode != 0:
                 raise RuntimeError('building the VM image failed (rc=%d):\n%s'
                                    % (result.returncode, result.stdout[-4000:]))
             print('VM image built in %.0f s' % (time.monotonic() - started), file=log)
+            # Images of older build scripts are never booted again.
+            for stale in CACHE_ROOT.iterdir():
+                if stale.is_dir() and stale != out and len(stale.name) == 16:
+                    shutil.rmtree(stale, ignore_errors=True)
     return out
 
 
@@ -127,7 +131,7 @@ class VM:
                                    % (self.proc.returncode,
                                       (self.workdir / 'qemu.stderr').read_text()[-2000:],
                                       self.console_tail()))
-            probe = subprocess.run(self.ssh_command('true'), stdout=subprocess.DEVNULL,
+            probe = subprocess.run(self.ssh_command('true'), check=False, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, timeout=60)
             if probe.returncode == 0:
                 break
@@ -141,7 +145,7 @@ class VM:
     def stop(self):
         if self.port is not None:
             subprocess.run(['ssh', '-o', 'ControlPath=%s' % self.control_path, '-O', 'exit', '-p', str(self.port),
-                            'root@127.0.0.1'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+                            'root@127.0.0.1'], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -177,7 +181,7 @@ class VM:
 
     def run(self, command, check=True, timeout=120, input=None):
         """Run a shell command in the VM; returns CompletedProcess (text)."""
-        result = subprocess.run(self.ssh_command(command), input=input, capture_output=True,
+        result = subprocess.run(self.ssh_command(command), check=False, input=input, capture_output=True,
                                 text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError('in the VM: %s\nrc=%d\nstdout:\n%s\nstderr:\n%s'
