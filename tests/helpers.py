@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -163,7 +164,9 @@ def route_dump(ns):
 
 
 def _strip_save(text):
-    return '\n'.join(line for line in text.splitlines() if not line.startswith('#'))
+    """iptables-save output without its comments and packet counters (traffic moves them)."""
+    return '\n'.join(re.sub(r'\[\d+:\d+\]', '[0:0]', line) for line in text.splitlines()
+                     if not line.startswith('#'))
 
 
 def xtables_dump(ns):
@@ -171,7 +174,7 @@ def xtables_dump(ns):
     parts = []
     for tool in ('iptables-save', 'ip6tables-save', 'iptables-legacy-save', 'ip6tables-legacy-save'):
         parts.append(_strip_save(nsexec(ns, [tool], check=False).stdout))
-    parts.append(nsexec(ns, ['nft', 'list', 'ruleset']).stdout)
+    parts.append(nsexec(ns, ['nft', '--stateless', 'list', 'ruleset']).stdout)
     return '\n'.join(parts)
 
 

@@ -50,13 +50,17 @@ def list_netns():
         return []
 
 
+_LIBC = []
+
+
 def _setns(fd):
     setns = getattr(os, 'setns', None)  # Python >= 3.12
     if setns is not None:
         setns(fd, CLONE_NEWNET)
         return
-    libc = ctypes.CDLL(None, use_errno=True)  # libc is already loaded: no library search
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))  # libc is already loaded: no library search
+    if _LIBC[0].setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
