@@ -2,16 +2,19 @@
 """The lab's client side: connects to edges and tenants and prints JSON results.
 
   probe.py dial  --target EDGE,PREFIX,EDGE_ADDRESS [--target ...] --count N [--pace S]
-      N connections per target to random addresses of PREFIX on random ports
+      N connections per target to random addresses of PREFIX on random ports, each
+      sending a line first (client-first, like HTTP)
       (the first target also gets ports 1 and 65535); each must reach the origin,
       which reports (PROXY v2) the client's real address and what was dialled,
       and sees the connection come from EDGE_ADDRESS (the edge that relayed it).
-  probe.py flood --prefix PREFIX --count N --duration S
-      as many new connections as possible, bounded by N and S seconds.
+  probe.py flood --prefix PREFIX --count N --duration S [--rate R]
+      new connections as fast as possible or R per second, bounded by N and S seconds; each is
+      closed once the handshake is done (the kernel's rate limit acts there).
   probe.py steady --prefix PREFIX --count N --interval S
-      N connections, one every S seconds.
+      N connections, one every S seconds; served means the origin answered.
   probe.py tcp --address A --port P [--timeout S]
-      one connection; reports its outcome and the answer line.
+      one connection that only reads (the server speaks first); reports its
+      outcome and the answer line.
 """
 
 import argparse
@@ -32,8 +35,13 @@ def random_address(prefix):
     return str(network.network_address + offset)
 
 
-def connect(address, port, timeout):
-    """(outcome, answer dict or None, own address, seconds)."""
+def connect(address, port, timeout, send=b'', connect_only=False):
+    """(outcome, answer dict or None, own address, seconds).
+
+    send: bytes written before reading (a client-first protocol, like HTTP);
+    without, the origin speaks first (a banner, like SMTP or SSH).
+    connect_only: the outcome of the handshake alone ('ok' once connected).
+    """
     family = socket.AF_INET6 if ':' in address else socket.AF_INET
     started = time.monotonic()
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -42,6 +50,10 @@ def connect(address, port, timeout):
     try:
         sock.connect((address, port))
         own = sock.getsockname()[0]
+        if connect_only:
+            return 'ok', None, own, time.monotonic() - started
+        if send:
+            sock.sendall(send)
         data = b''
         while not data.endswith(b'\n'):
             chunk = sock.recv(4096)
@@ -74,7 +86,7 @@ def cmd_dial(args):
             first = False
         for port in ports:
             address = random_address(prefix)
-            outcome, answer, own, seconds = connect(address, port, args.timeout)
+            outcome, answer, own, seconds = connect(address, port, args.timeout, send=b'HELLO\n')
             answer = answer or {}
             good = (outcome == 'ok' and answer.get('client') == own and answer.get('dialled') == address
                     and answer.get('dialled_port') == port and answer.get('edge') == edge_address)
@@ -90,7 +102,10 @@ def cmd_flood(args):
     started = time.monotonic()
     attempts = 0
     while attempts < args.count and time.monotonic() - started < args.duration:
-        outcome = connect(random_address(args.prefix), random.randint(1, 65535), args.timeout)[0]
+        if args.rate:
+            time.sleep(max(0.0, started + attempts / args.rate - time.monotonic()))
+        outcome = connect(random_address(args.prefix), random.randint(1, 65535), args.timeout,
+                          connect_only=True)[0]
         counts[outcome] = counts.get(outcome, 0) + 1
         attempts += 1
     print(json.dumps({'attempts': attempts, 'counts': counts,
@@ -101,7 +116,8 @@ def cmd_steady(args):
     counts = {}
     started = time.monotonic()
     for index in range(args.count):
-        outcome = connect(random_address(args.prefix), random.randint(1, 65535), args.timeout)[0]
+        outcome = connect(random_address(args.prefix), random.randint(1, 65535), args.timeout,
+                          send=b'HELLO\n')[0]
         counts[outcome] = counts.get(outcome, 0) + 1
         next_start = started + (index + 1) * args.interval
         time.sleep(max(0.0, next_start - time.monotonic()))
@@ -127,6 +143,7 @@ def main():
     flood.add_argument('--prefix', required=True)
     flood.add_argument('--count', type=int, default=300)
     flood.add_argument('--duration', type=float, default=5)
+    flood.add_argument('--rate', type=float, default=0, help='attempts per second (0: as fast as possible)')
     flood.add_argument('--timeout', type=float, default=2)
     steady = sub.add_parser('steady')
     steady.add_argument('--prefix', required=True)

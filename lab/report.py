@@ -12,6 +12,8 @@ import sys
 
 import yaml
 
+LAB_VARS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'inventory', 'group_vars', 'edge.yml')
+
 
 def status_lines(log):
     """The msg list of the last debug task of a status.yml run (YAML callback format)."""
@@ -63,15 +65,36 @@ def check_dial(results):
     return ('AnyIP + TPROXY + proxy', ok, detail)
 
 
+def check_banner(results):
+    rows = []
+    with open(os.path.join(results, 'banner.jsonl')) as handle:
+        for line in handle:
+            if line.strip():
+                rows.append(json.loads(line))
+    good = [r for r in rows if r['result']['outcome'] == 'ok'
+            and (r['result']['answer'] or {}).get('client') == r['result']['own']]
+    return ('origin speaks first', len(good) == len(rows) == 2,
+            '%d/%d connections that only read (SMTP/SSH-like) got the origin\'s answer: %s'
+            % (len(good), len(rows), ', '.join('%s %s' % (r['edge'], r['result']['outcome']) for r in rows)))
+
+
 def check_rate_limit(results):
     flood, steady = load(os.path.join(results, 'flood.json')), load(os.path.join(results, 'steady.json'))
     accepted = flood['counts'].get('ok', 0)
     refused = sum(v for k, v in flood['counts'].items() if k != 'ok')
     served = steady['counts'].get('ok', 0)
-    ok = refused > 0 and accepted > 0 and served == steady['attempts']
+    # The token bucket admits at most burst + rate x elapsed (+1 for a refill
+    # landing during the last attempt) connections from one source.
+    limit = yaml.safe_load(open(LAB_VARS))['edge_rate_limit']
+    count, unit = limit['rate'].split('/')
+    per_second = float(count) / {'sec': 1, 'min': 60, 'hour': 3600, 'day': 86400}[unit]
+    bound = int(limit['burst'] + per_second * flood['seconds']) + 1
+    ok = refused > 0 and 0 < accepted <= bound and served == steady['attempts']
     return ('per-source rate limit', ok,
-            'ael-client flood: %d attempts in %.1fs, %d served, %d refused (%s); ael-client2 meanwhile: %d/%d served'
-            % (flood['attempts'], flood['seconds'], accepted, refused,
+            'ael-client flood: %d new connections in %.1fs, %d accepted (bound: burst %d + %s x %.1fs = %d), '
+            '%d refused (%s); ael-client2 meanwhile: %d/%d served by the origin'
+            % (flood['attempts'], flood['seconds'], accepted, limit['burst'], limit['rate'], flood['seconds'],
+               bound, refused,
                ', '.join('%s %d' % kv for kv in sorted(flood['counts'].items()) if kv[0] != 'ok'),
                served, steady['attempts']))
 
@@ -132,7 +155,7 @@ def main():
             print(line)
         return 0
     rows = []
-    for check in (check_check_mode, check_converge, check_dial, check_rate_limit, check_tenants, check_gre,
+    for check in (check_check_mode, check_converge, check_dial, check_banner, check_rate_limit, check_tenants, check_gre,
                   check_status):
         try:
             result = check(args.results)
