@@ -397,6 +397,42 @@ def test_sighup_with_a_broken_config_keeps_running(topo, start_proxy, origin):
         assert talk(sock)[1] == b'ping'
 
 
+def test_reload_closes_a_listener_but_keeps_its_connections(topo, start_proxy, origin):
+    origin(address=ORIGIN_V6, port=8082, family=socket.AF_INET6)
+    config = base_config(routes=[
+        {'name': 'v6', 'destination': '2001:db8:100::/64', 'origin': '[%s]:8082' % ORIGIN_V6},
+    ])
+    proxy = start_proxy(config)
+    with topo.connect('2001:db8:100::5', 443, family=socket.AF_INET6) as held:
+        talk(held)
+        config['listen'] = ['127.0.0.1:1234']
+        proxy.write_config(config)
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_message('RELOADING=1')
+        proxy.wait_ready()
+        # The IPv6 listener is gone: TPROXY finds no socket for new connections...
+        late = support.socket_in(topo.client, socket.AF_INET6)
+        late.settimeout(1)
+        with late, pytest.raises((socket.timeout, ConnectionRefusedError)):
+            late.connect(('2001:db8:100::6', 443))
+        # ...while the one accepted on it still relays.
+        held.sendall(b'kept')
+        assert support.read_exact(held, 4) == b'kept'
+
+
+def test_udp_without_a_route_is_dropped_and_counted(topo, start_proxy, origin):
+    proxy = start_proxy(base_config(routes=[
+        {'name': 'dns', 'destination': '192.0.2.0/24', 'protocol': 'udp', 'origin': '%s:5353' % ORIGIN_V4},
+    ]))
+    sock = support.socket_in(topo.client, type=socket.SOCK_DGRAM)
+    with sock:
+        for _ in range(3):
+            sock.sendto(b'nobody', ('198.51.100.9', 53))
+    wait_for(lambda: metric(proxy.metrics(), 'anycast_proxy_refused_total', reason='no_route') == 3,
+             what='three no_route refusals')
+    assert metric(proxy.metrics(), 'anycast_proxy_connections_total', route='dns') == 0
+
+
 def test_metrics_agree_with_the_traffic(topo, start_proxy, origin):
     origin(port=8080)
     proxy = start_proxy(base_config())
