@@ -16,15 +16,11 @@ LAB_VARS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'inventory',
 
 
 def status_lines(log):
-    """The msg list of the last debug task of a status.yml run (YAML callback format)."""
+    """The msg list of the last debug task of a status.yml run (default callback, JSON results)."""
     lines = open(log).read().splitlines()
-    start = max(i for i, line in enumerate(lines) if line.strip() == 'msg:')
-    block = []
-    for line in lines[start + 1:]:
-        if not line.startswith('  '):
-            break
-        block.append(line)
-    return yaml.safe_load('\n'.join(block))
+    start = max(i for i, line in enumerate(lines) if line.startswith('ok: [') and line.endswith('=> {'))
+    end = lines.index('}', start)
+    return json.loads('{' + '\n'.join(lines[start + 1:end + 1]))['msg']
 
 
 def load(path):
@@ -140,7 +136,7 @@ def check_status(results):
     lines = [line for line in open(path).read().splitlines() if line.strip()] if os.path.exists(path) else []
     rows = [line for line in lines[1:] if line.startswith('ael-edge') and not line.split()[0].endswith(':')]
     ok = len(rows) == 2 and all(line.rstrip().endswith(' none') for line in rows)
-    return ('status.yml', ok, '%d hosts in the table, drift: %s' % (
+    return ('status.yml', ok, '%d hosts in the table (edge_info), drift from the last apply: %s' % (
         len(rows), 'none' if ok else 'see the status table'))
 
 

@@ -33,7 +33,7 @@ containers=(ael-edge1:11 ael-edge2:12 ael-client:21 ael-client2:22 ael-origin:30
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$repo/scripts/containers.conf}"
 export PATH="$venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$repo/build/collections"
-export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 ANSIBLE_CALLBACK_RESULT_FORMAT=yaml
+export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
 export ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_RETRY_FILES_ENABLED=False
 
 trap 'echo "lab: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -191,7 +191,7 @@ converge() {
     local n=$1 log="$state/converge-$1.log" start
     say "converge $n: ansible-playbook -i lab/inventory playbooks/site.yml"
     start=$(date +%s)
-    (cd "$repo" && ANSIBLE_CALLBACK_RESULT_FORMAT=json ansible-playbook -i "$inventory" playbooks/site.yml) > "$log" 2>&1 \
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/site.yml) > "$log" 2>&1 \
         || { tail -60 "$log"; die "converge $n failed (full log: $log)"; }
     local changed seconds=$(( $(date +%s) - start ))
     changed=$(changed_total "$log")
