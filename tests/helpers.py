@@ -84,10 +84,14 @@ def run_module(name, args, check=False, diff=False, env=None, state_dir=None):
                           input=json.dumps({'ANSIBLE_MODULE_ARGS': payload}), capture_output=True,
                           text=True, env=module_env(env), timeout=300, check=False)
     try:
-        return json.loads(proc.stdout)
+        result = json.loads(proc.stdout)
     except ValueError:
         raise AssertionError('module %s printed no JSON (rc %d):\n%s\n%s'
                              % (name, proc.returncode, proc.stdout, proc.stderr))
+    # ansible-core 2.19 modules report warnings as structured events; Ansible
+    # shows their text, and so do we
+    result['warnings'] = [w['event']['msg'] if isinstance(w, dict) else w for w in result.get('warnings', [])]
+    return result
 
 
 def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, timeout=600, state_dir=None):

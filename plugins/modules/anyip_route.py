@@ -95,6 +95,15 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+persisted:
+  description: The record re-applied at boot (null when the run removed it).
+  returned: when O(persist=true) and not in check mode
+  type: str
+  sample: /etc/anycast-edge/state/anyip_route@host.json
+confirm_token:
+  description: With O(confirm_timeout), the token M(anycast.edge.confirm) takes; the change is rolled back unless confirmed.
+  returned: when a change was applied with confirm_timeout
+  type: str
 added:
   description: Prefixes whose route was added (or would be, in check mode).
   returned: always

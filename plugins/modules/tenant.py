@@ -159,6 +159,8 @@ options:
       - Network namespace that plays the host's part, instead of the host's own; it must exist and is
         never created.
     type: str
+extends_documentation_fragment:
+  - anycast.edge.persist
 attributes:
   check_mode:
     support: full
@@ -203,6 +205,15 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+persisted:
+  description: Per tenant, the record re-applied at boot (null when the run removed it).
+  returned: when O(persist=true) and not in check mode
+  type: dict
+  sample: {acme: /etc/anycast-edge/state/tenant@host@acme.json}
+confirm_token:
+  description: With O(confirm_timeout), the token M(anycast.edge.confirm) takes; the change is rolled back unless confirmed.
+  returned: when a change was applied with confirm_timeout
+  type: str
 tenants:
   description: Each listed tenant as configured (predicted in check mode).
   returned: always
@@ -278,6 +289,8 @@ from ansible_collections.anycast.edge.plugins.module_utils._nftables import NftE
 from ansible_collections.anycast.edge.plugins.module_utils._tenant import Run, TenantError, validate
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
+from ansible_collections.anycast.edge.plugins.module_utils._persist import (
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
 
 
 def main():
@@ -310,6 +323,7 @@ def main():
             rule_priority=dict(type='int', default=1000),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
             netns=dict(type='str'),
+            **PERSIST_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
@@ -317,6 +331,7 @@ def main():
         tenants, settings = validate(module.params)
     except ParamError as exc:
         module.fail_json(msg=str(exc))
+    Persistence(module, 'tenant').validate()
     require_pyroute2(module)
     enter_module_netns(module)
 
@@ -326,7 +341,8 @@ def main():
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
     try:
-        changed, actions, xt = run.execute()
+        with HostLock():
+            changed, actions, xt = run.execute()
         result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name,
                       purged=sorted(set(t.name for t in run.purged) - set(t.name for t in tenants)))
         if module._diff:
@@ -339,7 +355,23 @@ def main():
         module.fail_json(msg=str(exc))
     finally:
         run.close()
+    result.update(persist(module, result['changed'], result['purged']))
     module.exit_json(**result)
+
+
+def persist(module, changed, purged):
+    """One record per tenant, so that several calls (without purge) add up."""
+    shared = dict((k, v) for k, v in Persistence(module, 'tenant').params().items() if k not in ('tenants', 'purge'))
+    persisted = {}
+    for tenant in module.params['tenants']:
+        present = tenant.get('state') != 'absent'
+        record = dict(shared, tenants=[tenant], purge=False)
+        saved = Persistence(module, 'tenant', tenant['name']).save(present, changed, params=record)
+        persisted[tenant['name']] = saved.get('persisted')
+    for name in purged:
+        Persistence(module, 'tenant', name).save(False, changed)
+        persisted[name] = None
+    return {'persisted': persisted} if module.params['persist'] and not module.check_mode else {}
 
 
 if __name__ == '__main__':
