@@ -229,8 +229,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run)")
     ap.add_argument("--json", help="write raw results here")
-    ap.add_argument("--loop", default="auto", choices=["auto", "asyncio"],
-                    help="event loop for anycast-proxy (auto: uvloop when installed)")
+    ap.add_argument("--loop", default="auto", choices=["auto", "dataplane", "asyncio", "uvloop"],
+                    help="ANYCAST_PROXY_LOOP for anycast-proxy (auto: uvloop when installed, else dataplane)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (it creates a network namespace)")

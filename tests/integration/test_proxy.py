@@ -178,9 +178,11 @@ def test_origin_on_the_dialled_port(topo, start_proxy, origin):
     assert greeting['local'] == [ORIGIN_V4, 8443] and echo == b'ping'
 
 
-def test_half_close_keeps_the_other_direction_open(topo, start_proxy, origin):
+@pytest.mark.parametrize('loop', ['dataplane', 'asyncio'])
+def test_half_close_keeps_the_other_direction_open(topo, start_proxy, origin, loop):
     origin(port=8080)
-    proxy = start_proxy(base_config())
+    # 'asyncio': the plain loop, with relayed sockets on a nested epoll (the uvloop code path).
+    proxy = start_proxy(base_config(), env={'ANYCAST_PROXY_LOOP': loop})
     with topo.connect(random_v4(), random_port()) as sock:
         greeting, echo = talk(sock, b'a' * 100000)
         sock.shutdown(socket.SHUT_WR)
@@ -209,10 +211,10 @@ def test_resets_propagate_both_ways(topo, start_proxy, origin):
     assert 'outcome=client_econnreset' in logs and 'outcome=origin_econnreset' in logs
 
 
-@pytest.mark.parametrize('splice', [False, True])
-def test_bulk_transfer_is_exact(topo, start_proxy, origin, splice):
+@pytest.mark.parametrize('splice,loop', [(False, 'dataplane'), (True, 'dataplane'), (False, 'asyncio')])
+def test_bulk_transfer_is_exact(topo, start_proxy, origin, splice, loop):
     origin(port=8080)
-    proxy = start_proxy(base_config(splice=splice))
+    proxy = start_proxy(base_config(splice=splice), env={'ANYCAST_PROXY_LOOP': loop})
     payload = os.urandom(24 << 20)
     with topo.connect(random_v4(), random_port(), timeout=30) as sock:
         json.loads(support.recv_line(sock))

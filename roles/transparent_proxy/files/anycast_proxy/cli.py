@@ -24,12 +24,18 @@ def _parser():
 
 
 def _new_loop():
-    if os.environ.get("ANYCAST_PROXY_LOOP", "auto") != "asyncio":
+    """ANYCAST_PROXY_LOOP: auto (uvloop if installed, else dataplane), uvloop, dataplane, asyncio."""
+    choice = os.environ.get("ANYCAST_PROXY_LOOP", "auto")
+    if choice in ("auto", "uvloop"):
         try:
             import uvloop  # optional: used when installed
             return uvloop.new_event_loop()
         except ImportError:
-            pass
+            if choice == "uvloop":
+                raise
+    if choice == "asyncio":
+        # The plain loop: relayed sockets go on a nested epoll (as under uvloop).
+        return asyncio.new_event_loop()
     from .poller import new_event_loop
     return new_event_loop()
 
