@@ -24,10 +24,12 @@ import vm as vmlib  # noqa: E402
 def say(config, line):
     """A line on the terminal even under -q and output capture."""
     reporter = config.pluginmanager.get_plugin('terminalreporter')
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
+    capture = config.pluginmanager.get_plugin('capturemanager')
+    if reporter is None or capture is None:
         sys.stderr.write(line + '\n')
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
 
 
 @pytest.fixture(scope='session')

@@ -353,3 +353,55 @@ def test_ipv6_underlay(lab):
     assert gone['changed'] is True
     assert link_json(lab, 'aeg-ten1', 'gre6-acme') is None
     assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 ip6tables-save -t mangle').stdout
+
+
+def test_tunnel_in_a_tenant_made_by_the_tenant_module(lab):
+    """The whole Magic Transit path on a third server: anycast.edge.tenant marks the
+    tenant's prefix into its namespace (firewall included), anycast.edge.gre_tunnel
+    carries it from there to the router and back."""
+    lab.script(r'''
+ip netns add aeg-srv3
+ip -n aeg-srv3 link set lo up
+ip netns exec aeg-srv3 sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+ip link add to-srv3 netns aeg-inet type veth peer name uplink netns aeg-srv3
+ip -n aeg-inet addr add 10.0.13.1/24 dev to-srv3; ip -n aeg-srv3 addr add 10.0.13.2/24 dev uplink
+ip -n aeg-inet link set dev to-srv3 up; ip -n aeg-srv3 link set dev uplink up
+ip -n aeg-srv3 route add default via 10.0.13.1
+ip -n aeg-srv3 route add local 192.0.2.0/24 dev lo
+''')
+    try:
+        tenant = {'name': 'acme', 'netns': 'aeg-t3', 'prefixes': ['203.0.113.0/24'], 'mark': '0x3',
+                  'table': 103, 'firewall': {'policy': 'drop', 'rules': [
+                      'ip daddr 203.0.113.100 tcp dport 8080 accept', 'icmp type echo-request accept']}}
+        results = vm_playbook(lab, [
+            {'anycast.edge.tenant': {'netns': 'aeg-srv3', 'tenants': [tenant]}},
+            task(3, [acme(3, netns='aeg-t3')]),
+        ])
+        for result in results:
+            ok(result)
+        link = link_json(lab, 'aeg-t3', 'gre-acme')
+        assert link is not None and 'link_netnsid' in link
+        route_via(lab, 3, 3)
+        lab.run('ip netns exec aeg-cli ping -c 2 -W 5 %s' % TARGET)
+        reply = lab.run('ip netns exec aeg-cli socat -T 10 - TCP:%s:8080 </dev/null' % TARGET).stdout
+        assert 'hello-from-tenant' in reply
+        assert counter_of(lab, 'aeg-t3', 'gre-acme', 'rx') >= 2
+        # the tenant's firewall still applies in front of the tunnel
+        refused = lab.run('ip netns exec aeg-cli socat -T 3 - TCP:%s:8081,connect-timeout=3 </dev/null'
+                          % TARGET, check=False)
+        assert refused.returncode != 0
+        removed = vm_playbook(lab, [
+            task(3, [{'name': 'gre-acme', 'netns': 'aeg-t3', 'state': 'absent'}]),
+            {'anycast.edge.tenant': {'netns': 'aeg-srv3', 'tenants': [dict(tenant, state='absent')]}},
+        ])
+        for result in removed:
+            assert ok(result)['changed'] is True
+        assert 'aeg-t3' not in lab.run('ip netns list').stdout
+    finally:
+        lab.script('ip netns del aeg-t3 2>/dev/null || true; ip netns del aeg-srv3', check=False)
+        route_via(lab, 1, 1)
+
+
+def counter_of(machine, ns, ifname, which):
+    out = machine.run('ip netns exec %s cat /sys/class/net/%s/statistics/%s_packets' % (ns, ifname, which))
+    return int(out.stdout.strip())
