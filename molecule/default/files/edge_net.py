@@ -2,15 +2,20 @@
 
   edge_net.py origin PORT [PP_PORT]   an origin: greets each connection, then echoes lines.
                                       On PP_PORT it first reads a PROXY v1 header and greets
-                                      with it, to show what the proxy saw.
+                                      with it, to show what the proxy saw. It also answers UDP
+                                      datagrams on PORT with "origin-udp " and their content.
   edge_net.py probe HOST PORT [HOST PORT ...]
                                       one connection each: greeting, one echoed line; one JSON
                                       line per connection on stdout.
+  edge_net.py udp-probe HOST PORT [HOST PORT ...]
+                                      one datagram each; the answer must come back from the
+                                      address and port that were dialled.
   edge_net.py hold HOST PORT READY GO one connection kept open: an exchange, touch READY,
                                       wait for the file GO, another exchange; JSON on stdout.
 
 Exit status 0 only when every echo came back unchanged.
 """
+import ipaddress
 import json
 import os
 import random
@@ -44,7 +49,17 @@ class DualStackServer(socketserver.ThreadingTCPServer):
         super().server_bind()
 
 
+def udp_echo(port):
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    while True:
+        data, peer = sock.recvfrom(65535)
+        sock.sendto(b"origin-udp " + data, peer)
+
+
 def origin(port, pp_port=None):
+    threading.Thread(target=udp_echo, args=(port,), daemon=True).start()
     servers = []
     for number in [port] + ([pp_port] if pp_port else []):
         server = DualStackServer(("::", number), OriginHandler)
@@ -81,6 +96,28 @@ def probe(host, port):
     return result
 
 
+def udp_probe(host, port):
+    result = {"host": host, "port": port, "protocol": "udp"}
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    token = b"ping-udp-%08x" % random.getrandbits(32)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(TIMEOUT / 3)
+        answer, sender = b"", None
+        # UDP may lose a datagram; ask up to three times.
+        for _ in range(3):
+            sock.sendto(token, (host, port))
+            try:
+                answer, sender = sock.recvfrom(65535)
+                break
+            except socket.timeout:
+                continue
+    result["answer"] = answer.decode(errors="replace")
+    result["from"] = "%s:%s" % sender[:2] if sender else None
+    result["ok"] = answer == b"origin-udp " + token and sender is not None and \
+        (ipaddress.ip_address(sender[0]), sender[1]) == (ipaddress.ip_address(host), port)
+    return result
+
+
 def hold(host, port, ready, go):
     result = {"host": host, "port": port}
     sock, stream = connect(host, port)
@@ -103,7 +140,7 @@ def main(argv):
     if command == "origin" and len(argv) in (3, 4):
         origin(int(argv[2]), int(argv[3]) if len(argv) == 4 else None)
         return 0
-    if command == "probe" and len(argv) >= 4 and len(argv) % 2 == 0:
+    if command in ("probe", "udp-probe") and len(argv) >= 4 and len(argv) % 2 == 0:
         targets = list(zip(argv[2::2], argv[3::2]))
     elif command == "hold" and len(argv) == 6:
         targets = [(argv[2], argv[3])]
@@ -115,6 +152,8 @@ def main(argv):
         try:
             if command == "probe":
                 result = probe(host, int(port))
+            elif command == "udp-probe":
+                result = udp_probe(host, int(port))
             else:
                 result = hold(host, int(port), argv[4], argv[5])
         except OSError as exc:
