@@ -5,12 +5,14 @@
 - the defaults pass the role's own argument spec,
 - names follow the public `transparent_proxy_` / private `__transparent_proxy_` rule,
 - files/route_plan.py (the preflight's route checks) turns routes into the AnyIP prefixes
-  and TPROXY rules, and names what does not fit.
+  and TPROXY rules, and names what does not fit,
+- the route options, choices and configuration keys are the ones the proxy program knows.
 """
 import copy
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -173,3 +175,29 @@ def test_plan_runs_as_the_role_runs_it():
     out = subprocess.run([sys.executable, str(ROLE / "files" / "route_plan.py"), json.dumps(request)],
                          check=True, capture_output=True, text=True).stdout
     assert json.loads(out)["prefixes_ipv4"] == ["192.0.2.0/24"]
+
+
+# --- the role documents the proxy's route keys and choices as the program knows them ------
+
+def proxy_config_module():
+    spec = importlib.util.spec_from_file_location(
+        "anycast_proxy_config", ROLE / "files" / "anycast_proxy" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_route_options_are_the_proxys_route_keys(options):
+    config = proxy_config_module()
+    route_options = options["transparent_proxy_routes"]["options"]
+    assert set(route_options) == set(config.ROUTE_KEYS)
+    assert route_options["proxy_protocol"]["choices"] == list(config.PROXY_PROTOCOLS)
+    assert route_options["protocol"]["choices"] == list(config.PROTOCOLS)
+    assert options["transparent_proxy_log_level"]["choices"] == list(config.LOG_LEVELS)
+
+
+def test_config_keys_the_role_writes_are_the_proxys():
+    expression = load("vars/main.yml")["__transparent_proxy_config"]
+    written = set(re.findall(r"'(\w+)':", expression))
+    assert {"listen", "routes", "metrics", "workers"} <= written
+    assert written <= set(proxy_config_module().TOP_KEYS)
