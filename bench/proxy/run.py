@@ -122,7 +122,7 @@ class Target:
         return cpu_seconds(self.proc.pid) if self.proc else 0.0
 
 
-def start_anycast_proxy(ns, workdir, workers=1, log=False, loop="auto", port=1234, prefix="192.0.2.0/24",
+def start_anycast_proxy(ns, workdir, workers=1, log=False, loop="dataplane", port=1234, prefix="192.0.2.0/24",
                         splice=False):
     config = {
         "listen": ["127.0.0.1:%d" % port], "workers": workers, "log_connections": log, "splice": splice,
@@ -229,8 +229,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run)")
     ap.add_argument("--json", help="write raw results here")
-    ap.add_argument("--loop", default="auto", choices=["auto", "dataplane", "asyncio", "uvloop"],
-                    help="ANYCAST_PROXY_LOOP for anycast-proxy (auto: uvloop when installed, else dataplane)")
+    ap.add_argument("--loop", default="dataplane", choices=["auto", "dataplane", "asyncio", "uvloop"],
+                    help="ANYCAST_PROXY_LOOP for anycast-proxy (default dataplane, as in docs/benchmarks-proxy.md)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (it creates a network namespace)")
