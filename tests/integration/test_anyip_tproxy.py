@@ -207,44 +207,7 @@ def test_python_iptables_driver_is_refused_on_an_nf_tables_host(edge):
     assert helpers.kernel_state(edge_ns) == before
 
 
-BAD_INPUT = [
-    ('anyip_route', {'prefixes': ['192.0.2.0/33']}, 'prefixes[0]', 'not a valid'),
-    ('anyip_route', {'prefixes': ['not-a-prefix']}, 'prefixes[0]', 'not a valid'),
-    ('anyip_route', {'prefixes': ['192.0.2.1/24']}, 'prefixes[0]', 'host bits'),
-    ('anyip_route', {'prefixes': ['2001:db8::1/64']}, 'prefixes[0]', 'host bits'),
-    ('anyip_route', {'prefixes': ['192.0.2.0/24', '192.0.2.0/24']}, 'prefixes[1]', 'also given'),
-    ('anyip_route', {'prefixes': ['192.0.2.0/24'], 'src': '::1'}, 'src', 'IPv6, expected IPv4'),
-    ('anyip_route', {'prefixes': ['192.0.2.0/24'], 'device': 'nosuchdevice0'}, 'device', 'does not exist'),
-    ('anyip_route', {'prefixes': ['192.0.2.0/24'], 'device': 'a-very-long-ifname'}, 'device', 'at most 15'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 0}]}, 'rules[0].on_port', 'out of range'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 65536}]}, 'rules[0].on_port', 'out of range'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'ports': 0}]}, 'rules[0].ports', 'out of range'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'ports': [80, 65536]}]},
-     'rules[0].ports[1]', 'out of range'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'ports': '90-80'}]},
-     'rules[0].ports', 'ends before'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24'}]}, 'on_port', 'missing required'),
-    ('tproxy_rule', {'rules': [{'destination': '2001:db8::/64', 'on_port': 1, 'on_ip': '127.0.0.1'}]},
-     'rules[0].on_ip', 'IPv4 but destination'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'on_ip': '::1'}]},
-     'rules[0].on_ip', 'IPv6 but destination'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.5/24', 'on_port': 1}]}, 'rules[0].destination', 'host bits'),
-    ('tproxy_rule', {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1, 'mark': '0x1/0x1/1'}]},
-     'rules[0].mark', 'not a mark'),
-    ('tproxy_rule', {'chain': 'A' * 29, 'rules': []}, 'chain', 'at most 28'),
-    ('tproxy_rule', {'chain': 'PREROUTING', 'rules': []}, 'chain', 'built-in'),
-]
-
-
-@pytest.mark.parametrize('module,args,param,problem', BAD_INPUT,
-                         ids=['%s-%s-%d' % (m, p, i) for i, (m, _a, p, _x) in enumerate(BAD_INPUT)])
-def test_bad_input_is_refused_naming_the_parameter(edge, module, args, param, problem):
-    edge_ns, _client = edge
-    before = helpers.kernel_state(edge_ns)
-    result = run_module(module, dict(args, netns=edge_ns))
-    assert result.get('failed'), result
-    assert param in result['msg'] and problem in result['msg'], result['msg']
-    assert helpers.kernel_state(edge_ns) == before
+# Bad input for both modules: tests/bad_input_cases.py (run by test_bad_input.py).
 
 
 @pytest.mark.parametrize('module', ['anyip_route', 'tproxy_rule'])

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Write docs/bad-input.md from tests/bad_input_cases.py by running every case for real.
+
+Run as root from the repo root: sudo .venv/bin/python scripts/gen_bad_input_doc.py
+It creates two throwaway namespaces (prefix ae9) and removes them.
+"""
+
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'tests'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
+
+import helpers  # noqa: E402
+from bad_input_cases import CASES, cell  # noqa: E402
+from conftest import NamespaceFactory  # noqa: E402
+from test_bad_input import run_case  # noqa: E402
+
+
+def main():
+    factory = NamespaceFactory('ae9')
+    rows = {}
+    try:
+        host, tenant = factory(), factory()
+        for module, args, param, _words in CASES:
+            shown = dict((k, v) for k, v in args.items() if k != '_env')
+            result, message = run_case(module, args, host, tenant)
+            if not result.get('failed'):
+                raise SystemExit('%s %s was accepted' % (module, args))
+            env = args.get('_env')
+            given = json.dumps(shown, sort_keys=True)
+            if env:
+                given += ' with ' + ', '.join('%s=%s' % kv for kv in env.items())
+            rows.setdefault(module, []).append((param, given, message))
+    finally:
+        factory.cleanup()
+    lines = [
+        '# Bad input, refused',
+        '',
+        'Every module checks its whole input before it touches the kernel. Each row below is an input a',
+        'module refuses and the message it gives, verbatim (HOST and TENANT stand for the namespaces the',
+        'test used). Every row is a case of `tests/bad_input_cases.py`, run by',
+        '`tests/integration/test_bad_input.py`, which also checks that the refusal changed nothing: routes,',
+        'rules and nftables of both namespaces, the list of namespaces, and the persisted records are',
+        'the same before and after. This file is generated: `sudo .venv/bin/python scripts/gen_bad_input_doc.py`.',
+        '',
+        '%d cases across %d modules.' % (len(CASES), len(rows)),
+    ]
+    for module in sorted(rows):
+        lines += ['', '## %s' % module, '', '| parameter | input | message |', '|---|---|---|']
+        for param, given, message in rows[module]:
+            lines.append('| `%s` | `%s` | %s |' % (cell(param), cell(given), cell(message)))
+    with open(os.path.join(REPO, 'docs', 'bad-input.md'), 'w') as handle:
+        handle.write('\n'.join(lines) + '\n')
+    print('wrote docs/bad-input.md: %d cases' % len(CASES))
+
+
+if __name__ == '__main__':
+    main()

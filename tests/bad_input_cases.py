@@ -1,0 +1,146 @@
+"""Every invalid input the modules refuse: the single list behind docs/bad-input.md.
+
+Each case is (module, arguments, parameter named in the message, words of the
+message). Arguments may use the placeholders HOST (the namespace standing in
+for the host) and TENANT (an existing second namespace); the message shown in
+the document uses the same placeholders. tests/integration/test_bad_input.py
+runs every case and checks that nothing changed; scripts/gen_bad_input_doc.py
+writes the document from the same runs.
+"""
+
+from __future__ import annotations
+
+R4 = '192.0.2.0/24'
+R6 = '2001:db8::/64'
+
+
+def _tproxy(**rule):
+    return {'rules': [dict({'destination': R4, 'on_port': 1234}, **rule)]}
+
+
+def _tenant(name='acme', mark='0x10', table=110, prefixes=(R4,), **extra):
+    return dict({'name': name, 'mark': mark, 'table': table, 'prefixes': list(prefixes)}, **extra)
+
+
+def _gre(**extra):
+    return {'tunnels': [dict({'name': 'gre-acme', 'netns': 'TENANT', 'local': '192.0.2.1',
+                              'remote': '198.51.100.7', 'address': '10.255.0.1/30'}, **extra)]}
+
+
+CASES = [
+    # anyip_route
+    ('anyip_route', {'prefixes': ['192.0.2.0/33']}, 'prefixes[0]', 'not a valid'),
+    ('anyip_route', {'prefixes': ['not-a-prefix']}, 'prefixes[0]', 'not a valid'),
+    ('anyip_route', {'prefixes': ['192.0.2.1/24']}, 'prefixes[0]', 'host bits'),
+    ('anyip_route', {'prefixes': ['2001:db8::1/64']}, 'prefixes[0]', 'host bits'),
+    ('anyip_route', {'prefixes': [R4, R4]}, 'prefixes[1]', 'also given'),
+    ('anyip_route', {'prefixes': [R4], 'src': '::1'}, 'src', 'expected IPv4'),
+    ('anyip_route', {'prefixes': [R4], 'src': 'localhost'}, 'src', 'not a valid'),
+    ('anyip_route', {'prefixes': [R4], 'device': 'nosuchdevice0'}, 'device', 'does not exist'),
+    ('anyip_route', {'prefixes': [R4], 'device': 'a-very-long-ifname'}, 'device', 'at most 15'),
+    ('anyip_route', {'prefixes': [R4], 'state': 'gone'}, 'state', 'must be one of'),
+    ('anyip_route', {'prefixes': [R4], 'confirm_timeout': -1}, 'confirm_timeout', 'out of range'),
+    ('anyip_route', {'prefixes': [R4], 'netns': 'ae9-no-such-ns'}, 'netns', 'does not exist'),
+    # tproxy_rule
+    ('tproxy_rule', _tproxy(on_port=0), 'rules[0].on_port', 'out of range'),
+    ('tproxy_rule', _tproxy(on_port=65536), 'rules[0].on_port', 'out of range'),
+    ('tproxy_rule', {'rules': [{'destination': R4}]}, 'on_port', 'missing required'),
+    ('tproxy_rule', _tproxy(ports=0), 'rules[0].ports', 'out of range'),
+    ('tproxy_rule', _tproxy(ports=[80, 65536]), 'rules[0].ports[1]', 'out of range'),
+    ('tproxy_rule', _tproxy(ports='90-80'), 'rules[0].ports', 'ends before'),
+    ('tproxy_rule', _tproxy(ports='80,443'), 'rules[0].ports', 'as a list'),
+    ('tproxy_rule', _tproxy(destination=R6, on_ip='127.0.0.1'), 'rules[0].on_ip', 'IPv4 but destination'),
+    ('tproxy_rule', _tproxy(on_ip='::1'), 'rules[0].on_ip', 'IPv6 but destination'),
+    ('tproxy_rule', _tproxy(destination='192.0.2.5/24'), 'rules[0].destination', 'host bits'),
+    ('tproxy_rule', _tproxy(mark='0x1/0x1/1'), 'rules[0].mark', 'not a mark'),
+    ('tproxy_rule', _tproxy(mark='0x3/0x1'), 'rules[0].mark', 'outside its mask'),
+    ('tproxy_rule', _tproxy(protocol='sctp'), 'protocol', 'must be one of'),
+    ('tproxy_rule', {'chain': 'A' * 29, 'rules': []}, 'chain', 'at most 28'),
+    ('tproxy_rule', {'chain': 'PREROUTING', 'rules': []}, 'chain', 'built-in'),
+    ('tproxy_rule', {'chain': 'bad chain', 'rules': []}, 'chain', 'not a valid chain name'),
+    ('tproxy_rule', dict(_tproxy(), driver='libiptc'), 'driver', 'must be one of'),
+    ('tproxy_rule', dict(_tproxy(), driver='python-iptables'), 'driver', 'nf_tables variant'),
+    # hashlimit
+    ('hashlimit', {'rate': 'fast'}, 'rate', 'not a rate'),
+    ('hashlimit', {'burst': 0}, 'burst', 'out of range'),
+    ('hashlimit', {'burst': 10001}, 'burst', 'out of range'),
+    ('hashlimit', {'srcmask': 33, 'family': 'ipv4'}, 'srcmask', 'IPv4'),
+    ('hashlimit', {'srcmask': 64}, 'srcmask', 'with family both'),
+    ('hashlimit', {'dstmask': {'ipv6': 129}}, 'dstmask.ipv6', 'at most 128'),
+    ('hashlimit', {'name': 'x' * 255}, 'name', 'at most 254'),
+    ('hashlimit', {'name': 'a/b'}, 'name', 'not a valid'),
+    ('hashlimit', {'mode': ['srcip', 'dst']}, 'mode[1]', 'not one of'),
+    ('hashlimit', {'mode': []}, 'mode', 'at least one'),
+    ('hashlimit', {'match': 'syn', 'protocol': 'udp'}, 'protocol', 'must be tcp'),
+    ('hashlimit', {'ports': [80]}, 'ports', 'protocol tcp or udp'),
+    ('hashlimit', {'protocol': 'tcp', 'ports': list(range(1, 40, 2))}, 'ports', 'multiport'),
+    ('hashlimit', {'destinations': [R4, R4]}, 'destinations[1]', 'listed twice'),
+    ('hashlimit', {'exempt': ['192.0.2.1/24']}, 'exempt[0]', 'host bits'),
+    ('hashlimit', {'log': {'prefix': 'p' * 30}}, 'log.prefix', 'at most 29'),
+    ('hashlimit', {'log': {'rate': 'often'}}, 'log.rate', 'not a rate'),
+    ('hashlimit', {'htable_max': 100, 'htable_size': 200}, 'htable_size', 'at most htable_max'),
+    ('hashlimit', {'htable_max': 2000000}, 'htable_max', 'out of range'),
+    ('hashlimit', {'chain': 'INPUT'}, 'chain', 'built-in'),
+    ('hashlimit', {'action': 'tarpit'}, 'action', 'must be one of'),
+    ('hashlimit', {'protocol': 'tcp', 'ports': 22, 'ssh_guard': 'fail',
+                   '_env': {'SSH_CONNECTION': '198.51.100.2 50022 198.51.100.1 22'}}, 'exempt', 'SSH connection'),
+    # conntrack_sizing
+    ('conntrack_sizing', {}, 'expected_connections', 'missing'),
+    ('conntrack_sizing', {'expected_connections': 0}, 'expected_connections', 'at least 1'),
+    ('conntrack_sizing', {'expected_connections': 1000, 'headroom': 0.5}, 'headroom', 'at least 1'),
+    # tenant
+    ('tenant', {'tenants': [_tenant(name='verylongname')]}, 'tenants[0].name', 'at most'),
+    ('tenant', {'tenants': [_tenant(), _tenant(name='b', table=111, prefixes=['198.51.100.0/24'])]},
+     'tenants[1].mark', 'also used by tenants[0]'),
+    ('tenant', {'tenants': [_tenant(), _tenant(name='b', mark='0x11', prefixes=['198.51.100.0/24'])]},
+     'tenants[1].table', 'also used by tenants[0]'),
+    ('tenant', {'tenants': [_tenant(), _tenant(name='b', mark='0x11', table=111, prefixes=['192.0.2.128/25'])]},
+     'tenants[1].prefixes[0]', 'overlaps'),
+    ('tenant', {'tenants': [_tenant(table=254)]}, 'tenants[0].table', "'main' table"),
+    ('tenant', {'tenants': [_tenant(mark='0')]}, 'tenants[0].mark', 'must not be 0'),
+    ('tenant', {'tenants': [_tenant(prefixes=['192.0.2.1/24'])]}, 'tenants[0].prefixes[0]', 'host bits'),
+    ('tenant', {'tenants': [_tenant(link={'host_if': 'a-very-long-ifname'})]}, 'tenants[0].link.host_if', 'at most 15'),
+    ('tenant', {'tenants': [_tenant(firewall={'rules': ['accept; flush ruleset']})]},
+     'tenants[0].firewall.rules[0]', "';'"),
+    ('tenant', {'tenants': [_tenant(firewall={'rules': ['ip daddr 192.0.2.300 accept']})]},
+     'tenants[0].firewall.rules[0]', '192.0.2.300'),
+    # gre_tunnel
+    ('gre_tunnel', _gre(name='gre-a-very-long-name'), 'tunnels[0].name', 'at most 15'),
+    ('gre_tunnel', _gre(remote='192.0.2.1'), 'tunnels[0].remote', 'same as local'),
+    ('gre_tunnel', _gre(key=4294967296), 'tunnels[0].key', 'out of range'),
+    ('gre_tunnel', _gre(key=-1), 'tunnels[0].key', 'out of range'),
+    ('gre_tunnel', _gre(remote='2001:db8::2'), 'tunnels[0].remote', 'same address family'),
+    ('gre_tunnel', _gre(ttl=256), 'tunnels[0].ttl', 'out of range'),
+    ('gre_tunnel', _gre(mtu=40), 'tunnels[0].mtu', 'out of range'),
+    ('gre_tunnel', _gre(address='10.255.0.1'), 'tunnels[0].address', 'prefix length'),
+    ('gre_tunnel', _gre(routes=['203.0.113.1/24']), 'tunnels[0].routes[0]', 'host bits'),
+    ('gre_tunnel', _gre(local='not-an-address'), 'tunnels[0].local', 'not a valid'),
+    ('gre_tunnel', _gre(netns='ae9-no-such-tenant'), 'tunnels[0].netns', 'does not exist'),
+    # edge_info, confirm
+    ('edge_info', {'driver': 'nft'}, 'driver', 'must be one of'),
+    ('edge_info', {'netns': 'ae9-no-such-ns'}, 'netns', 'does not exist'),
+    ('confirm', {'tokens': {'a': 1}}, 'tokens', 'list'),
+]
+
+
+def substitute(value, mapping):
+    """Replace the placeholders in a case's arguments (recursively)."""
+    if isinstance(value, str):
+        return mapping.get(value, value)
+    if isinstance(value, list):
+        return [substitute(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, mapping) for k, v in value.items()}
+    return value
+
+
+def placeholders(text, mapping):
+    """Put the placeholders back into a message, for the document."""
+    for placeholder, actual in mapping.items():
+        text = text.replace(actual, placeholder)
+    return text
+
+
+def cell(value):
+    """A value as it stands in a cell of the document's tables."""
+    return str(value).replace('|', '\\|').replace('\n', ' ')
