@@ -63,10 +63,13 @@ def link_pair(host_ns, peer_ns, host_if, peer_if, host_addrs, peer_addrs):
     """A veth pair between two namespaces, with addresses, both ends up."""
     helpers.nsexec(host_ns, ['ip', 'link', 'add', host_if, 'type', 'veth', 'peer', 'name', peer_if,
                              'netns', peer_ns])
-    for ns, ifname, addrs in ((host_ns, host_if, host_addrs), (peer_ns, peer_if, peer_addrs)):
-        # no IPv6 link-local autoconfiguration: it lands asynchronously and
-        # would make before/after dumps of kernel state race with the kernel
+    for ns, ifname, addrs, link_local in ((host_ns, host_if, host_addrs, 'fe80::1/64'),
+                                          (peer_ns, peer_if, peer_addrs, 'fe80::2/64')):
+        # IPv6 link-local addresses set by hand rather than autoconfigured: they
+        # exist at once (no race with before/after dumps of kernel state), and
+        # neighbour discovery for forwarded and replied packets needs them
         helpers.nsexec(ns, ['ip', 'link', 'set', ifname, 'addrgenmode', 'none'])
+        addrs = list(addrs) + [link_local]
         for addr in addrs:
             helpers.nsexec(ns, ['ip', 'addr', 'add', addr, 'dev', ifname, 'nodad'])
         helpers.nsexec(ns, ['ip', 'link', 'set', ifname, 'up'])
