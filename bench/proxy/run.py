@@ -230,7 +230,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run)")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--loop", default="dataplane", choices=["auto", "dataplane", "asyncio", "uvloop"],
-                    help="ANYCAST_PROXY_LOOP for anycast-proxy (default dataplane, as in docs/benchmarks-proxy.md)")
+                    help="ANYCAST_PROXY_LOOP for anycast-proxy (default dataplane, as in docs/benchmarks.md)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (it creates a network namespace)")

@@ -9,7 +9,7 @@ fills the whole buffer is moving bulk data and switches to bulk mode: reads
 of bulk_buffer_size from a second shared buffer or, with `splice: true`,
 splice() through a pipe so that the bytes never enter user space (less CPU
 per byte; in our measurements less throughput per connection, see
-docs/benchmarks-proxy.md).
+docs/benchmarks.md).
 
 A FIN is relayed as shutdown(SHUT_WR) once everything before it is out,
 leaving the other direction open; a reset on one side becomes a reset on
