@@ -633,16 +633,21 @@ def _route(ipr, command, index, net):
 
 
 def apply_plan(namespaces, plan):
-    """Carry the plan out. Creations go first: on a kernel without GRE the very
-    first kernel call fails and nothing has changed."""
+    """Carry the plan out.
+
+    Deletions go first, so a tunnel renamed (old name purged) can take over its
+    endpoints and key. On a kernel without GRE there is nothing of ours to
+    delete or recreate, so there the first kernel call is the first creation:
+    it fails and nothing has changed.
+    """
     index_of = {}
-    for tunnel in plan.create:
-        index_of[tunnel.ident] = create_device(namespaces, tunnel)
+    for device in plan.delete:
+        _delete(namespaces, device)
     for tunnel, device, _fields in plan.recreate:
         _delete(namespaces, device)
         index_of[tunnel.ident] = create_device(namespaces, tunnel)
-    for device in plan.delete:
-        _delete(namespaces, device)
+    for tunnel in plan.create:
+        index_of[tunnel.ident] = create_device(namespaces, tunnel)
     for tunnel, device in plan.set_mtu:
         _link_set(namespaces, tunnel, device.index, 'setting the MTU', mtu=tunnel.mtu)
     for tunnel, device in plan.set_up:

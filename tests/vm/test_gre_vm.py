@@ -318,16 +318,24 @@ def test_purge_and_absent_remove_only_our_tunnels(lab):
     assert link_json(lab, 'aeg-ten2', 'gre-acme') is not None
     assert ok(vm_playbook(lab, [task(1, [], purge=True)])[0])['changed'] is False
 
-    removed = vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])],
-                          check=True)[0]
-    assert ok(removed)['changed'] is True
-    assert link_json(lab, 'aeg-ten2', 'gre-acme') is not None
-    removed = ok(vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])])[0])
-    assert removed['changed'] is True
+    # renamed with purge: the old device goes first, so the new one can have the same endpoints and key
+    renamed = ok(vm_playbook(lab, [task(2, [acme(2, name='gre-acme2')], purge=True)])[0])
+    assert renamed['changed'] is True
     assert link_json(lab, 'aeg-ten2', 'gre-acme') is None
+    assert link_json(lab, 'aeg-ten2', 'gre-acme2')['linkinfo']['info_data']['local'] == ANYCAST
+    save = lab.run('ip netns exec aeg-ten2 iptables-save -t mangle').stdout
+    assert 'ANYCAST-MSS-gre-acme2' in save and not re.search(r'ANYCAST-MSS-gre-acme\b', save)
+
+    gone = {'name': 'gre-acme2', 'netns': 'aeg-ten2', 'state': 'absent'}
+    removed = vm_playbook(lab, [task(2, [gone])], check=True)[0]
+    assert ok(removed)['changed'] is True
+    assert link_json(lab, 'aeg-ten2', 'gre-acme2') is not None
+    removed = ok(vm_playbook(lab, [task(2, [gone])])[0])
+    assert removed['changed'] is True
+    assert link_json(lab, 'aeg-ten2', 'gre-acme2') is None
     assert '203.0.113.0/24' not in lab.run('ip -n aeg-ten2 route').stdout
     assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten2 iptables-save -t mangle').stdout
-    again = ok(vm_playbook(lab, [task(2, [{'name': 'gre-acme', 'netns': 'aeg-ten2', 'state': 'absent'}])])[0])
+    again = ok(vm_playbook(lab, [task(2, [gone])])[0])
     assert again['changed'] is False
     lab.run('ip -n aeg-ten1 link del gre-other')
 
