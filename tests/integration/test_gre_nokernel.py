@@ -16,7 +16,21 @@ import helpers
 
 NS_PREFIX = 'aeg'
 
-HAS_GRE = os.path.isdir('/sys/module/ip_gre') or os.path.isdir('/lib/modules/%s' % os.uname().release)
+def kernel_has_gre():
+    """ip_gre loaded, built in, or installable for the running kernel."""
+    if os.path.isdir('/sys/module/ip_gre'):
+        return True
+    for index in ('modules.builtin', 'modules.dep'):
+        try:
+            with open('/lib/modules/%s/%s' % (os.uname().release, index)) as handle:
+                if '/ip_gre.ko' in handle.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+HAS_GRE = kernel_has_gre()
 
 
 def my_namespaces():

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import vm_playbook
+from vm import vm_playbook
 
 pytestmark = pytest.mark.vm
 

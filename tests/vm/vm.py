@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -242,3 +243,38 @@ def ansible_playbook_binary():
 
 def shell_quote(*words):
     return ' '.join(shlex.quote(str(w)) for w in words)
+
+
+def vm_playbook(machine, tasks, check=False, diff=False, timeout=600):
+    """Run TASKS with ansible-playbook against the VM; return each task's result.
+
+    A failed task does not stop the play (ignore_errors), so tests can assert on
+    failures; results come from the json stdout callback.
+    """
+    play_tasks = []
+    for index, task in enumerate(tasks):
+        task = dict(task)
+        task.setdefault('name', 'task %d' % index)
+        task['ignore_errors'] = True
+        play_tasks.append(task)
+    playbook = [{'hosts': 'edge', 'gather_facts': False, 'tasks': play_tasks}]
+    path = os.path.join(machine.base, 'play.yml')
+    with open(path, 'w') as handle:
+        json.dump(playbook, handle)  # JSON is YAML
+    cmd = [ansible_playbook_binary(), '-i', machine.inventory_path, path]
+    if check:
+        cmd.append('--check')
+    if diff:
+        cmd.append('--diff')
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=ansible_env(machine.base),
+                          timeout=timeout)
+    try:
+        report = json.loads(proc.stdout)
+        play = report['plays'][0]
+        results = [task['hosts']['vm'] for task in play['tasks']]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError('ansible-playbook gave no usable JSON (rc %d):\n%s\n%s'
+                             % (proc.returncode, proc.stdout[-5000:], proc.stderr[-5000:]))
+    if len(results) != len(tasks):
+        raise AssertionError('expected %d task results, got %d:\n%s' % (len(tasks), len(results), proc.stdout[-5000:]))
+    return results
