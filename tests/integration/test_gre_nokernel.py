@@ -16,6 +16,7 @@ import helpers
 
 NS_PREFIX = 'aeg'
 
+
 def kernel_has_gre():
     """ip_gre loaded, built in, or installable for the running kernel."""
     if os.path.isdir('/sys/module/ip_gre'):
