@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """The lab's origin: reads the PROXY protocol v2 header the edge's proxy sends,
 answers one JSON line saying who the client really was, what it dialled and
 which edge relayed it, then closes.

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """The lab's client side: connects to edges and tenants and prints JSON results.
 
   probe.py dial  --target EDGE,PREFIX,EDGE_ADDRESS [--target ...] --count N [--pace S]
@@ -80,7 +79,7 @@ def cmd_dial(args):
     first = True
     for target in args.target:
         edge, prefix, edge_address = target.split(',', 2)
-        ports = [random.randint(1, 65535) for _ in range(args.count)]
+        ports = [random.randint(1, 65535) for dummy in range(args.count)]
         if first:
             ports[:2] = [1, 65535][:len(ports)]
             first = False

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print the lab's tables.
 
   report.py --status-log LOG            the table status.yml printed, as plain lines
@@ -56,8 +55,8 @@ def check_dial(results):
                  '/'.join(families), ', '.join(c for c in clients if c)))
     bad = [r for r in rows if not r['good']]
     if bad:
-        detail += '; first failure: %s:%s %s %s' % (bad[0]['address'], bad[0]['port'], bad[0]['outcome'],
-                                                   bad[0]['answer'])
+        first = bad[0]
+        detail += '; first failure: %s:%s %s %s' % (first['address'], first['port'], first['outcome'], first['answer'])
     return ('AnyIP + TPROXY + proxy', ok, detail)
 
 
@@ -158,11 +157,11 @@ def main():
         except (OSError, ValueError, KeyError, IndexError) as error:
             result = (check.__name__.replace('check_', ''), False, 'no result: %s' % error)
         rows.extend(result if isinstance(result, list) else [result])
-    width = max(len(name) for name, _, _ in rows)
+    width = max(len(row[0]) for row in rows)
     print('%-*s  %-7s  %s' % (width, 'CHECK', 'RESULT', 'DETAIL'))
     for name, ok, detail in rows:
         print('%-*s  %-7s  %s' % (width, name, {True: 'PASS', False: 'FAIL', None: 'SKIPPED'}[ok], detail))
-    failed = [name for name, ok, _ in rows if ok is False]
+    failed = [row[0] for row in rows if row[1] is False]
     if args.seconds is not None:
         print('\nlab up in %d s; %s' % (args.seconds, 'all checks passed' if not failed else
                                         'FAILED: ' + ', '.join(failed)))

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """A tenant's server in the lab: runs inside a tenant's network namespace on an
 edge, listens on the given TCP ports and answers one JSON line naming the tenant,
 the edge, the port and the client, then closes.

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # The anycast.edge lab: podman containers with systemd, configured by
 # playbooks/site.yml through the podman connection, then proven with traffic.
 #
@@ -182,8 +182,10 @@ failed_total() {
 }
 
 edge_state() {  # kernel state of an edge that check mode must not change
-    in_ctr "$1" sh -c 'ip -d route show table all; ip rule; ip netns list; iptables-save | grep -v "^#";
-                       ip6tables-save | grep -v "^#"; ls /etc/sysctl.d /etc/anycast-proxy 2>&1; true' \
+    in_ctr "$1" sh -c 'ip -d route show table all; ip rule; ip netns list;
+                       for save in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
+                           echo "== $save"; $save 2>/dev/null | grep -v "^#"; done
+                       ls /etc/sysctl.d /etc/anycast-proxy 2>&1; true' \
         | sed -E 's/\[[0-9]+:[0-9]+\]//'
 }
 

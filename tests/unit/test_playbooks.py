@@ -37,7 +37,8 @@ def ansible_env():
 
 def run(*argv):
     result = subprocess.run([os.path.join(BIN, argv[0])] + list(argv[1:]), cwd=REPO, env=ansible_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stdout
     return result.stdout
 
