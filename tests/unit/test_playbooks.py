@@ -145,3 +145,55 @@ def test_lab_origin_refuses_bad_headers(data, message):
     finally:
         left.close()
         right.close()
+
+
+def test_status_table_renders(tmp_path):
+    """The table play alone (--start-at-task), fed with what edge_info and the helper
+    script returned on two hosts: one line per host, counters summed, notes below."""
+    rate_chain = [{'rule': '-m hashlimit --hashlimit-upto 20/sec -j ACCEPT', 'packets': 79, 'bytes': 1},
+                  {'rule': '-m limit --limit 1/sec -j LOG', 'packets': 5, 'bytes': 1},
+                  {'rule': '-p tcp -j REJECT --reject-with tcp-reset', 'packets': 521, 'bytes': 1}]
+    healthy = {
+        'edge_status_info': {
+            'anyip': {'ipv4': ['192.0.2.0/24', '198.51.100.1/32'], 'ipv6': ['2001:db8:100::/64']},
+            'xtables': [{'family': 'ipv4', 'table': 'filter', 'chain': 'EDGE-RATE-LIMIT', 'rules': rate_chain},
+                        {'family': 'ipv6', 'table': 'filter', 'chain': 'EDGE-RATE-LIMIT', 'rules': rate_chain},
+                        {'family': 'ipv4', 'table': 'mangle', 'chain': 'ANYCAST-TPROXY',
+                         'rules': [{'rule': '-d 192.0.2.0/24 -p tcp -j TPROXY --on-port 1234', 'packets': 3}]}],
+            'hashlimit_tables': [{'entries': 3}, {'entries': 1}],
+            'conntrack': {'count': 120, 'max': 262144},
+            'tenants': [{'name': 'acme'}, {'name': 'globex'}],
+            'tunnels': [],
+            'records': ['anyip_route@host', 'hashlimit@host@EDGE-RATE-LIMIT'],
+            'drift': {'anyip_route@host': {'drifted': True, 'failed': False},
+                      'hashlimit@host@EDGE-RATE-LIMIT': {'drifted': False, 'failed': False}},
+            'pending': [],
+            'warnings': ['conntrack is 85% full'],
+        },
+        'edge_status_shell': {'stdout_lines': ['proxy=active', 'kernel=6.18.0', 'ip_gre=no', 'connections=42']},
+        'edge_rate_limit': {'chain': 'EDGE-RATE-LIMIT'},
+        'edge_gre_tunnels': [{'name': 'gre-acme'}],
+    }
+    broken = {'edge_status_info': {'failed': True, 'msg': 'No module named pyroute2'},
+              'edge_status_shell': {'stdout_lines': ['proxy=inactive']}}
+    inventory = tmp_path / 'hosts.json'
+    inventory.write_text(json.dumps({'edge': {'hosts': {'edge-a': healthy, 'edge-b': broken},
+                                              'vars': {'ansible_connection': 'local',
+                                                       'ansible_python_interpreter': sys.executable}}}))
+    output = run('ansible-playbook', '-i', str(inventory), 'playbooks/status.yml',
+                 '--start-at-task', 'Print one line per edge host')
+    lines = output.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith('ok: [') and line.endswith('=> {'))
+    table = json.loads('{' + '\n'.join(lines[start + 1:lines.index('}', start) + 1]))['msg']
+    header, row_a, row_b = table[0].split(), table[2].split(), table[3].split()
+    assert header[:3] == ['HOST', 'PROXY', 'CONNS']
+    # proxy, connections, AnyIP v4+v6, TPROXY rules, hashlimit accepted/refused over both families,
+    # table entries, conntrack, tenants, GRE (no GRE in the kernel), drift against the records
+    assert row_a[:10] == ['edge-a', 'active', '42', '2+1', '1', '158/1042', '3+1', '120/262144', 'acme,globex',
+                          'skipped,'], row_a
+    assert table[2].rstrip().endswith('1 of 2 records')
+    assert row_b[:4] == ['edge-b', 'inactive', '-', 'error']
+    notes = table[4:]
+    assert 'edge-a: warning: conntrack is 85% full' in notes
+    assert 'edge-b: edge_info failed: No module named pyroute2' in notes
+    assert any(note.startswith('edge-a: GRE skipped: kernel 6.18.0 has no ip_gre') for note in notes)
