@@ -2,6 +2,7 @@
 the inventories resolve to what the playbooks read, and the lab's PROXY v2
 origin decodes the header the proxy sends. Cheap: no hosts are contacted."""
 
+import ast
 import importlib.util
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -197,3 +199,38 @@ def test_status_table_renders(tmp_path):
     assert 'edge-a: warning: conntrack is 85% full' in notes
     assert 'edge-b: edge_info failed: No module named pyroute2' in notes
     assert any(note.startswith('edge-a: GRE skipped: kernel 6.18.0 has no ip_gre') for note in notes)
+
+
+def module_options(name):
+    """The options of a module, from the DOCUMENTATION string of its source."""
+    with open(os.path.join(REPO, 'plugins', 'modules', name + '.py')) as handle:
+        tree = ast.parse(handle.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == 'DOCUMENTATION' for t in node.targets):
+            return yaml.safe_load(ast.literal_eval(node.value))['options']
+    raise AssertionError('%s has no DOCUMENTATION' % name)
+
+
+@pytest.mark.parametrize('inventory', sorted(INVENTORIES))
+def test_inventory_keys_are_module_options(inventory):
+    """Every key the inventories pass through site.yml is an option of the module that gets it."""
+    hostvars = inventory_hosts(inventory)[1]
+    hashlimit, conntrack = module_options('hashlimit'), module_options('conntrack_sizing')
+    tenant, gre, tproxy = module_options('tenant'), module_options('gre_tunnel'), module_options('tproxy_rule')
+    role_spec = yaml.safe_load(open(os.path.join(REPO, 'roles', 'transparent_proxy', 'meta', 'argument_specs.yml')))
+    role_options = role_spec['argument_specs']['main']['options']
+    for host, variables in hostvars.items():
+        assert set(variables.get('edge_rate_limit', {})) <= set(hashlimit), host
+        assert set(variables.get('edge_conntrack', {})) <= set(conntrack), host
+        for item in variables.get('edge_tenants', []):
+            assert set(item) <= set(tenant['tenants']['suboptions']), (host, item)
+            assert set(item.get('firewall') or {}) <= set(tenant['tenants']['suboptions']['firewall']['suboptions'])
+        for item in variables.get('edge_gre_tunnels', []):
+            assert set(item) <= set(gre['tunnels']['suboptions']), (host, item)
+        for item in variables.get('edge_tproxy_rules', []):
+            assert set(item) <= set(tproxy['rules']['suboptions']), (host, item)
+        for name in variables:
+            if name.startswith('transparent_proxy_'):
+                assert name in role_options, (host, name)
+        for route in variables.get('transparent_proxy_routes', []):
+            assert set(route) <= set(role_options['transparent_proxy_routes']['options']), (host, route)
