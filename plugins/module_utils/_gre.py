@@ -167,8 +167,12 @@ def validate(params):
         key = raw.get('key')
         if key is not None:
             key = _int_param(key, param + '.key', 0, KEY_MAX, 'a 32-bit GRE key')
-        mtu = _int_param(raw.get('mtu', 1476), param + '.mtu', MTU_MIN[local.version], MTU_MAX,
-                         'bytes, for an IPv%d underlay' % local.version)
+        mtu_max = MTU_MAX
+        if local.version == 4:
+            # ip_gre silently lowers a larger MTU to this (64 KiB less IPv4 and GRE headers)
+            mtu_max = MTU_MAX - 20 - 4 - (4 if key is not None else 0)
+        mtu = _int_param(raw.get('mtu', 1476), param + '.mtu', MTU_MIN[local.version], mtu_max,
+                         'bytes, for an IPv%d underlay%s' % (local.version, ' with a key' if key is not None else ''))
         address = raw.get('address')
         if address:
             address = parse_interface(address, param + '.address')
@@ -856,13 +860,19 @@ def run(module, namespaces, tunnels, purge, driver_name):
             if wrong:
                 # One more pass corrects what the kernel changed behind our back
                 # (or what a concurrent writer did); a second difference is reported.
+                found = '; '.join('%s: %s' % (t.label(), ', '.join(problems)) for t, problems in wrong)
                 retry, _owned = make_plan(namespaces, [t for t, _p in wrong], False)
-                apply_plan(namespaces, retry)
+                try:
+                    apply_plan(namespaces, retry)
+                except GreError as exc:
+                    raise GreError('read-back after writing does not match the request: %s; correcting it '
+                                   'failed: %s' % (found, exc))
                 corrected = [t.label() for t, _p in wrong]
                 still = verify(namespaces, [t for t, _p in wrong])
                 if still:
-                    raise GreError('read-back after writing does not match the request: %s' % '; '.join(
-                        '%s: %s' % (t.label(), ', '.join(problems)) for t, problems in still))
+                    raise GreError('read-back after writing does not match the request: %s (and again after '
+                                   'correcting it)' % '; '.join('%s: %s' % (t.label(), ', '.join(problems))
+                                                                for t, problems in still))
 
     result = {
         'changed': plan.changed or mss['changed'] or bool(corrected),

@@ -357,9 +357,20 @@ def test_ipv6_underlay(lab):
     assert 'dev gre6-acme proto 172' in lab.run('ip -n aeg-ten1 -6 route show 2001:db8:cafe::/48').stdout
     save = lab.run('ip netns exec aeg-ten1 ip6tables-save -t mangle').stdout
     assert '-o gre6-acme' in save and '--clamp-mss-to-pmtu' in save
-    gone = ok(vm_playbook(lab, [task(1, [{'name': 'gre6-acme', 'netns': 'aeg-ten1', 'state': 'absent'}])])[0])
+    # read back after writing: ip6gre ignores an MTU it cannot take, without an error; the module
+    # sees it, tries once more (the kernel refuses now) and reports both
+    big = dict(gre6, name='gre6-big', key=8, mtu=65535, address=None, routes=[])
+    too_big = vm_playbook(lab, [task(1, [gre6, big])])[0]
+    assert too_big.get('failed'), too_big
+    msg = too_big['msg']
+    assert 'read-back after writing does not match' in msg, msg
+    assert re.search(r"'gre6-big' in namespace 'aeg-ten1': mtu is \d+, expected 65535", msg), msg
+    assert 'correcting it failed' in msg and 'gre6-acme' not in msg, msg
+    absent = [{'name': name, 'netns': 'aeg-ten1', 'state': 'absent'} for name in ('gre6-acme', 'gre6-big')]
+    gone = ok(vm_playbook(lab, [task(1, absent)])[0])
     assert gone['changed'] is True
     assert link_json(lab, 'aeg-ten1', 'gre6-acme') is None
+    assert link_json(lab, 'aeg-ten1', 'gre6-big') is None
     assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 ip6tables-save -t mangle').stdout
 
 
