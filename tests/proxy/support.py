@@ -84,11 +84,6 @@ def build_topology(netns_factory, link_pair):
               [EDGE_CLIENT_V4 + '/24', EDGE_CLIENT_V6 + '/64'])
     link_pair(edge, origin, 'edge1', 'org0', [EDGE_ORIGIN_V4 + '/24', EDGE_ORIGIN_V6 + '/64'],
               [ORIGIN_V4 + '/24', ORIGIN_V6 + '/64'])
-    # These veths come up without IPv6 link-local addresses; give them some, as real links have,
-    # so that neighbour discovery behaves as usual.
-    for ns, ifname, ll in ((client, 'cli0', 'fe80::1'), (edge, 'edge0', 'fe80::2'),
-                           (edge, 'edge1', 'fe80::1'), (origin, 'org0', 'fe80::2')):
-        helpers.nsexec(ns, ['ip', '-6', 'addr', 'add', ll + '/64', 'dev', ifname, 'nodad'])
     for prefix in (ANYIP_V4, ANYIP_V4_UNROUTED):
         helpers.nsexec(client, ['ip', 'route', 'add', prefix, 'via', EDGE_CLIENT_V4])
     helpers.nsexec(client, ['ip', '-6', 'route', 'add', ANYIP_V6, 'via', EDGE_CLIENT_V6])

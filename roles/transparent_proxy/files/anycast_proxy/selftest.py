@@ -201,6 +201,16 @@ def parse_mangle(text, version):
     return [r for r in rules if r.chain in reachable], [r for r in rules if r.chain not in reachable]
 
 
+def _legacy_table_exists(version, table):
+    """Whether the legacy (x_tables) table is in use in this namespace, without touching it."""
+    names = "/proc/net/ip_tables_names" if version == 4 else "/proc/net/ip6_tables_names"
+    try:
+        with open(names) as handle:
+            return table in handle.read().split()
+    except OSError:
+        return False
+
+
 def tproxy_rules():
     """Rules from every readable mangle table; errors are (version, text)."""
     found, unreachable, sources, errors = [], [], [], []
@@ -209,6 +219,8 @@ def tproxy_rules():
         for tool in tools:
             if shutil.which(tool) is None:
                 continue
+            if "legacy" in tool and not _legacy_table_exists(version, "mangle"):
+                continue  # reading a legacy table would create it, and nft hosts then warn
             out, err = _run([tool, "-t", "mangle"])
             if out is None:
                 errors.append((version, f"{tool} -t mangle: {err}"))
