@@ -8,6 +8,7 @@ build the image at all; a failing build or boot is an error.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,5 +48,8 @@ def gre_vm(request):
         say(request.config, 'GRE VM: image ready in %.0f s, booted to SSH in %.0f s (kernel %s)'
             % (build_seconds, machine.boot_seconds, (image / 'kernel-release').read_text().strip()))
         machine.base = tempfile.mkdtemp(prefix='aeg-ansible-')
-        machine.inventory_path = machine.inventory(os.path.join(machine.base, 'inventory.ini'))
-        yield machine
+        try:
+            machine.inventory_path = machine.inventory(os.path.join(machine.base, 'inventory.ini'))
+            yield machine
+        finally:
+            shutil.rmtree(machine.base, ignore_errors=True)
