@@ -13,7 +13,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
-import helpers  # noqa: E402
 from bad_input_cases import CASES, cell  # noqa: E402
 from conftest import NamespaceFactory  # noqa: E402
 from test_bad_input import run_case  # noqa: E402

@@ -23,7 +23,7 @@ ANSWER = b"A" * 64
 
 
 def target_picker(text):
-    host, _, port = text.rpartition(":")
+    host, _unused1, port = text.rpartition(":")
     if port == "any":
         base = host.split("/")[0].rsplit(".", 1)[0]
         return lambda: ("%s.%d" % (base, random.randint(1, 254)), random.randint(1, 65535))
@@ -46,7 +46,7 @@ def serve(listen):
             if fd == lsock.fileno():
                 while True:
                     try:
-                        c, _ = lsock.accept()
+                        c, _unused1 = lsock.accept()
                     except BlockingIOError:
                         break
                     c.setblocking(False)
@@ -122,7 +122,7 @@ def short(target, seconds, concurrency):
         return True
 
     t0 = time.perf_counter()
-    for _ in range(concurrency):
+    for _unused1 in range(concurrency):
         start()
     while inflight:
         for fd, ev in ep.poll(1.0):
@@ -173,7 +173,7 @@ def short(target, seconds, concurrency):
 def idle(target, count):
     pick = target_picker(target)
     socks = []
-    for _ in range(count):
+    for _unused1 in range(count):
         s = socket.create_connection(pick(), timeout=10)
         s.sendall(b"I")
         socks.append(s)

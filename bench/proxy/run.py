@@ -53,8 +53,8 @@ class Namespace:
         return subprocess.Popen(["ip", "netns", "exec", self.name] + list(cmd), **kw)
 
     def delete(self):
-        subprocess.run("ip netns pids %s | xargs -r kill -9" % self.name, shell=True)
-        subprocess.run(["ip", "netns", "del", self.name])
+        subprocess.run("ip netns pids %s | xargs -r kill -9" % self.name, shell=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
 def setup(ns):
@@ -169,7 +169,7 @@ def start_socat(ns):
 
 
 def wait_port(ns, host, port, proc, expected=1):
-    for _ in range(200):
+    for _unused1 in range(200):
         if proc.poll() is not None:
             raise SystemExit("%s exited with %s" % (proc.args, proc.returncode))
         out = ns.run("ss", "-Hltn", "sport = :%d" % port).stdout

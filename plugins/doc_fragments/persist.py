@@ -24,7 +24,7 @@ options:
     description:
       - Commit-confirm. When greater than 0 and the run changes something, the change is applied and then
         rolled back automatically after this many seconds unless M(anycast.edge.confirm) runs on the host
-        before that (run it as the next task: if the change cut the controller off, it cannot, and the host
+        before that (run it as the next task; if the change cut the controller off, it cannot, and the host
         heals itself). Only a confirmed change replaces the persisted record. 0 disables it.
     type: int
     default: 0

@@ -17,7 +17,6 @@ from ansible_collections.anycast.edge.plugins.module_utils._netns import in_netn
 from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
     FULL_WARNING, conntrack_status, proc_table_path, table_entries)
 from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft
-from ansible_collections.anycast.edge.plugins.module_utils._persist import list_pending
 from ansible_collections.anycast.edge.plugins.module_utils._tenant import NFT_TABLE
 
 XT_TABLES = ('raw', 'mangle', 'filter')
@@ -69,13 +68,13 @@ def hashlimit_tables(chains, warnings):
             maximum = HTABLE_MAX_RE.search(rule['rule'])
             maximum = int(maximum.group(1)) if maximum else None
             entries = table_entries(family, name.group(1)) or 0
-            percent = round(100.0 * entries / maximum, 1) if maximum else None
             tables.append({'family': chain['family'], 'name': name.group(1), 'entries': entries,
-                           'htable_max': maximum, 'percent': percent,
+                           'htable_max': maximum,
+                           'percent': round(100.0 * entries / maximum, 1) if maximum else None,
                            'path': proc_table_path(family, name.group(1))})
             if maximum and entries > FULL_WARNING * maximum:
                 warnings.append('hashlimit table %s (%s) is %.1f%% full (%d of %d): raise htable_max'
-                                % (name.group(1), chain['family'], percent, entries, maximum))
+                                % (name.group(1), chain['family'], 100.0 * entries / maximum, entries, maximum))
     return tables
 
 

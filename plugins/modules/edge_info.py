@@ -116,6 +116,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_info as info
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
+from ansible_collections.anycast.edge.plugins.module_utils._persist import list_pending
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
 
 
@@ -153,7 +154,7 @@ def main():
         tunnels=tunnels,
         records=info.records(module.params['state_dir']),
         drift=drift,
-        pending=[{'key': p['key'], 'deadline': p['deadline']} for p in info.list_pending()],
+        pending=[{'key': p['key'], 'deadline': p['deadline']} for p in list_pending()],
     )
     for warning in warnings:
         module.warn(warning)

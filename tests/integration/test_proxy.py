@@ -126,7 +126,7 @@ def origin(topo):
 def test_random_ports_on_random_anyip_addresses(topo, start_proxy, origin):
     origin(port=8080)
     proxy = start_proxy(base_config())
-    for _ in range(25):
+    for _unused1 in range(25):
         address, port = random_v4(), random_port()
         with topo.connect(address, port) as sock:
             greeting, echo = talk(sock, b'hello %s %d' % (address.encode(), port))
@@ -182,7 +182,7 @@ def test_origin_on_the_dialled_port(topo, start_proxy, origin):
 
 
 LOOPS = ['dataplane', 'asyncio', pytest.param('uvloop', marks=pytest.mark.skipif(
-    subprocess.run([support.SYSTEM_PYTHON, '-c', 'import uvloop'], capture_output=True).returncode != 0,
+    subprocess.run([support.SYSTEM_PYTHON, '-c', 'import uvloop'], capture_output=True, check=False).returncode != 0,
     reason='python3-uvloop is not installed'))]
 
 
@@ -280,7 +280,7 @@ def test_longest_prefix_then_narrowest_ports(topo, start_proxy, origin):
              ('192.0.2.200', 8080, 9004), ('192.0.2.200', 22, 9004)]
     for address, port, expected in cases:
         with topo.connect(address, port) as sock:
-            greeting, _ = talk(sock)
+            greeting, _unused1 = talk(sock)
         assert greeting['local'][1] == expected, (address, port)
 
 
@@ -328,7 +328,7 @@ def test_max_connections_refuses_the_next_and_counts_it(topo, start_proxy, origi
     proxy = start_proxy(base_config(routes=[
         {'name': 'web', 'destination': '192.0.2.0/24', 'origin': '%s:8080' % ORIGIN_V4, 'max_connections': 3},
     ]))
-    held = [topo.connect(random_v4(), random_port()) for _ in range(3)]
+    held = [topo.connect(random_v4(), random_port()) for _unused1 in range(3)]
     try:
         for sock in held:
             talk(sock)
@@ -348,7 +348,7 @@ def test_max_connections_refuses_the_next_and_counts_it(topo, start_proxy, origi
 def test_per_source_limit(topo, start_proxy, origin):
     origin(port=8080)
     proxy = start_proxy(base_config(max_connections_per_source=2))
-    held = [topo.connect(random_v4(), random_port()) for _ in range(2)]
+    held = [topo.connect(random_v4(), random_port()) for _unused1 in range(2)]
     try:
         for sock in held:
             talk(sock)
@@ -383,7 +383,7 @@ def test_sighup_with_200_open_connections_drops_none(topo, start_proxy, origin, 
             sock.sendall(b'after %d' % i)
             assert support.read_exact(sock, len(b'after %d' % i)) == b'after %d' % i
         with topo.connect('192.0.2.5', 7000) as sock:
-            greeting, _ = talk(sock)
+            greeting, _unused1 = talk(sock)
         assert greeting['local'][1] == 8090
         samples = proxy.metrics()
         assert metric(samples, 'anycast_proxy_active_connections', route='web') == 200
@@ -437,7 +437,7 @@ def test_udp_without_a_route_is_dropped_and_counted(topo, start_proxy, origin):
     ]))
     sock = support.socket_in(topo.client, type=socket.SOCK_DGRAM)
     with sock:
-        for _ in range(3):
+        for _unused1 in range(3):
             sock.sendto(b'nobody', ('198.51.100.9', 53))
     wait_for(lambda: metric(proxy.metrics(), 'anycast_proxy_refused_total', reason='no_route') == 3,
              what='three no_route refusals')
@@ -447,7 +447,7 @@ def test_udp_without_a_route_is_dropped_and_counted(topo, start_proxy, origin):
 def test_metrics_agree_with_the_traffic(topo, start_proxy, origin):
     origin(port=8080)
     proxy = start_proxy(base_config())
-    sizes = [random.randint(1, 300000) for _ in range(8)]
+    sizes = [random.randint(1, 300000) for _unused1 in range(8)]
     expected_out = 0
     for size in sizes:
         with topo.connect(random_v4(), random_port()) as sock:
@@ -538,7 +538,7 @@ def test_sigterm_stops_accepting_and_drains(topo, start_proxy, origin):
 def test_workers_share_the_listeners(topo, start_proxy, origin):
     origin(port=8080)
     proxy = start_proxy(base_config(workers=2))
-    for _ in range(20):
+    for _unused1 in range(20):
         with topo.connect(random_v4(), random_port()) as sock:
             assert talk(sock)[1] == b'ping'
     pids = set()
@@ -561,7 +561,7 @@ def test_a_crashed_worker_is_replaced(topo, start_proxy, origin):
     proxy.wait_log('exited with status -9; starting it again')
     wait_for(lambda: len(set(helpers.sh(['pgrep', '-P', str(proxy.proc.pid)], check=False).stdout.split())
                          - {children[0]}) == 2, timeout=15, what='a new worker')
-    for _ in range(10):
+    for _unused1 in range(10):
         with topo.connect(random_v4(), random_port()) as sock:
             assert talk(sock)[1] == b'ping'
 
@@ -570,12 +570,12 @@ def test_out_of_descriptors_pauses_accepting_without_losing_the_backlog(topo, st
     origin(port=8080)
     # Room for about a dozen relayed connections (two descriptors each).
     proxy = start_proxy(base_config(metrics=None), user_cmd=['prlimit', '--nofile=40:40'])
-    socks = [topo.connect(random_v4(), random_port()) for _ in range(30)]
+    socks = [topo.connect(random_v4(), random_port()) for _unused1 in range(30)]
     try:
         greeted, waiting = [], list(socks)
         deadline = time.monotonic() + 3
         while waiting and time.monotonic() < deadline:
-            readable, _, _ = select.select(waiting, [], [], 0.2)
+            readable, _unused1, _unused2 = select.select(waiting, [], [], 0.2)
             for sock in readable:
                 waiting.remove(sock)
                 try:
@@ -715,7 +715,7 @@ def test_malformed_configs_are_explained(tmp_path, text, message):
     path = tmp_path / 'config.json'
     path.write_text(text)
     proc = subprocess.run([support.SYSTEM_PYTHON, support.PROXY_PKG, '--check-config', str(path)],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr
     assert proc.stderr.startswith('anycast-proxy: config error in %s: ' % path)
@@ -725,5 +725,5 @@ def test_a_good_config_checks_ok(tmp_path):
     path = tmp_path / 'config.json'
     path.write_text(json.dumps(base_config()))
     proc = subprocess.run([support.SYSTEM_PYTHON, support.PROXY_PKG, '--check-config', str(path)],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0 and 'OK (1 routes' in proc.stdout

@@ -368,7 +368,7 @@ class ProxyProcess(object):
                 if not chunk:
                     break
                 data += chunk
-        head, _, body = data.partition(b'\r\n\r\n')
+        head, _unused1, body = data.partition(b'\r\n\r\n')
         assert head.startswith(b'HTTP/1.0 200'), head
         return parse_metrics(body.decode())
 
@@ -405,7 +405,7 @@ def parse_metrics(text):
 def metric(samples, name, **labels):
     want = set(labels.items())
     found = [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
-    assert found, 'no sample %s%s in %s' % (name, labels, sorted({n for n, _ in samples}))
+    assert found, 'no sample %s%s in %s' % (name, labels, sorted({n for n, _unused1 in samples}))
     return sum(found)
 
 

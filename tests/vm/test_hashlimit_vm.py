@@ -6,7 +6,7 @@ because the guard exempted the controller, and nf_conntrack_max/buckets set in
 the initial network namespace and persisted under /etc/sysctl.d.
 
 Opt-in (boots the project's QEMU VM, a few minutes under software emulation):
-    sudo .venv/bin/pytest -q -m vm tests/integration/test_hashlimit_vm.py
+    sudo .venv/bin/pytest -q -m vm tests/vm/test_hashlimit_vm.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-VM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'vm')
+VM_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, VM_DIR)
 
 import vm as vmlib  # noqa: E402

@@ -104,7 +104,7 @@ def udp_probe(host, port):
         sock.settimeout(TIMEOUT / 3)
         answer, sender = b"", None
         # UDP may lose a datagram; ask up to three times.
-        for _ in range(3):
+        for _unused1 in range(3):
             sock.sendto(token, (host, port))
             try:
                 answer, sender = sock.recvfrom(65535)

@@ -208,7 +208,7 @@ def _resolve(host, key, text):
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConfigError(key, f"{text!r}: cannot resolve {host!r} ({exc.strerror})") from None
-    family, _, _, _, sockaddr = infos[0]
+    family, _unused1, _unused2, _unused3, sockaddr = infos[0]
     return family, sockaddr[0]
 
 

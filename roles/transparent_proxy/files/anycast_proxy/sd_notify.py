@@ -5,7 +5,8 @@ import time
 
 
 class Notifier:
-    def __init__(self, environ=os.environ):
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
         path = environ.get("NOTIFY_SOCKET")
         self.address = None
         if path:

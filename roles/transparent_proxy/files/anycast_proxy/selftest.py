@@ -40,7 +40,7 @@ class Report:
 
 def _run(cmd):
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, str(exc)
     if proc.returncode != 0:
@@ -147,7 +147,7 @@ class TproxyRule:
 def _ports(text):
     out = []
     for part in text.split(","):
-        lo, _, hi = part.partition(":")
+        lo, _unused1, hi = part.partition(":")
         out.append((int(lo), int(hi or lo)))
     return out
 
@@ -236,7 +236,7 @@ def check_tproxy(config, report):
     found, unreachable, sources, errors = tproxy_rules()
     # A table that cannot be read (legacy tables need CAP_NET_RAW too) only matters when
     # no readable table has the rule.
-    for _, err in errors:
+    for _unused1, err in errors:
         report.note(f"cannot read {err}")
     if not sources:
         report.miss("could not read any mangle table: cannot check TPROXY rules")

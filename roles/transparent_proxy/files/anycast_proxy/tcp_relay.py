@@ -504,7 +504,7 @@ class TcpRelay:
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _on_accept(self, lsock, family):
-        for _ in range(64):
+        for _unused1 in range(64):
             try:
                 fd, client_addr = lsock._accept()
             except (BlockingIOError, InterruptedError):

@@ -79,7 +79,7 @@ class UdpFlow:
             self._origin_error(exc)
 
     def _on_client_readable(self):
-        for _ in range(32):
+        for _unused1 in range(32):
             try:
                 data = self.reply_sock.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
@@ -91,7 +91,7 @@ class UdpFlow:
                 return
 
     def _on_origin_readable(self):
-        for _ in range(32):
+        for _unused1 in range(32):
             try:
                 data = self.origin_sock.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
@@ -161,7 +161,7 @@ class UdpRelay:
         self.loop.remove_reader(sock.fileno())
 
     def _on_readable(self, lsock):
-        for _ in range(64):
+        for _unused1 in range(64):
             try:
                 data, ancdata, _flags, client_addr = lsock.recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
