@@ -13,13 +13,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
+import helpers  # noqa: E402
 from bad_input_cases import CASES, cell  # noqa: E402
-from conftest import NamespaceFactory  # noqa: E402
 from test_bad_input import run_case  # noqa: E402
 
 
 def main():
-    factory = NamespaceFactory('ae9')
+    factory = helpers.NamespaceFactory('ae9')
     rows = {}
     try:
         host, tenant = factory(), factory()

@@ -28,7 +28,7 @@ def run_case(module, args, host, tenant):
 
 @pytest.fixture(scope='module')
 def namespaces():
-    factory = __import__('conftest').NamespaceFactory(NS_PREFIX)
+    factory = helpers.NamespaceFactory(NS_PREFIX)
     try:
         yield factory(), factory()
     finally:

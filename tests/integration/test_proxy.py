@@ -71,10 +71,9 @@ def base_config(**extra):
 @pytest.fixture(scope='module')
 def topo():
     """One client/edge/origin topology for the module (setting it up is the slow part)."""
-    import conftest
-    factory = conftest.NamespaceFactory(NS_PREFIX)
+    factory = helpers.NamespaceFactory(NS_PREFIX)
     try:
-        topology = support.build_topology(factory, conftest.link_pair)
+        topology = support.build_topology(factory, helpers.link_pair)
         support.setup_edge(topology.edge)
         yield topology
     finally:
