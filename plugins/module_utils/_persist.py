@@ -25,8 +25,6 @@ module on a host (two playbooks at once cannot interleave).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -35,6 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
+
+from ansible_collections.anycast.edge.plugins.module_utils._lock import FileLock, LockTimeout
 
 DEFAULT_STATE_DIR = '/etc/anycast-edge/state'
 PENDING_DIR = '/run/anycast-edge/pending'
@@ -54,31 +54,21 @@ PERSIST_ARGUMENT_SPEC = dict(
 CONTROL_KEYS = tuple(PERSIST_ARGUMENT_SPEC)
 
 
-class HostLock(object):
-    """flock(/run/anycast-edge.lock): one collection module applies at a time."""
+class HostLock(FileLock):
+    """flock(/run/anycast-edge.lock): one collection module applies at a time on a host.
 
-    def __init__(self, path=LOCK_PATH, timeout=LOCK_TIMEOUT):
-        self.path = path
-        self.timeout = timeout
-        self.fd = None
+    A module that cannot take it fails cleanly, naming the lock.
+    """
+
+    def __init__(self, module):
+        super().__init__(LOCK_PATH, LOCK_TIMEOUT, 'another anycast.edge run')
+        self.module = module
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK) or time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise RuntimeError('another anycast.edge run held %s for more than %ds'
-                                       % (self.path, self.timeout))
-                time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+        try:
+            return super().__enter__()
+        except LockTimeout as exc:
+            self.module.fail_json(msg='nothing was changed: %s' % exc)
 
 
 def _atomic_write(path, data, mode=0o600):

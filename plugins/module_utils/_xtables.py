@@ -26,14 +26,13 @@ host does not use.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import importlib.util
 import os
 import pickle
 import re
-import time
+
+from ansible_collections.anycast.edge.plugins.module_utils._lock import FileLock, LockTimeout
 
 OWNER = 'anycast.edge'
 TAG_RE = re.compile(r'^anycast\.edge ([0-9a-f]{12})$')
@@ -500,29 +499,17 @@ def _load_iptc():
     return iptc
 
 
-class _XtablesLock(object):
+class _XtablesLock(FileLock):
     """flock on /run/xtables.lock, the lock iptables itself takes."""
 
-    def __init__(self, timeout=LOCK_TIMEOUT):
-        self.timeout = timeout
-        self.fd = None
+    def __init__(self):
+        super().__init__(XTABLES_LOCK, LOCK_TIMEOUT, 'another iptables user')
 
     def __enter__(self):
-        self.fd = os.open(XTABLES_LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK) or time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise XtablesError('could not take the xtables lock %s within %ds: %s'
-                                       % (XTABLES_LOCK, self.timeout, exc.strerror))
-                time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+        try:
+            return super().__enter__()
+        except LockTimeout as exc:
+            raise XtablesError(str(exc))
 
 
 def _prefix_len(mask):

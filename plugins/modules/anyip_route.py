@@ -175,7 +175,7 @@ def main():
     persistence.validate()
     require_pyroute2(module)
     enter_module_netns(module)
-    with HostLock():
+    with HostLock(module):
         result, owned_before, owned_after = sync(module, networks, src)
     # What is recorded (and rolled back to) is the whole owned set, not this
     # call's list: several calls without purge each add to it.

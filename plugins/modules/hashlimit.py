@@ -328,7 +328,7 @@ def main():
     try:
         driver = select_driver(module, module.params['driver'])
         _hashlimit.register_iptc_fixup(driver)
-        with HostLock():
+        with HostLock(module):
             result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
         for warning in warnings:
             module.warn(warning)

@@ -341,7 +341,7 @@ def main():
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
     try:
-        with HostLock():
+        with HostLock(module):
             changed, actions, xt = run.execute()
         result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name,
                       purged=sorted(set(t.name for t in run.purged) - set(t.name for t in tenants)))

@@ -184,7 +184,7 @@ def main():
     specs = build_specs(rules, module.params['chain'], present)
     try:
         driver = select_driver(module, module.params['driver'])
-        with HostLock():
+        with HostLock(module):
             result = sync_chains(driver, specs, module.check_mode)
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
