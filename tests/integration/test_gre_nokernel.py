@@ -8,6 +8,7 @@ any namespace and no namespace is created.
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import pytest
@@ -48,6 +49,17 @@ def snapshot(namespaces):
             for ns in namespaces}
 
 
+def assert_unchanged(before, namespaces):
+    """Every namespace's kernel state as before; on failure, show what differs."""
+    after = snapshot(namespaces)
+    for ns in namespaces:
+        if after[ns] != before[ns]:
+            lines = difflib.unified_diff(before[ns].splitlines(), after[ns].splitlines(), 'before', 'after',
+                                         lineterm='')
+            diff = '\n'.join(lines)
+            raise AssertionError('namespace %s changed:\n%s' % (ns, diff))
+
+
 @pytest.fixture
 def edge(netns_factory):
     """A host namespace with an anycast address, and a tenant namespace."""
@@ -78,7 +90,7 @@ def test_kernel_without_gre_fails_naming_it_and_changes_nothing(edge):
         assert 'nothing was changed' in msg, msg
     # the apply run really asked the kernel, and says what it answered
     assert 'the kernel said' in applied[0]['msg'], applied[0]['msg']
-    assert snapshot([host, tenant]) == state_before
+    assert_unchanged(state_before, [host, tenant])
     assert my_namespaces() == namespaces_before
 
 
@@ -94,7 +106,7 @@ def test_removing_needs_no_gre_and_changes_nothing(edge):
         helpers.ok(result)
         assert result['changed'] is False, result
         assert result['actions'] == [], result
-    assert snapshot([host, tenant]) == state_before
+    assert_unchanged(state_before, [host, tenant])
 
 
 BAD_INPUT = [
@@ -131,5 +143,5 @@ def test_bad_input_is_refused_naming_the_parameter(edge):
         assert result.get('failed'), result
         assert result['msg'].startswith(param), (param, result['msg'])
         assert text in result['msg'], (text, result['msg'])
-    assert snapshot([host, tenant]) == state_before
+    assert_unchanged(state_before, [host, tenant])
     assert my_namespaces() == namespaces_before
