@@ -740,26 +740,13 @@ def mss_chain(name):
     return MSS_CHAIN_PREFIX + name
 
 
-class _SynRule(Rule):
-    """A rule matching TCP SYN and SYN-ACK (``--tcp-flags SYN,RST SYN``).
-
-    The shared Rule model writes one value per option; this match takes two.
-    """
-
-    def _args(self, with_comment):
-        args = Rule._args(self, with_comment)
-        at = args.index('--tcp-flags')
-        args[at + 1:at + 2] = args[at + 1].split()
-        return args
-
-
 def mss_specs(name, families):
     """ChainSpecs (IPv4, IPv6) of one tunnel: clamped in ``families``, absent in the others."""
     specs = []
     for family in (4, 6):
         chain = mss_chain(name)
-        rule = _SynRule(family, 'TCPMSS', target_options=(('clamp-mss-to-pmtu', None),), protocol='tcp',
-                        matches=(('tcp', (('tcp-flags', 'SYN,RST SYN'),)),))
+        rule = Rule(family, 'TCPMSS', target_options=(('clamp-mss-to-pmtu', None),), protocol='tcp',
+                    matches=(('tcp', (('tcp-flags', ('SYN,RST', 'SYN')),)),))
         jump = Jump('FORWARD', Rule(family, chain, out_iface=name))
         specs.append(ChainSpec(family, 'mangle', chain, [rule], [jump], present=family in families))
     return specs
@@ -879,6 +866,7 @@ def run(module, namespaces, tunnels, purge, driver_name):
         'actions': plan.actions + mss['actions'],
         'tunnels': [t.as_dict() for t in tunnels],
         'corrected': corrected,
+        'removed': sorted('%s/%s' % (d.netns, d.name) for d in plan.delete),
         'driver': driver.name if driver is not None else None,
     }
     if module._diff:

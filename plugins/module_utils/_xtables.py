@@ -52,11 +52,29 @@ def _quote(value):
     return value
 
 
+def _option(opt, value):
+    """``--opt`` with no value (None), one value, or several (a tuple: ``--tcp-flags SYN,RST SYN``)."""
+    if value is None:
+        return ['--' + opt]
+    if isinstance(value, tuple):
+        return ['--' + opt] + [str(v) for v in value]
+    return ['--' + opt, str(value)]
+
+
+def _iptc_value(value):
+    if value is None:
+        return ''
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    return str(value)
+
+
 class Rule(object):
     """A rule of an owned chain (or a jump into one), independent of the driver.
 
     ``matches`` is a sequence of ``(extension, ((option, value or None), ...))``
-    and ``target_options`` a sequence of ``(option, value or None)``; option
+    and ``target_options`` a sequence of ``(option, value or None)``; a value
+    that is a tuple gives the option several words. Option
     names are written without the leading dashes, exactly as the iptables CLI
     spells them.
     """
@@ -82,16 +100,12 @@ class Rule(object):
         for name, opts in self.matches:
             args += ['-m', name]
             for opt, value in opts:
-                args.append('--' + opt)
-                if value is not None:
-                    args.append(str(value))
+                args += _option(opt, value)
         if with_comment:
             args += ['-m', 'comment', '--comment', self.tag]
         args += ['-j', self.target]
         for opt, value in self.target_options:
-            args.append('--' + opt)
-            if value is not None:
-                args.append(str(value))
+            args += _option(opt, value)
         return args
 
     @property
@@ -636,14 +650,14 @@ def iptc_build(family, rule):
     for name, opts in rule.matches:
         match = built.create_match(name)
         for opt, value in opts:
-            match.set_parameter(opt, '' if value is None else str(value))
+            match.set_parameter(opt, _iptc_value(value))
         if name in IPTC_FIXUPS:
             IPTC_FIXUPS[name](match, dict(opts))
     comment = built.create_match('comment')
     comment.comment = rule.tag
     target = built.create_target(rule.target)
     for opt, value in rule.target_options:
-        target.set_parameter(opt, '' if value is None else str(value))
+        target.set_parameter(opt, _iptc_value(value))
     if rule.target in IPTC_FIXUPS:
         IPTC_FIXUPS[rule.target](target, dict(rule.target_options))
     return built

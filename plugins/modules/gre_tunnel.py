@@ -117,6 +117,8 @@ options:
     type: str
     choices: [auto, python-iptables, iptables]
     default: auto
+extends_documentation_fragment:
+  - anycast.edge.persist
 attributes:
   check_mode:
     support: full
@@ -160,6 +162,20 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+persisted:
+  description: Per tunnel (C(netns/name)), the record re-applied at boot (null when the run removed it).
+  returned: when O(persist=true) and not in check mode
+  type: dict
+  sample: {tenant-acme/gre-acme: /etc/anycast-edge/state/gre_tunnel@host@tenant-acme_gre-acme.json}
+confirm_token:
+  description: With O(confirm_timeout), the token M(anycast.edge.confirm) takes; the change is rolled back unless confirmed.
+  returned: when a change was applied with confirm_timeout
+  type: str
+removed:
+  description: Tunnels (C(netns/name)) this run removed (state absent or purge).
+  returned: always
+  type: list
+  elements: str
 tunnels:
   description: The listed tunnels as requested (after the run, or predicted in check mode).
   returned: always
@@ -197,6 +213,9 @@ driver:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.anycast.edge.plugins.module_utils._persist import (
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
+
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
@@ -223,6 +242,7 @@ def main():
             purge=dict(type='bool', default=False),
             netns=dict(type='str'),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            **PERSIST_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
@@ -230,17 +250,38 @@ def main():
         tunnels = _gre.validate(module.params)
     except ParamError as exc:
         module.fail_json(msg=str(exc))
+    Persistence(module, 'gre_tunnel').validate()
     require_pyroute2(module)
     enter_module_netns(module)
 
     namespaces = _gre.Namespaces()
     try:
-        result = _gre.run(module, namespaces, tunnels, module.params['purge'], module.params['driver'])
+        with HostLock(module):
+            result = _gre.run(module, namespaces, tunnels, module.params['purge'], module.params['driver'])
     except _gre.GreError as exc:
         module.fail_json(msg=str(exc))
     finally:
         namespaces.close()
+    result.update(persist(module, result['changed'], result['removed']))
     module.exit_json(**result)
+
+
+def persist(module, changed, removed):
+    """One record per tunnel (netns/name), so that several calls add up."""
+    shared = dict((k, v) for k, v in Persistence(module, 'gre_tunnel').params().items()
+                  if k not in ('tunnels', 'purge'))
+    persisted = {}
+    for tunnel in module.params['tunnels']:
+        ident = '%s/%s' % (tunnel['netns'], tunnel['name'])
+        present = tunnel.get('state') != 'absent'
+        saved = Persistence(module, 'gre_tunnel', ident).save(
+            present, changed, params=dict(shared, tunnels=[tunnel], purge=False))
+        persisted[ident] = saved.get('persisted')
+    for ident in removed:
+        if ident not in persisted:
+            Persistence(module, 'gre_tunnel', ident).save(False, changed)
+            persisted[ident] = None
+    return {'persisted': persisted} if module.params['persist'] and not module.check_mode else {}
 
 
 if __name__ == '__main__':

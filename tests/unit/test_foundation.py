@@ -132,3 +132,10 @@ def test_planning_for_absent_removes_jumps_before_the_chain():
     spec = build_specs([], 'ANYCAST-TPROXY', present=False)[0]
     ops = x._plan_table(x.parse_save(SAVE_TEXT, 4, 'mangle'), [spec])
     assert [op[0] for op in ops] == ['delete', 'delete_chain']
+
+
+def test_an_option_may_take_several_words():
+    rule = x.Rule(4, 'TCPMSS', [('clamp-mss-to-pmtu', None)], protocol='tcp',
+                  matches=[('tcp', [('tcp-flags', ('SYN,RST', 'SYN'))])])
+    assert rule.restore_text().startswith('-p tcp -m tcp --tcp-flags SYN,RST SYN -m comment')
+    assert rule.restore_text().endswith('-j TCPMSS --clamp-mss-to-pmtu')

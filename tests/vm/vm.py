@@ -92,8 +92,9 @@ def free_port():
 class VM:
     """One booted VM; use as a context manager so QEMU is always stopped."""
 
-    def __init__(self, image, memory_mb=1024, name='aeg-vm'):
+    def __init__(self, image, memory_mb=1024, name='aeg-vm', allow_reboot=False):
         self.image = Path(image)
+        self.allow_reboot = allow_reboot  # a guest reboot restarts it (same snapshot) instead of ending QEMU
         self.memory_mb = memory_mb
         self.name = name
         self.port = None
@@ -113,7 +114,7 @@ class VM:
         self.port = free_port()
         cmd = [
             QEMU, '-name', self.name, '-accel', 'tcg,tb-size=512', '-cpu', 'max', '-m', str(self.memory_mb), '-smp', '1',
-            '-nodefaults', '-no-reboot', '-display', 'none', '-monitor', 'none',
+            '-nodefaults', '-display', 'none', '-monitor', 'none',
             '-serial', 'file:%s' % self.console_log,
             '-kernel', str(self.image / 'vmlinuz'), '-initrd', str(self.image / 'initrd.img'),
             '-append', 'root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 quiet',
@@ -121,11 +122,19 @@ class VM:
             '-netdev', 'user,id=uplink,hostfwd=tcp:127.0.0.1:%d-:22' % self.port,
             '-device', 'virtio-net-pci,netdev=uplink',
         ]
+        if not self.allow_reboot:
+            cmd.append('-no-reboot')
         started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.workdir / 'qemu.stderr', 'w'),
                                      start_new_session=True)
-        deadline = started + timeout
+        self.wait_for_ssh(started + timeout)
+        self.boot_seconds = time.monotonic() - started
+        return self
+
+    def wait_for_ssh(self, deadline):
+        """Poll until the guest answers on SSH (after a boot or a reboot)."""
+        timeout = deadline - time.monotonic()
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError('QEMU exited with %s before SSH came up:\n%s\n%s'
@@ -140,8 +149,6 @@ class VM:
                 raise RuntimeError('the VM did not answer on SSH within %d s; console:\n%s'
                                    % (timeout, self.console_tail()))
             time.sleep(2)
-        self.boot_seconds = time.monotonic() - started
-        return self
 
     def stop(self):
         if self.port is not None:
