@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write docs/bad-input.md from tests/bad_input_cases.py by running every case for real.
 
 Run as root from the repo root: sudo .venv/bin/python scripts/gen_bad_input_doc.py

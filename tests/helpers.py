@@ -218,8 +218,8 @@ class NamespaceFactory(object):
             nsexec(name, ['ip', 'link', 'set', 'lo', 'up'])
         # New namespaces may inherit ip_forward; say what we want.
         nsexec(name, ['sysctl', '-qw', 'net.ipv4.ip_forward=%d' % int(forwarding),
-                              'net.ipv6.conf.all.forwarding=%d' % int(forwarding),
-                              'net.ipv4.icmp_ratelimit=0'])
+                      'net.ipv6.conf.all.forwarding=%d' % int(forwarding),
+                      'net.ipv4.icmp_ratelimit=0'])
         return name
 
     def track(self, name):
@@ -237,7 +237,7 @@ class NamespaceFactory(object):
 def link_pair(host_ns, peer_ns, host_if, peer_if, host_addrs, peer_addrs):
     """A veth pair between two namespaces, with addresses, both ends up."""
     nsexec(host_ns, ['ip', 'link', 'add', host_if, 'type', 'veth', 'peer', 'name', peer_if,
-                             'netns', peer_ns])
+                     'netns', peer_ns])
     for ns, ifname, addrs, link_local in ((host_ns, host_if, host_addrs, 'fe80::1/64'),
                                           (peer_ns, peer_if, peer_addrs, 'fe80::2/64')):
         # IPv6 link-local addresses set by hand rather than autoconfigured: they

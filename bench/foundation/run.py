@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: anyip_route / tproxy_rule against the usual per-object Ansible loop.
 
 Everything runs inside a throwaway network namespace (prefix aeb). Measured in

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark anycast-proxy beside direct loopback, HAProxy (TCP mode, one thread) and socat.
 
 Run as root from the repository root:

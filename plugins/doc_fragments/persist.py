@@ -12,7 +12,7 @@ options:
     description:
       - Record the applied state under O(state_dir) so that C(anycast-edge-restore.service) re-applies it
         at boot, without Ansible, before the proxy starts. V(false) changes only the running kernel.
-      - O(state=absent) removes the record.
+      - Removing the objects (C(state=absent), or a purge) removes their records.
     type: bool
     default: true
   state_dir:
