@@ -175,14 +175,16 @@ def main():
     persistence.validate()
     require_pyroute2(module)
     enter_module_netns(module)
+    # The record is written under the same lock as the change: a concurrent
+    # run cannot record an older set after a newer one.
     with HostLock(module):
         result, owned_before, owned_after = sync(module, networks, src)
-    # What is recorded (and rolled back to) is the whole owned set, not this
-    # call's list: several calls without purge each add to it.
-    recorded = dict(persistence.params(), prefixes=owned_after, purge=True, state='present')
-    previous = dict(recorded, prefixes=owned_before)
-    result.update(persistence.save(bool(owned_after), result['changed'], params=recorded,
-                                   rollback_params=previous))
+        # What is recorded (and rolled back to) is the whole owned set, not this
+        # call's list: several calls without purge each add to it.
+        recorded = dict(persistence.params(), prefixes=owned_after, purge=True, state='present')
+        previous = dict(recorded, prefixes=owned_before)
+        result.update(persistence.save(bool(owned_after), result['changed'], params=recorded,
+                                       rollback_params=previous))
     module.exit_json(**result)
 
 

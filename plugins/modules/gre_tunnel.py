@@ -256,13 +256,13 @@ def main():
 
     namespaces = _gre.Namespaces()
     try:
-        with HostLock(module):
+        with HostLock(module):  # the records are written under the lock too
             result = _gre.run(module, namespaces, tunnels, module.params['purge'], module.params['driver'])
+            result.update(persist(module, result['changed'], result['removed']))
     except _gre.GreError as exc:
         module.fail_json(msg=str(exc))
     finally:
         namespaces.close()
-    result.update(persist(module, result['changed'], result['removed']))
     module.exit_json(**result)
 
 

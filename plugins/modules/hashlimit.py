@@ -328,8 +328,13 @@ def main():
     try:
         driver = select_driver(module, module.params['driver'])
         _hashlimit.register_iptc_fixup(driver)
-        with HostLock(module):
+        # At boot there is no SSH connection to detect: record the exemption it got.
+        recorded = persistence.params()
+        if ssh_exempt:
+            recorded['exempt'] = list(recorded.get('exempt') or []) + [ssh_exempt]
+        with HostLock(module):  # the record is written under the lock too
             result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
+            result.update(persistence.save(cfg['state'] == 'present', result['changed'], params=recorded))
         for warning in warnings:
             module.warn(warning)
         if cfg['state'] == 'present':
@@ -337,11 +342,6 @@ def main():
             result['hashlimit_table'] = _hashlimit.collect_tables(cfg, module.warn)
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
-    # At boot there is no SSH connection to detect: record the exemption it got.
-    recorded = persistence.params()
-    if ssh_exempt:
-        recorded['exempt'] = list(recorded.get('exempt') or []) + [ssh_exempt]
-    result.update(persistence.save(cfg['state'] == 'present', result['changed'], params=recorded))
     result['conntrack'] = _hashlimit.conntrack_status(module.warn)
     result['driver'] = driver.name
     result['ssh_exempt'] = ssh_exempt

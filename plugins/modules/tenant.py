@@ -341,10 +341,11 @@ def main():
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
     try:
-        with HostLock(module):
+        with HostLock(module):  # the records are written under the lock too
             changed, actions, xt = run.execute()
-        result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name,
-                      purged=sorted(set(t.name for t in run.purged) - set(t.name for t in tenants)))
+            purged = sorted(set(t.name for t in run.purged) - set(t.name for t in tenants))
+            persisted = persist(module, changed, purged)
+        result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name, purged=purged)
         if module._diff:
             before, after = run.diff()
             before += xt['diff']['before'].splitlines()
@@ -355,7 +356,7 @@ def main():
         module.fail_json(msg=str(exc))
     finally:
         run.close()
-    result.update(persist(module, result['changed'], result['purged']))
+    result.update(persisted)
     module.exit_json(**result)
 
 

@@ -184,11 +184,11 @@ def main():
     specs = build_specs(rules, module.params['chain'], present)
     try:
         driver = select_driver(module, module.params['driver'])
-        with HostLock(module):
+        with HostLock(module):  # the record is written under the lock too
             result = sync_chains(driver, specs, module.check_mode)
+            result.update(persistence.save(present, result['changed']))
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
-    result.update(persistence.save(present, result['changed']))
     result['driver'] = driver.name
     result['rules'] = {'ipv%d' % s.family: len(s.rules) if s.present else 0 for s in specs}
     if not module._diff:

@@ -181,9 +181,17 @@ def test_confirmed_change_stays_and_is_persisted(edge, state_dir):
     assert os.path.exists(os.path.join(state_dir, 'tproxy_rule@%s@ANYCAST-LOCKOUT.json' % edge_ns))
 
 
-def test_parallel_runs_and_another_tool_lose_no_rule(edge, state_dir):
+@pytest.mark.parametrize('variant', ['nf_tables', 'legacy'])
+def test_parallel_runs_and_another_tool_lose_no_rule(edge, state_dir, variant):
+    """Six rule chains and six prefixes applied at once, while another tool keeps writing the same table.
+
+    On the legacy variant the modules use the python-iptables driver, which must
+    hold the xtables lock that iptables-legacy -w takes, or a libiptc commit
+    would replace the table without the other tool's rules.
+    """
     edge_ns, _ctl = edge
-    env = helpers.module_env()
+    legacy = variant == 'legacy'
+    env = helpers.module_env({'PATH': helpers.legacy_host_path()} if legacy else None)
     procs = []
     for index in range(6):
         args = {'ANSIBLE_MODULE_ARGS': {'netns': edge_ns, 'chain': 'PAR-%d' % index, 'state_dir': state_dir,
@@ -200,14 +208,15 @@ def test_parallel_runs_and_another_tool_lose_no_rule(edge, state_dir):
         procs[-1].stdin.close()
     # meanwhile another tool (think Docker) keeps changing the same table
     other = subprocess.run(['ip', 'netns', 'exec', edge_ns, 'sh', '-c',
-                            'for i in $(seq 1 40); do iptables -w -t mangle -A FORWARD -s 10.9.9.$i -j ACCEPT; done'],
+                            'for i in $(seq 1 40); do %s -w -t mangle -A FORWARD -s 10.9.9.$i -j ACCEPT; done'
+                            % ('iptables-legacy' if legacy else 'iptables')],
                            capture_output=True, text=True, timeout=120, check=False)
     for proc in procs:
         out = proc.stdout.read()
         proc.wait()
         assert not json.loads(out).get('failed'), out
     assert other.returncode == 0, other.stderr
-    save = nsexec(edge_ns, ['iptables-save', '-t', 'mangle']).stdout
+    save = nsexec(edge_ns, ['iptables-legacy-save' if legacy else 'iptables-save', '-t', 'mangle']).stdout
     for index in range(6):
         assert save.count('-j PAR-%d' % index) == 1
         assert '-A PAR-%d -d 203.0.113.%d/32' % (index, index) in save
