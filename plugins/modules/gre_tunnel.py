@@ -214,7 +214,7 @@ driver:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence, save_per_object)
 
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
@@ -258,30 +258,13 @@ def main():
     try:
         with HostLock(module):  # the records are written under the lock too
             result = _gre.run(module, namespaces, tunnels, module.params['purge'], module.params['driver'])
-            result.update(persist(module, result['changed'], result['removed']))
+            result.update(save_per_object(module, 'gre_tunnel', 'tunnels', lambda t: '%s/%s' % (t['netns'], t['name']),
+                                          result['removed'], result['changed']))
     except _gre.GreError as exc:
         module.fail_json(msg=str(exc))
     finally:
         namespaces.close()
     module.exit_json(**result)
-
-
-def persist(module, changed, removed):
-    """One record per tunnel (netns/name), so that several calls add up."""
-    shared = dict((k, v) for k, v in Persistence(module, 'gre_tunnel').params().items()
-                  if k not in ('tunnels', 'purge'))
-    persisted = {}
-    for tunnel in module.params['tunnels']:
-        ident = '%s/%s' % (tunnel['netns'], tunnel['name'])
-        present = tunnel.get('state') != 'absent'
-        saved = Persistence(module, 'gre_tunnel', ident).save(
-            present, changed, params=dict(shared, tunnels=[tunnel], purge=False))
-        persisted[ident] = saved.get('persisted')
-    for ident in removed:
-        if ident not in persisted:
-            Persistence(module, 'gre_tunnel', ident).save(False, changed)
-            persisted[ident] = None
-    return {'persisted': persisted} if module.params['persist'] and not module.check_mode else {}
 
 
 if __name__ == '__main__':

@@ -290,7 +290,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._tenant import Run, T
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
 from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
+    PERSIST_ARGUMENT_SPEC, HostLock, Persistence, save_per_object)
 
 
 def main():
@@ -344,7 +344,7 @@ def main():
         with HostLock(module):  # the records are written under the lock too
             changed, actions, xt = run.execute()
             purged = sorted(set(t.name for t in run.purged) - set(t.name for t in tenants))
-            persisted = persist(module, changed, purged)
+            persisted = save_per_object(module, 'tenant', 'tenants', lambda t: t['name'], purged, changed)
         result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name, purged=purged)
         if module._diff:
             before, after = run.diff()
@@ -358,21 +358,6 @@ def main():
         run.close()
     result.update(persisted)
     module.exit_json(**result)
-
-
-def persist(module, changed, purged):
-    """One record per tenant, so that several calls (without purge) add up."""
-    shared = dict((k, v) for k, v in Persistence(module, 'tenant').params().items() if k not in ('tenants', 'purge'))
-    persisted = {}
-    for tenant in module.params['tenants']:
-        present = tenant.get('state') != 'absent'
-        record = dict(shared, tenants=[tenant], purge=False)
-        saved = Persistence(module, 'tenant', tenant['name']).save(present, changed, params=record)
-        persisted[tenant['name']] = saved.get('persisted')
-    for name in purged:
-        Persistence(module, 'tenant', name).save(False, changed)
-        persisted[name] = None
-    return {'persisted': persisted} if module.params['persist'] and not module.check_mode else {}
 
 
 if __name__ == '__main__':
