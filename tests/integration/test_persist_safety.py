@@ -169,14 +169,18 @@ def test_unconfirmed_change_that_cuts_the_controller_off_heals_itself(edge, cont
 
 def test_confirmed_change_stays_and_is_persisted(edge, state_dir):
     edge_ns, _ctl = edge
+    key = 'tproxy_rule@%s@ANYCAST-LOCKOUT' % edge_ns
     results = run_playbook([
-        {'anycast.edge.tproxy_rule': dict(CUT_OFF, netns=edge_ns, confirm_timeout=2)},
+        {'anycast.edge.tproxy_rule': dict(CUT_OFF, netns=edge_ns, confirm_timeout=4)},
+        {'anycast.edge.confirm': {}, 'check_mode': True},
         {'anycast.edge.confirm': {}},
     ], state_dir=state_dir)
     token = ok(results[0])['confirm_token']
-    assert ok(results[1])['confirmed'] == ['tproxy_rule@%s@ANYCAST-LOCKOUT' % edge_ns], results[1]
+    # check mode predicts the confirmation and confirms nothing: the real run still finds it pending
+    assert ok(results[1])['confirmed'] == [key] and results[1]['changed'], results[1]
+    assert ok(results[2])['confirmed'] == [key], results[2]
     assert token
-    time.sleep(3)  # past the deadline: a pending rollback would have run by now
+    time.sleep(5)  # past the deadline: a pending rollback would have run by now
     assert 'ANYCAST-LOCKOUT' in nsexec(edge_ns, ['iptables-save', '-t', 'mangle']).stdout
     assert os.path.exists(os.path.join(state_dir, 'tproxy_rule@%s@ANYCAST-LOCKOUT.json' % edge_ns))
 

@@ -95,14 +95,8 @@ class _Pump:
         except OSError as exc:
             self.session.abort(self, exc, reading=True)
             return
-        if n == 0:
-            self._on_eof()
+        if not self._received(n):
             return
-        self.session.last_activity = _monotonic()
-        if self.to_origin:
-            self.stats.bytes_in += n
-        else:
-            self.stats.bytes_out += n
         try:
             sent = self.dst.send(view[:n])
         except (BlockingIOError, InterruptedError):
@@ -168,6 +162,18 @@ class _Pump:
             pass  # the default pipe size still works
         self.splice_mode = True
 
+    def _received(self, n):
+        """Account for N bytes read (or the peer's FIN when N is 0); False when the read side ended."""
+        if n == 0:
+            self._on_eof()
+            return False
+        self.session.last_activity = _monotonic()
+        if self.to_origin:
+            self.stats.bytes_in += n
+        else:
+            self.stats.bytes_out += n
+        return True
+
     def _read_splice(self):
         try:
             n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
@@ -176,14 +182,8 @@ class _Pump:
         except OSError as exc:
             self.session.abort(self, exc, reading=True)
             return
-        if n == 0:
-            self._on_eof()
+        if not self._received(n):
             return
-        self.session.last_activity = _monotonic()
-        if self.to_origin:
-            self.stats.bytes_in += n
-        else:
-            self.stats.bytes_out += n
         self.in_pipe += n
         if self._drain_pipe() and self.in_pipe:
             self.reading = False
