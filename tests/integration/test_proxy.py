@@ -199,6 +199,23 @@ def test_half_close_keeps_the_other_direction_open(topo, start_proxy, origin, lo
     assert 'outcome=ok' in wait_for(lambda: 'tcp closed' in proxy.logs() and proxy.logs())
 
 
+@pytest.mark.parametrize('loop', ['dataplane', 'asyncio'])
+def test_request_and_fin_sent_before_the_origin_answers(topo, start_proxy, origin, loop):
+    # The client's bytes and FIN may arrive before the origin's connect completes: they must
+    # wait for it, in order, and the FIN must follow them.
+    origin(port=8080)
+    proxy = start_proxy(base_config(), env={'ANYCAST_PROXY_LOOP': loop})
+    for size in (1, 5000, 300000):
+        with topo.connect(random_v4(), random_port()) as sock:
+            sock.sendall(b'x' * size)
+            sock.shutdown(socket.SHUT_WR)
+            received = support.recv_until_eof(sock)
+        greeting, rest = received.split(b'\n', 1)
+        assert json.loads(greeting)['peer'][0] == EDGE_ORIGIN_V4
+        assert rest == b'x' * size + b'bye %d\n' % size
+    assert wait_for(lambda: proxy.logs().count('outcome=ok') == 3)
+
+
 def test_resets_propagate_both_ways(topo, start_proxy, origin):
     server = origin(port=8080)
     proxy = start_proxy(base_config())

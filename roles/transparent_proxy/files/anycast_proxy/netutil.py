@@ -59,6 +59,8 @@ def make_listener(endpoint, sock_type, transparent=True, reuseport=False, backlo
             kind = "tcp" if sock_type == socket.SOCK_STREAM else "udp"
             raise OSError(exc.errno, f"cannot listen on {kind} {endpoint}: {describe_os_error(exc)}") from None
         if sock_type == socket.SOCK_STREAM:
+            # Accepted sockets inherit TCP_NODELAY (Linux): one call per listener, not per connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.listen(backlog)
         sock.setblocking(False)
         return sock

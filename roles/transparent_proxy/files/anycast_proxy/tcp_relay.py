@@ -11,10 +11,18 @@ splice() through a pipe so that the bytes never enter user space (less CPU
 per byte; in our measurements less throughput per connection, see
 docs/benchmarks.md).
 
+Both sockets of a session are registered once, edge-triggered, and never
+modified (except to add EPOLLOUT the first time the client stops taking
+data): no epoll_ctl per state change. Edge-triggered means an event is a
+hint that something arrived; a pump reads until a short read says the
+socket is drained, and a pump that was blocked reads again when it is
+unblocked. A short read after EPOLLRDHUP is the end of the stream, so the
+FIN costs no extra read.
+
 A FIN is relayed as shutdown(SHUT_WR) once everything before it is out,
 leaving the other direction open; a reset on one side becomes a reset on
-the other. Sockets live on the data-plane epoll (poller.py); connect
-timeouts and idle timeouts are enforced by a periodic sweep.
+the other. Connect timeouts and idle timeouts are enforced by a periodic
+sweep.
 """
 import _socket
 import errno
@@ -24,10 +32,15 @@ import socket
 import time
 
 from .netutil import fmt_addr, reset_and_close
-from .poller import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
+from .poller import EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
 
 _READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
-_READING = EPOLLIN | EPOLLRDHUP   # RDHUP: the FIN is known with the last data, no extra wakeup
+_CLIENT_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
+# The origin waits for EPOLLOUT from the start: its first one says the connect finished.
+_ORIGIN_EVENTS = _CLIENT_EVENTS | EPOLLOUT
+_DONTWAIT = socket.MSG_DONTWAIT   # accepted sockets stay blocking: no fcntl/ioctl per connection
+_DONTWAIT_MORE = _DONTWAIT | socket.MSG_MORE
+READ_BUDGET = 8   # full reads per wakeup before a bulk pump lets the other connections run
 
 _monotonic = time.monotonic
 # Relayed sockets are the C-level socket type: the same methods without socket.socket's Python
@@ -56,9 +69,9 @@ CONNECT_ERRORS = {
 class _Pump:
     """One direction: src -> dst."""
 
-    __slots__ = ("session", "relay", "src", "dst", "sfd", "dfd", "pending", "reading", "blocked",
-                 "eof", "done", "to_origin", "splice_mode", "pipe_r", "pipe_w", "in_pipe", "may_splice",
-                 "stats", "bulk")
+    __slots__ = ("session", "relay", "src", "dst", "sfd", "dfd", "pending", "blocked", "eof", "done",
+                 "ended", "hint", "to_origin", "splice_mode", "pipe_r", "pipe_w", "in_pipe", "may_splice",
+                 "stats", "bulk", "scheduled")
 
     def __init__(self, session, src, dst, to_origin):
         relay = session.relay
@@ -67,10 +80,11 @@ class _Pump:
         self.src, self.dst = src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
         self.pending = None        # bytes the receiver has not taken yet (memoryview)
-        self.reading = True        # interested in src readable
-        self.blocked = False       # interested in dst writable
-        self.eof = False
-        self.done = False
+        self.blocked = False       # waiting for dst to be writable; src is not read meanwhile
+        self.eof = False           # src's end of stream was read
+        self.done = False          # ...and relayed
+        self.ended = False         # epoll saw src's FIN (EPOLLRDHUP): a short read is the end
+        self.hint = False          # src was readable before the session could relay
         self.to_origin = to_origin
         self.splice_mode = False
         self.bulk = False
@@ -78,50 +92,72 @@ class _Pump:
         self.pipe_r = self.pipe_w = -1
         self.in_pipe = 0
         self.stats = session.stats
+        self.scheduled = False
 
     def read(self):
+        """Relay what src has until it is drained, dst is full or the budget is spent."""
         if self.splice_mode:
             self._read_splice()
             return
         relay = self.relay
-        if self.bulk:
-            buf, view = relay.bulk_scratch, relay.bulk_view
-        else:
-            buf, view = relay.scratch, relay.scratch_view
-        try:
-            n = self.src.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.session.abort(self, exc, reading=True)
-            return
-        if not self._received(n):
-            return
-        try:
-            sent = self.dst.send(view[:n])
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.session.abort(self, exc, reading=False)
-            return
-        if sent < n:
-            self.pending = memoryview(bytes(view[sent:n]))
-            self.reading = False
-            self.blocked = True
-            self.session.update_interest()
-        elif n == len(buf) and not self.bulk:
-            # A full buffer means bulk data: read in bigger chunks, or let the kernel move it.
-            self.bulk = True
-            if self.may_splice:
-                self._enter_splice()
+        src, dst = self.src, self.dst
+        for _unused1 in range(READ_BUDGET):
+            if self.bulk:
+                buf, view = relay.bulk_scratch, relay.bulk_view
+            else:
+                buf, view = relay.scratch, relay.scratch_view
+            size = len(buf)
+            try:
+                n = src.recv_into(buf, size, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.session.abort(self, exc, reading=True)
+                return
+            if n == 0:
+                self._on_eof()
+                return
+            self.session.last_activity = _monotonic()
+            if self.to_origin:
+                self.stats.bytes_in += n
+            else:
+                self.stats.bytes_out += n
+            # A short read after EPOLLRDHUP is the last data: MSG_MORE holds it back until the
+            # shutdown() that follows, so that data and FIN leave in one segment.
+            last = n < size and self.ended
+            try:
+                sent = dst.send(view[:n], _DONTWAIT_MORE if last else _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.session.abort(self, exc, reading=False)
+                return
+            if sent < n:
+                self.pending = memoryview(bytes(view[sent:n]))
+                self._block()
+                if last:
+                    self.eof = True
+                return
+            if n < size:
+                if last:
+                    self._on_eof()
+                return
+            if not self.bulk:
+                # A full buffer means bulk data: read in bigger chunks, or let the kernel move it.
+                self.bulk = True
+                if self.may_splice and self._enter_splice():
+                    self._read_splice()
+                    return
+        self._yield()
 
     def write(self):
+        """dst is writable again: flush what it did not take, then read on."""
         if self.splice_mode:
             if not self._drain_pipe() or self.in_pipe:
                 return
         else:
             try:
-                sent = self.dst.send(self.pending)
+                sent = self.dst.send(self.pending, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -135,19 +171,34 @@ class _Pump:
         if self.eof:
             self._finish()
         else:
-            self.reading = True
-            self.session.update_interest()
+            self.read()   # src's events were ignored while blocked
 
     def queue(self, data):
         """Write DATA to dst before anything read from src (the PROXY header)."""
         try:
-            sent = self.dst.send(data)
+            sent = self.dst.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent < len(data):
             self.pending = memoryview(data)[sent:]
-            self.reading = False
-            self.blocked = True
+            self._block()
+
+    def _block(self):
+        self.blocked = True
+        if not self.to_origin:
+            self.session.watch_client_writable()
+
+    def _yield(self):
+        # More data is waiting, but other connections get their turn first; no new edge will
+        # come for what is already queued, so come back by ourselves.
+        if not self.scheduled:
+            self.scheduled = True
+            self.relay.loop.call_soon(self._resume)
+
+    def _resume(self):
+        self.scheduled = False
+        if not (self.session.closed or self.blocked or self.eof):
+            self.read()
 
     # -- splice mode ---------------------------------------------------------
     def _enter_splice(self):
@@ -155,40 +206,41 @@ class _Pump:
             self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             self.may_splice = False
-            return
+            return False
         try:
             fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # the default pipe size still works
+        # splice() honours only the sockets' own O_NONBLOCK (accepted sockets are blocking).
+        self.src.setblocking(False)
+        self.dst.setblocking(False)
         self.splice_mode = True
-
-    def _received(self, n):
-        """Account for N bytes read (or the peer's FIN when N is 0); False when the read side ended."""
-        if n == 0:
-            self._on_eof()
-            return False
-        self.session.last_activity = _monotonic()
-        if self.to_origin:
-            self.stats.bytes_in += n
-        else:
-            self.stats.bytes_out += n
         return True
 
     def _read_splice(self):
-        try:
-            n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.session.abort(self, exc, reading=True)
-            return
-        if not self._received(n):
-            return
-        self.in_pipe += n
-        if self._drain_pipe() and self.in_pipe:
-            self.reading = False
-            self.blocked = True
-            self.session.update_interest()
+        for _unused1 in range(READ_BUDGET):
+            try:
+                n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return   # the pipe is empty whenever we read, so src is drained
+            except OSError as exc:
+                self.session.abort(self, exc, reading=True)
+                return
+            if n == 0:
+                self._on_eof()
+                return
+            self.session.last_activity = _monotonic()
+            if self.to_origin:
+                self.stats.bytes_in += n
+            else:
+                self.stats.bytes_out += n
+            self.in_pipe += n
+            if not self._drain_pipe():
+                return
+            if self.in_pipe:
+                self._block()
+                return
+        self._yield()
 
     def _drain_pipe(self):
         while self.in_pipe:
@@ -205,10 +257,7 @@ class _Pump:
     # -- end of stream -------------------------------------------------------
     def _on_eof(self):
         self.eof = True
-        self.reading = False
-        if self.blocked:
-            self.session.update_interest()
-        else:
+        if not self.blocked:
             self._finish()
 
     def _finish(self):
@@ -220,8 +269,9 @@ class _Pump:
                 self.dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        # else: both directions are over; close() sends the FIN.
-        session.pump_done()
+            return
+        # Both directions are over; close() sends the FIN.
+        session.close("ok")
 
     def mode(self):
         return "s" if self.splice_mode else ("b" if self.bulk else "-")
@@ -236,7 +286,7 @@ class _Pump:
 class TcpSession:
     __slots__ = ("relay", "client", "client_addr", "dst", "route", "stats", "origin", "cfd", "ofd",
                  "origin_addr", "c2o", "o2c", "t_start", "last_activity", "connect_deadline",
-                 "cmask", "omask", "closed", "source_key")
+                 "connected", "client_writable_watched", "closed", "source_key")
 
     def __init__(self, relay, client, client_addr, dst, route, stats, source_key):
         self.relay = relay
@@ -253,7 +303,8 @@ class TcpSession:
         self.c2o = self.o2c = None
         self.t_start = self.last_activity = _monotonic()
         self.connect_deadline = None
-        self.cmask = self.omask = 0
+        self.connected = False
+        self.client_writable_watched = False
         self.closed = False
 
     # -- connecting ----------------------------------------------------------
@@ -267,15 +318,19 @@ class TcpSession:
         self.origin = origin
         self.ofd = origin.fileno()
         err = origin.connect_ex(self.origin_addr)
+        if err not in (0, errno.EINPROGRESS):
+            self._connect_failed(err)
+            return
+        self.c2o = _Pump(self, self.client, origin, True)
+        self.o2c = _Pump(self, origin, self.client, False)
+        poller = self.relay.poller
+        poller.register(self.cfd, _CLIENT_EVENTS, self.on_client)
+        poller.register(self.ofd, _ORIGIN_EVENTS, self.on_origin)
         if err == 0:
             self._connected()
-        elif err == errno.EINPROGRESS:
-            self.omask = EPOLLOUT
-            self.relay.poller.register(self.ofd, EPOLLOUT, self.on_origin)
+        else:
             self.connect_deadline = self.t_start + route.connect_timeout
             self.relay.connecting.add(self)
-        else:
-            self._connect_failed(err)
 
     def _connect_failed(self, err):
         kind = CONNECT_ERRORS.get(err, errno.errorcode.get(err, str(err)).lower())
@@ -284,104 +339,83 @@ class TcpSession:
         self.close("connect_" + kind, reset_client=True)
 
     def _connected(self):
+        self.connected = True
         now = _monotonic()
         self.stats.observe_connect(now - self.t_start)
         self.last_activity = now
-        client, origin = self.client, self.origin
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        origin.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.c2o = _Pump(self, client, origin, True)
-        self.o2c = _Pump(self, origin, client, False)
+        # The client's socket inherited TCP_NODELAY from the listener.
+        self.origin.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c2o = self.c2o
         if self.route.proxy_protocol != "none":
-            self.c2o.queue(self.relay.proxy_header(self.route.proxy_protocol, self.client_addr, self.dst))
-        poller = self.relay.poller
-        poller.handlers[self.cfd] = self.on_client
-        if self.omask:
-            poller.handlers[self.ofd] = self.on_origin
-        else:
-            poller.register(self.ofd, _READING, self.on_origin)
-            self.omask = _READING
-        self.update_interest()
-        # Clients usually speak first and their bytes are waiting by now: relay them without
-        # waiting for another turn of the loop.
-        if self.c2o.reading:
-            self.c2o.read()
+            c2o.queue(self.relay.proxy_header(self.route.proxy_protocol, self.client_addr, self.dst))
+        # Clients usually speak first: what they sent while we connected is relayed now.
+        if c2o.hint and not c2o.blocked:
+            c2o.read()
 
     # -- events ----------------------------------------------------------------
     def on_client(self, events):
-        c2o, o2c = self.c2o, self.o2c
+        c2o = self.c2o
+        if events & EPOLLRDHUP and not events & EPOLLERR:
+            c2o.ended = True
+        if not self.connected:
+            if events & EPOLLERR:
+                self._socket_error(self.client, True)
+            else:
+                c2o.hint = True
+            return
+        o2c = self.o2c
         handled = False
-        if c2o.reading and events & _READ_EVENTS:
-            handled = True
-            c2o.read()
-            if events & EPOLLRDHUP and c2o.reading and not self.closed:
-                c2o.read()   # the end of the stream follows the data just read
-            if self.closed:
-                return
-        if o2c.blocked and events & (EPOLLOUT | EPOLLERR):
+        if events & EPOLLOUT and o2c.blocked:
             handled = True
             o2c.write()
-        if not handled and events & EPOLLERR:
+            if self.closed:
+                return
+        if events & _READ_EVENTS and not (c2o.blocked or c2o.eof):
+            handled = True
+            c2o.read()
+        # An error on a client that already sent its FIN surfaces when something is written to it
+        # (a client that closes after the answer it wanted is not an abort).
+        if not handled and events & EPOLLERR and not (self.closed or c2o.eof):
             self._socket_error(self.client, True)
 
     def on_origin(self, events):
-        c2o, o2c = self.c2o, self.o2c
-        if c2o is None:
+        o2c = self.o2c
+        if events & EPOLLRDHUP and not events & EPOLLERR:
+            o2c.ended = True
+        if not self.connected:
             self.relay.connecting.discard(self)
             # Writable without an error is success; ask for the error only on failure.
             if events & (EPOLLERR | EPOLLHUP):
                 self._connect_failed(self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNREFUSED)
-            else:
-                self._connected()
-            return
-        handled = False
-        if o2c.reading and events & _READ_EVENTS:
-            handled = True
-            o2c.read()
-            if events & EPOLLRDHUP and o2c.reading and not self.closed:
-                o2c.read()
+                return
+            self._connected()
             if self.closed:
                 return
-        if c2o.blocked and events & (EPOLLOUT | EPOLLERR):
+            events &= ~EPOLLOUT   # that one was the connect
+        c2o = self.c2o
+        handled = False
+        if events & EPOLLOUT and c2o.blocked:
             handled = True
             c2o.write()
-        if not handled and events & EPOLLERR:
+            if self.closed:
+                return
+        if events & _READ_EVENTS and not (o2c.blocked or o2c.eof):
+            handled = True
+            o2c.read()
+        if not handled and events & EPOLLERR and not (self.closed or o2c.eof):
             self._socket_error(self.origin, False)
+
+    def watch_client_writable(self):
+        """The client stopped taking data: from now on its EPOLLOUT edges matter too."""
+        if not self.client_writable_watched:
+            self.client_writable_watched = True
+            self.relay.poller.modify(self.cfd, _ORIGIN_EVENTS)
 
     def _socket_error(self, sock, is_client):
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNRESET
         code = errno.errorcode.get(err, "error").lower()
         outcome = ("client_" if is_client else "origin_") + code
         self.close(outcome, reset_client=not is_client, reset_origin=is_client)
-
-    def update_interest(self):
-        """Tell epoll what each socket waits for now; a socket that waits for nothing leaves the set."""
-        c2o, o2c = self.c2o, self.o2c
-        cmask = (_READING if c2o.reading else 0) | (EPOLLOUT if o2c.blocked else 0)
-        omask = (_READING if o2c.reading else 0) | (EPOLLOUT if c2o.blocked else 0)
-        epoll = self.relay.poller.epoll
-        if cmask != self.cmask:
-            if not self.cmask:
-                epoll.register(self.cfd, cmask)
-            elif not cmask:
-                epoll.unregister(self.cfd)
-            else:
-                epoll.modify(self.cfd, cmask)
-            self.cmask = cmask
-        if omask != self.omask:
-            if not self.omask:
-                epoll.register(self.ofd, omask)
-            elif not omask:
-                epoll.unregister(self.ofd)
-            else:
-                epoll.modify(self.ofd, omask)
-            self.omask = omask
-
-    def pump_done(self):
-        if self.c2o.done and self.o2c.done:
-            self.close("ok")
-        else:
-            self.update_interest()
 
     def abort(self, pump, exc, reading):
         """A socket error: reset the side that is still alive."""
@@ -411,7 +445,7 @@ class TcpSession:
         if self.c2o is not None:
             self.c2o.close_pipe()
             self.o2c.close_pipe()
-        else:
+        if not self.connected:
             relay.connecting.discard(self)
         relay.session_closed(self, outcome)
 
@@ -498,7 +532,7 @@ class TcpRelay:
         self._sweeps += 1
         if self._sweeps % IDLE_SWEEP_EVERY == 0:
             idle = [s for s in self.sessions
-                    if s.c2o is not None and now - s.last_activity >= s.route.idle_timeout]
+                    if s.connected and now - s.last_activity >= s.route.idle_timeout]
             for session in idle:
                 session.close("idle_timeout")
         self._sweep_handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -514,9 +548,9 @@ class TcpRelay:
                     self._pause_accepting(lsock, exc)
                     return
                 continue  # ECONNABORTED and the like: that one connection is gone
+            # A blocking descriptor (accept4 without SOCK_NONBLOCK): every call on it passes
+            # MSG_DONTWAIT instead of paying a syscall to change that.
             client = _RawSocket(family, socket.SOCK_STREAM, 0, fd)
-            # accept4() gave a blocking descriptor (the type flag above would not change it).
-            client.setblocking(False)
             self._new_connection(client, client_addr)
 
     def _new_connection(self, client, client_addr):
@@ -569,7 +603,7 @@ class TcpRelay:
                 f"tcp closed client={fmt_addr(session.client_addr)} dst={fmt_addr(session.dst)} "
                 f"route={session.route.name} origin={fmt_addr(session.origin_addr)} outcome={outcome} "
                 f"duration={_monotonic() - session.t_start:.3f}s"
-                + ("" if c2o is None else f" bulk={c2o.mode()}{o2c.mode()}"))
+                + (f" bulk={c2o.mode()}{o2c.mode()}" if session.connected else ""))
 
     def reset_all(self, outcome="shutdown"):
         for session in list(self.sessions):
