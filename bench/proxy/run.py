@@ -108,6 +108,18 @@ def rss_mib(pid):
     return total / 1024
 
 
+def machine_busy_seconds():
+    """CPU time of the whole machine outside idle and iowait (all processes, softirqs, kworkers)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
+
+
+def tcp_out_segments(ns):
+    lines = [l.split() for l in ns.run("cat", "/proc/net/snmp").stdout.splitlines() if l.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("OutSegs")])
+
+
 def load(ns, *args, timeout=120):
     out = ns.run(PY, LOAD, *[str(a) for a in args], timeout=timeout).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -190,18 +202,22 @@ def stop(proc):
 
 
 def measure_bulk(ns, target, nbytes):
-    c0 = target.cpu()
+    c0, m0 = target.cpu(), machine_busy_seconds()
     res = load(ns, "bulk", target.dial, nbytes)
     res["cpu_s"] = target.cpu() - c0
     res["cpu_s_per_gib"] = res["cpu_s"] / (nbytes / 2**30)
+    # The whole machine too: client, origin, softirqs and kernel threads, whoever did the work.
+    res["machine_cpu_s_per_gib"] = (machine_busy_seconds() - m0) / (nbytes / 2**30)
     return res
 
 
 def measure_short(ns, target, seconds, conc):
-    c0 = target.cpu()
+    c0, g0 = target.cpu(), tcp_out_segments(ns)
     res = load(ns, "short", target.dial, seconds, conc)
     res["cpu_s"] = target.cpu() - c0
     res["cpu_us_per_conn"] = res["cpu_s"] / max(res["connections"], 1) * 1e6
+    # Every TCP segment sent in the namespace (client, proxy and origin alike) per connection.
+    res["segments_per_conn"] = (tcp_out_segments(ns) - g0) / max(res["connections"], 1)
     return res
 
 
@@ -274,10 +290,12 @@ def main():
         for t in targets:
             r = results[t.name] = {"runs": runs[t.name]}
             r["bulk"] = max(runs[t.name]["bulk"], key=lambda x: x["gbit_s"])
-            r["bulk"]["cpu_s_per_gib"] = min(x["cpu_s_per_gib"] for x in runs[t.name]["bulk"])
+            for key in ("cpu_s_per_gib", "machine_cpu_s_per_gib"):
+                r["bulk"][key] = min(x[key] for x in runs[t.name]["bulk"])
             for key in ("short_c1", "short_c50"):
                 r[key] = dict(max(runs[t.name][key], key=lambda x: x["per_second"]))
-                r[key]["cpu_us_per_conn"] = min(x["cpu_us_per_conn"] for x in runs[t.name][key])
+                for field in ("cpu_us_per_conn", "segments_per_conn"):
+                    r[key][field] = min(x[field] for x in runs[t.name][key])
         by_name = {t.name: t for t in targets}
         for name, count in (("anycast-proxy", idle_n), ("haproxy", idle_n),
                             ("anycast-proxy x2", 10000 if not args.quick else idle_n)):
@@ -291,17 +309,19 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     direct = results["direct"]["bulk"]["gbit_s"]
-    rows = [("target", "bulk Gbit/s", "x direct", "CPU s/GiB", "c1 conn/s", "c1 p99 ms", "c50 conn/s",
-             "c50 p99 ms", "CPU us/conn", "idle conns", "RSS MiB")]
+    rows = [("target", "bulk Gbit/s", "x direct", "CPU s/GiB", "machine s/GiB", "c1 conn/s", "c1 p99 ms",
+             "c50 conn/s", "c50 p99 ms", "CPU us/conn", "segs/conn", "idle conns", "RSS MiB")]
     for name in ("direct", "anycast-proxy", "anycast-proxy x2", "anycast-proxy splice", "haproxy", "socat"):
         r = results[name]
         idle = r.get("idle", {})
         rows.append((
             name, fmt(r["bulk"]["gbit_s"], ".2f"), fmt(r["bulk"]["gbit_s"] / direct, ".2f"),
             "-" if name == "direct" else fmt(r["bulk"]["cpu_s_per_gib"], ".2f"),
+            fmt(r["bulk"]["machine_cpu_s_per_gib"], ".2f"),
             fmt(r["short_c1"]["per_second"], ".0f"), fmt(r["short_c1"]["p99_ms"], ".2f"),
             fmt(r["short_c50"]["per_second"], ".0f"), fmt(r["short_c50"]["p99_ms"], ".2f"),
             "-" if name == "direct" else fmt(r["short_c50"]["cpu_us_per_conn"], ".0f"),
+            fmt(r["short_c50"]["segments_per_conn"], ".1f"),
             fmt(idle.get("connections"), "d"), fmt(idle.get("rss_mib"), ".1f"),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
