@@ -117,11 +117,7 @@ class _Pump:
             if n == 0:
                 self._on_eof()
                 return
-            self.session.last_activity = _monotonic()
-            if self.to_origin:
-                self.stats.bytes_in += n
-            else:
-                self.stats.bytes_out += n
+            self._account(n)
             # A short read after EPOLLRDHUP is the last data: MSG_MORE holds it back until the
             # shutdown() that follows, so that data and FIN leave in one segment.
             last = n < size and self.ended
@@ -149,6 +145,14 @@ class _Pump:
                     self._read_splice()
                     return
         self._yield()
+
+    def _account(self, n):
+        """N bytes read from src, copied or spliced alike."""
+        self.session.last_activity = _monotonic()
+        if self.to_origin:
+            self.stats.bytes_in += n
+        else:
+            self.stats.bytes_out += n
 
     def write(self):
         """dst is writable again: flush what it did not take, then read on."""
@@ -229,11 +233,7 @@ class _Pump:
             if n == 0:
                 self._on_eof()
                 return
-            self.session.last_activity = _monotonic()
-            if self.to_origin:
-                self.stats.bytes_in += n
-            else:
-                self.stats.bytes_out += n
+            self._account(n)
             self.in_pipe += n
             if not self._drain_pipe():
                 return
