@@ -566,6 +566,9 @@ def test_workers_share_the_listeners(topo, start_proxy, origin):
     assert metric(proxy.metrics(), 'anycast_proxy_connections_total', route='web') == 20
     proxy.signal(signal.SIGTERM)
     assert proxy.proc.wait(15) == 0
+    # Each worker says it stopped, and nothing else: no traceback, no task left pending.
+    assert 'worker 0: stopped' in proxy.logs() and 'worker 1: stopped' in proxy.logs(), proxy.logs()
+    assert 'Task was destroyed' not in proxy.logs() and 'Traceback' not in proxy.logs(), proxy.logs()
 
 
 def test_a_crashed_worker_is_replaced(topo, start_proxy, origin):

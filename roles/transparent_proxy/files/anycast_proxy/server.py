@@ -86,6 +86,7 @@ class ProxyServer:
         self.log = log
         self.notifier = notifier
         self.worker = worker            # (index, control socket) in a worker process
+        self.control_task = None        # a worker's reader of the supervisor's requests
         self.metrics = Metrics()
         self.listeners = {}             # (Endpoint, "tcp"|"udp") -> socket
         self.metrics_server = None
@@ -193,6 +194,10 @@ class ProxyServer:
             self._watchdog()
         await self.stop_event.wait()
         await self.drain()
+        if self.control_task is not None:
+            # Ended here, not left pending for the closing loop to complain about.
+            self.control_task.cancel()
+            await asyncio.gather(self.control_task, return_exceptions=True)
         return 0
 
     def _watchdog(self):
@@ -235,7 +240,7 @@ class ProxyServer:
                     writer.write(json.dumps(self.metrics.snapshot()).encode() + b"\n")
                     await writer.drain()
 
-        spawn(serve())
+        self.control_task = spawn(serve())
         writer.write(b"ready\n")
         await writer.drain()
 
