@@ -44,7 +44,7 @@ def read_local_routes(raw):
     """All type-local routes of table local, owned or not, keyed like AnyipRoute.key."""
     found = {}
     for family in (4, 6):
-        for route in raw.dump(family, TABLE_LOCAL):
+        for route in raw.routes(family, TABLE_LOCAL):
             if route['type'] != RTN_LOCAL:
                 continue
             net = ipaddress.ip_network('%s/%d' % (route['dst'], route['dst_len']))

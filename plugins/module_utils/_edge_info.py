@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    ROUTE_PROTO, RawRoutes, TABLE_LOCAL, RTN_LOCAL, get_attr, open_iproute)
+    ROUTE_PROTO, RawRtnl, TABLE_LOCAL, RTN_LOCAL, get_attr, open_iproute)
 from ansible_collections.anycast.edge.plugins.module_utils._netns import in_netns, list_netns
 from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
     FULL_WARNING, conntrack_status, proc_table_path, table_entries)
@@ -29,9 +29,9 @@ TENANT_LINK_ALIAS = 'anycast.edge tenant '
 
 def anyip_prefixes():
     out = {'ipv4': [], 'ipv6': []}
-    with RawRoutes() as raw:
+    with RawRtnl() as raw:
         for family in (4, 6):
-            for route in raw.dump(family, TABLE_LOCAL):
+            for route in raw.routes(family, TABLE_LOCAL):
                 if route['type'] == RTN_LOCAL and route['proto'] == ROUTE_PROTO:
                     out['ipv%d' % family].append('%s/%d' % (route['dst'], route['dst_len']))
     return out

@@ -163,7 +163,9 @@ def _attr(kind, payload):
     return _RTATTR.pack(length, kind) + payload + b'\0' * ((4 - length % 4) % 4)
 
 
-def _parse_attrs(data, offset, end):
+def parse_attrs(data, offset, end=None):
+    """{type: raw payload} of the rtattrs in DATA[OFFSET:END] (nested flag masked)."""
+    end = len(data) if end is None else end
     attrs = {}
     while offset + 4 <= end:
         length, kind = _RTATTR.unpack_from(data, offset)
@@ -174,11 +176,13 @@ def _parse_attrs(data, offset, end):
     return attrs
 
 
-class RawRoutes(object):
-    """Route dumps and batched route changes in the current namespace."""
+class RawRtnl(object):
+    """A plain rtnetlink socket in the namespace of the creating thread: dumps of any kind, and
+    batched route changes. Reads of every kind and bulk route work go through here; other writes
+    go through pyroute2."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         for option in (NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             try:
@@ -211,42 +215,48 @@ class RawRoutes(object):
             yield kind, flags, seq, data, offset, offset + length
             offset += (length + 3) & ~3
 
-    def dump(self, family, table):
-        """[dict] of every route of one family in one table (filtered by the kernel when it can)."""
-        af = FAMILY[family]
-        body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
+    def dump(self, msg_type, body):
+        """[payload] of every message a dump request of MSG_TYPE returns (what follows the netlink header)."""
         seq = self._next_seq()
-        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE,
-                                      NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-        routes = []
+        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+                       + body)
+        found = []
         while True:
             for kind, _flags, mseq, data, start, end in self._messages():
                 if mseq != seq:
                     continue
                 if kind == NLMSG_DONE:
-                    return routes
+                    return found
                 if kind == NLMSG_ERROR:
                     code = -struct.unpack_from('=i', data, start + _NLMSGHDR.size)[0]
-                    raise OSError(code, os.strerror(code))
-                if kind != RTM_NEWROUTE:
-                    continue
-                (rfamily, dst_len, _src_len, _tos, rtable, proto, scope, rtype,
-                 _rflags) = _RTMSG.unpack_from(data, start + _NLMSGHDR.size)
-                attrs = _parse_attrs(data, start + _NLMSGHDR.size + _RTMSG.size, end)
-                if RTA_TABLE in attrs:
-                    rtable = struct.unpack('=I', attrs[RTA_TABLE][:4])[0]
-                if rtable != table or rfamily != af:
-                    continue
-                dst = attrs.get(RTA_DST)
-                routes.append({
-                    'family': family,
-                    'dst': socket.inet_ntop(af, dst) if dst else ('0.0.0.0' if family == 4 else '::'),
-                    'dst_len': dst_len, 'type': rtype, 'scope': scope, 'proto': proto, 'table': rtable,
-                    'oif': struct.unpack('=I', attrs[RTA_OIF][:4])[0] if RTA_OIF in attrs else None,
-                    'prefsrc': socket.inet_ntop(af, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else None,
-                    'gateway': socket.inet_ntop(af, attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None,
-                    'priority': struct.unpack('=I', attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else None,
-                })
+                    if code:
+                        raise OSError(code, os.strerror(code))
+                    return found
+                found.append(data[start + _NLMSGHDR.size:end])
+
+    def routes(self, family, table):
+        """[dict] of every route of one family in one table (filtered by the kernel when it can)."""
+        af = FAMILY[family]
+        body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
+        routes = []
+        for msg in self.dump(RTM_GETROUTE, body):
+            (rfamily, dst_len, _src_len, _tos, rtable, proto, scope, rtype, _rflags) = _RTMSG.unpack_from(msg)
+            attrs = parse_attrs(msg, _RTMSG.size)
+            if RTA_TABLE in attrs:
+                rtable = struct.unpack('=I', attrs[RTA_TABLE][:4])[0]
+            if rtable != table or rfamily != af:
+                continue
+            dst = attrs.get(RTA_DST)
+            routes.append({
+                'family': family,
+                'dst': socket.inet_ntop(af, dst) if dst else ('0.0.0.0' if family == 4 else '::'),
+                'dst_len': dst_len, 'type': rtype, 'scope': scope, 'proto': proto, 'table': rtable,
+                'oif': struct.unpack('=I', attrs[RTA_OIF][:4])[0] if RTA_OIF in attrs else None,
+                'prefsrc': socket.inet_ntop(af, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else None,
+                'gateway': socket.inet_ntop(af, attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None,
+                'priority': struct.unpack('=I', attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else None,
+            })
+        return routes
 
     @staticmethod
     def encode(op, route, seq):

@@ -36,7 +36,7 @@ import socket
 import struct
 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    FAMILY, NetlinkError, ROUTE_PROTO, TABLE_MAIN, failure, open_iproute)
+    FAMILY, NetlinkError, ROUTE_PROTO, TABLE_MAIN, RawRtnl, failure, open_iproute, parse_attrs)
 from ansible_collections.anycast.edge.plugins.module_utils._netns import (
     NETNS_RUN_DIR, NetnsError, _setns, check_netns_name, in_netns, list_netns, netns_path)
 from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft
@@ -69,11 +69,6 @@ IFF_UP = 1
 LO_INDEX = 1
 
 # rtnetlink numbers (linux/rtnetlink.h, if_link.h, if_addr.h, fib_rules.h)
-NETLINK_ROUTE = 0
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 RTM_GETLINK = 18
 RTM_GETADDR = 22
 RTM_GETROUTE = 26
@@ -442,57 +437,6 @@ def host_inode():
 # --------------------------------------------------------------------------
 # Reading the kernel
 
-class Rtnl(object):
-    """Read-only rtnetlink dumps on a plain socket, in the namespace of the creating thread.
-
-    Reading every tenant namespace is the whole cost of a no-op run; pyroute2
-    0.9 spends milliseconds per request on its event loop, a plain socket
-    tens of microseconds. Writes still go through pyroute2 (``_netlink``).
-    """
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self):
-        self.sock.close()
-
-    def dump(self, msg_type, body):
-        self.seq += 1
-        self.sock.send(struct.pack('=IHHII', 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
-        found = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind, _flags, seq, _pid = struct.unpack_from('=IHHII', data, offset)
-                if length < 16:
-                    raise OSError(errno.EPROTO, 'malformed netlink message')
-                if seq == self.seq:
-                    if kind == NLMSG_DONE:
-                        return found
-                    if kind == NLMSG_ERROR:
-                        code = struct.unpack_from('=i', data, offset + 16)[0]
-                        if code:
-                            raise OSError(-code, os.strerror(-code))
-                        return found
-                    found.append(data[offset + 16:offset + length])
-                offset += (length + 3) & ~3
-
-
-def _attrs(data, offset):
-    """{type: raw payload} of the rtattrs from ``offset`` on (nested flag masked)."""
-    found = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from('=HH', data, offset)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return found
-
-
 def _text(raw):
     return raw.split(b'\0', 1)[0].decode('utf-8', 'replace') if raw is not None else None
 
@@ -522,17 +466,17 @@ def _read_links(rt):
     links = {}
     for msg in rt.dump(RTM_GETLINK, struct.pack('=BxHiII', socket.AF_UNSPEC, 0, 0, 0, 0)):
         _family, _type, index, flags, _change = struct.unpack_from('=BxHiII', msg)
-        attrs = _attrs(msg, 16)
+        attrs = parse_attrs(msg, 16)
         kind = None
         if IFLA_LINKINFO in attrs:
-            kind = _text(_attrs(attrs[IFLA_LINKINFO], 0).get(IFLA_INFO_KIND))
+            kind = _text(parse_attrs(attrs[IFLA_LINKINFO], 0).get(IFLA_INFO_KIND))
         alias = _text(attrs.get(IFLA_IFALIAS)) or None
         link = Link(index, _text(attrs.get(IFLA_IFNAME)), alias, bool(flags & IFF_UP), kind, _u32(attrs.get(IFLA_LINK)))
         links[link.name] = link
     addrs = {}
     for msg in rt.dump(RTM_GETADDR, struct.pack('=BBBBI', socket.AF_UNSPEC, 0, 0, 0, 0)):
         family, plen, _flags, _scope, index = struct.unpack_from('=BBBBI', msg)
-        attrs = _attrs(msg, 8)
+        attrs = parse_attrs(msg, 8)
         raw = attrs.get(IFA_LOCAL) if family == socket.AF_INET and IFA_LOCAL in attrs else attrs.get(IFA_ADDRESS)
         if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
             continue
@@ -553,7 +497,7 @@ def _read_routes(rt, table=None):
             r_family, dst_len, _src, _tos, r_table, proto, _scope, _type, _flags = struct.unpack_from('=BBBBBBBBI', msg)
             if proto != ROUTE_PROTO or r_family != af:
                 continue
-            attrs = _attrs(msg, 12)
+            attrs = parse_attrs(msg, 12)
             r_table = _u32(attrs.get(RTA_TABLE), r_table)
             if table is not None and r_table != table:
                 continue
@@ -575,7 +519,7 @@ def _read_rules(rt):
     for family in (4, 6):
         for msg in rt.dump(RTM_GETRULE, struct.pack('=BBBBBBBBI', FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
             table = struct.unpack_from('=BBBBB', msg)[4]
-            attrs = _attrs(msg, 12)
+            attrs = parse_attrs(msg, 12)
             proto = attrs.get(FRA_PROTOCOL)
             if proto is None or proto[0] != ROUTE_PROTO or FRA_FWMARK not in attrs:
                 continue
@@ -626,7 +570,7 @@ class TenantNs(object):
         self._ipr = None
         self._nft = None
         with in_netns(name):
-            self.rt = Rtnl()
+            self.rt = RawRtnl()
         self._links = None
 
     @property
@@ -923,7 +867,7 @@ class HostState(object):
 
     def __init__(self):
         self._ipr = None
-        self.rt = Rtnl()
+        self.rt = RawRtnl()
         self.inode = host_inode()
         self.refresh()
 

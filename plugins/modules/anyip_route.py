@@ -140,7 +140,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_m
 from ansible_collections.anycast.edge.plugins.module_utils._persist import (
     PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    NetlinkFailure, ROUTE_PROTO, RawRoutes, open_iproute, require_pyroute2)
+    NetlinkFailure, ROUTE_PROTO, RawRtnl, open_iproute, require_pyroute2)
 from ansible_collections.anycast.edge.plugins.module_utils._validate import (
     ParamError, check_ifname, parse_address, parse_prefix, require_unique)
 from ansible_collections.anycast.edge.plugins.module_utils import _anyip
@@ -191,7 +191,7 @@ def main():
 def sync(module, networks, src):
     """Read, diff, apply unless check mode, read back. Returns (result, owned before, owned after)."""
     present = module.params['state'] == 'present'
-    with open_iproute() as ipr, RawRoutes() as raw:
+    with open_iproute() as ipr, RawRtnl() as raw:
         oif = _anyip.link_index(ipr, module.params['device'])
         if oif is None:
             module.fail_json(msg="device: interface '%s' does not exist%s" % (
