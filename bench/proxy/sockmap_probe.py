@@ -625,8 +625,8 @@ def main():
         s = summary[name]
         s["failed_runs"] = failures.get(name, 0)
         relay_cpu = "-" if proc is None else "%.2f" % s["relay_cpu_s_per_gib"]
-        print("| %s | %.2f | %.2f | %s | %.2f | %d |" % (name, s["gbit_s"], s["ratio"], relay_cpu,
-                                                        s["machine_cpu_s_per_gib"], s["failed_runs"]))
+        row = (name, s["gbit_s"], s["ratio"], relay_cpu, s["machine_cpu_s_per_gib"], s["failed_runs"])
+        print("| %s | %.2f | %.2f | %s | %.2f | %d |" % row)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"kernel": os.uname().release, "nproc": os.cpu_count(), "bytes": args.bytes,
