@@ -8,9 +8,7 @@ build the image at all; a failing build or boot is an error.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import pytest
@@ -47,9 +45,5 @@ def gre_vm(request):
     with vmlib.VM(image) as machine:
         say(request.config, 'GRE VM: image ready in %.0f s, booted to SSH in %.0f s (kernel %s)'
             % (build_seconds, machine.boot_seconds, (image / 'kernel-release').read_text().strip()))
-        machine.base = tempfile.mkdtemp(prefix='aeg-ansible-')
-        try:
-            machine.inventory_path = machine.inventory(os.path.join(machine.base, 'inventory.ini'))
+        with machine.ansible_workdir('aeg-ansible-'):
             yield machine
-        finally:
-            shutil.rmtree(machine.base, ignore_errors=True)

@@ -15,7 +15,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -39,9 +38,8 @@ def machine(request):
         pytest.skip('QEMU VM tests cannot run on this machine: %s' % reason)
     image = vmlib.ensure_image()
     with vmlib.VM(image, name='aeh-vm') as booted:
-        booted.base = tempfile.mkdtemp(prefix='aeh-ansible-')
-        booted.inventory_path = booted.inventory(os.path.join(booted.base, 'inventory.ini'))
-        yield booted
+        with booted.ansible_workdir('aeh-ansible-'):
+            yield booted
 
 
 def _vm_conftest():

@@ -11,9 +11,7 @@ drift from the records.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import pytest
@@ -62,12 +60,8 @@ def machine():
     if reason:
         pytest.skip('QEMU VM tests cannot run on this machine: %s' % reason)
     with vmlib.VM(vmlib.ensure_image(), name='aeg-reboot', allow_reboot=True) as booted:
-        booted.base = tempfile.mkdtemp(prefix='aeg-ansible-')
-        try:
-            booted.inventory_path = booted.inventory(os.path.join(booted.base, 'inventory.ini'))
+        with booted.ansible_workdir('aeg-ansible-'):
             yield booted
-        finally:
-            shutil.rmtree(booted.base, ignore_errors=True)
 
 
 def test_a_reboot_restores_every_recorded_object_before_anything_else(machine):

@@ -9,6 +9,7 @@ boot a stock kernel.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -206,6 +207,17 @@ class VM:
                                 stderr=subprocess.PIPE, text=True)
 
     # -- ansible -------------------------------------------------------------
+    @contextlib.contextmanager
+    def ansible_workdir(self, prefix):
+        """A scratch directory for playbooks run against this VM (``base``, with ``inventory_path``
+        in it), removed afterwards."""
+        self.base = tempfile.mkdtemp(prefix=prefix)
+        try:
+            self.inventory_path = self.inventory(os.path.join(self.base, 'inventory.ini'))
+            yield self
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
     def inventory(self, path, group='edge'):
         Path(path).write_text(
             '[%s]\nvm ansible_host=127.0.0.1 ansible_port=%d ansible_user=root '
