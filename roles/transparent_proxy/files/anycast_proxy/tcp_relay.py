@@ -114,10 +114,8 @@ class _Pump:
             except OSError as exc:
                 self.session.abort(self, exc, reading=True)
                 return
-            if n == 0:
-                self._on_eof()
+            if not self._received(n):
                 return
-            self._account(n)
             # A short read after EPOLLRDHUP is the last data: MSG_MORE holds it back until the
             # shutdown() that follows, so that data and FIN leave in one segment.
             last = n < size and self.ended
@@ -146,13 +144,18 @@ class _Pump:
                     return
         self._yield()
 
-    def _account(self, n):
-        """N bytes read from src, copied or spliced alike."""
+    def _received(self, n):
+        """N bytes read from src, copied or spliced alike; False (and the end of the stream
+        handled) when N is 0."""
+        if n == 0:
+            self._on_eof()
+            return False
         self.session.last_activity = _monotonic()
         if self.to_origin:
             self.stats.bytes_in += n
         else:
             self.stats.bytes_out += n
+        return True
 
     def write(self):
         """dst is writable again: flush what it did not take, then read on."""
@@ -230,10 +233,8 @@ class _Pump:
             except OSError as exc:
                 self.session.abort(self, exc, reading=True)
                 return
-            if n == 0:
-                self._on_eof()
+            if not self._received(n):
                 return
-            self._account(n)
             self.in_pipe += n
             if not self._drain_pipe():
                 return
