@@ -101,9 +101,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LOAD = os.path.join(HERE, "load.py")
-PY = "/usr/bin/python3"
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, HERE)
+# The proxy benchmark's own helpers: one way to run commands and to count CPU.
+from run import LOAD, PY, cpu_seconds, machine_busy_seconds, sh  # noqa: E402  pylint: disable=wrong-import-position
+
 ORIGIN = ("127.0.0.1", 9000)
 
 # -- bpf(2) ----------------------------------------------------------------------------
@@ -515,22 +516,6 @@ def checks_main():
 
 
 # -- measurement -----------------------------------------------------------------------------
-def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-def machine_busy():
-    with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:]]
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / TICK   # user nice system irq softirq steal
-
-
-def proc_cpu(pid):
-    with open("/proc/%d/stat" % pid) as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / TICK
-
-
 VARIANTS = [   # name, relay arguments (None: direct)
     ("direct", None),
     ("copy relay", ["copy", 9101]),
@@ -586,8 +571,8 @@ def main():
         failures = {}
         for rnd in range(args.rounds):
             for name, port, proc in targets:
-                pc0 = proc_cpu(proc.pid) if proc else 0.0
-                m0 = machine_busy()
+                pc0 = cpu_seconds(proc.pid) if proc else 0.0
+                m0 = machine_busy_seconds()
                 try:
                     out = sh(["ip", "netns", "exec", ns, PY, LOAD, "bulk", "127.0.0.1:%d" % port, str(args.bytes)],
                              timeout=120).stdout
@@ -598,8 +583,8 @@ def main():
                     failures[name] = failures.get(name, 0) + 1
                     continue
                 res = json.loads(out.strip().splitlines()[-1])
-                res["machine_cpu_s_per_gib"] = (machine_busy() - m0) / gib
-                res["proxy_cpu_s_per_gib"] = (proc_cpu(proc.pid) - pc0) / gib if proc else None
+                res["machine_cpu_s_per_gib"] = (machine_busy_seconds() - m0) / gib
+                res["proxy_cpu_s_per_gib"] = (cpu_seconds(proc.pid) - pc0) / gib if proc else None
                 runs[name].append(res)
                 print("round %d %-20s %6.2f Gbit/s  relay %s  machine %.2f CPU-s/GiB" % (
                     rnd + 1, name, res["gbit_s"],
