@@ -360,9 +360,11 @@ UDP_DIALER = r'''
 import json, socket, sys
 src, dst, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 res = {'echoed': 0, 'refused': 0, 'lost': 0}
-for _ in range(count):
+for i in range(count):
     s = socket.socket(socket.AF_INET6 if ':' in dst else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((src, 0))
+    # A source port of its own for each datagram: a port picked twice would make the later datagram
+    # part of the earlier one's conntrack flow (not NEW, so never counted against the limit).
+    s.bind((src, 40000 + i))
     s.connect((dst, port))
     s.settimeout(1.0)
     s.send(b'hello')
