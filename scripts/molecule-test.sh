@@ -48,5 +48,14 @@ trap cleanup EXIT
 
 cd "$snapshot"
 start=$(date +%s)
-molecule "$command" -s "$scenario"
+# CI shows only the end of the output: on failure, repeat the task that failed there.
+log="$repo/build/molecule-$scenario.log"
+set +e
+molecule "$command" -s "$scenario" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then
+    python3 "$repo/scripts/failed_task.py" "$log"
+    exit "$rc"
+fi
 echo "molecule $command -s $scenario: passed in $(( $(date +%s) - start )) s"

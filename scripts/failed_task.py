@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Print the task a failed molecule or ansible-playbook run stopped at.
+
+usage: scripts/failed_task.py LOG
+
+CI shows only the end of a run's output, where molecule prints its recap but not
+which task failed or why. This prints the last failure that was not rescued or
+ignored: the task's name and its whole message, joined back into one line
+(molecule wraps and colours what Ansible prints). Prints nothing when the log
+holds no failure.
+"""
+import re
+import sys
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BOX = re.compile(r"^\s*│ ?")  # molecule's frame around the playbook's output
+_FAILURE = re.compile(r"^(fatal|failed): \[")
+_LIMIT = 6000
+
+
+def clean(raw):
+    return _BOX.sub("", _ANSI.sub("", raw.rstrip("\n")))
+
+
+def last_failure(lines):
+    """(task header, failure text) of the last failure not followed by '...ignoring'."""
+    task, found = None, None
+    for i, line in enumerate(lines):
+        if line.startswith("TASK ["):
+            # Long task names wrap onto the next line, which ends with stars.
+            header = line
+            if not line.rstrip().endswith("*") and i + 1 < len(lines):
+                header += " " + lines[i + 1].strip()
+            task = header.rstrip(" *")
+        elif _FAILURE.match(line):
+            block = [line.strip()]
+            for following in lines[i + 1:]:
+                if not following.strip() or following.startswith(("TASK [", "PLAY", "RUNNING HANDLER")):
+                    break
+                block.append(following.strip())
+            text = " ".join(block)
+            ignored = any(candidate.strip() == "...ignoring" for candidate in lines[i + 1:i + 1 + len(block) + 2])
+            if not ignored:
+                found = (task, text)
+    return found
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write(__doc__)
+        return 2
+    with open(argv[1], encoding="utf-8", errors="replace") as handle:
+        lines = [clean(raw) for raw in handle]
+    found = last_failure(lines)
+    if found:
+        task, text = found
+        print("=== the last failure in the log (rescued ones included) ===")
+        print(task or "(no task header)")
+        print(text if len(text) <= _LIMIT else text[:_LIMIT] + " ...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
