@@ -6,9 +6,11 @@ namespaces the tests create (never the root namespace).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,23 @@ def netns_list():
     return sh(['ip', 'netns', 'list']).stdout.split()
 
 
+_SCRATCH_ROOT = []
+
+
+def scratch_dir(prefix):
+    """A new temporary directory, removed with all the others when the test process exits,
+    whether the tests passed or not.
+
+    They share one root (mode 0755, so that a proxy that dropped root can read its files).
+    """
+    if not _SCRATCH_ROOT:
+        root = tempfile.mkdtemp(prefix='ae-tests-')
+        os.chmod(root, 0o755)
+        atexit.register(shutil.rmtree, root, True)
+        _SCRATCH_ROOT.append(root)
+    return tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH_ROOT[0])
+
+
 def unique_name(prefix):
     return '%s%s' % (prefix, uuid.uuid4().hex[:6])
 
@@ -76,7 +95,7 @@ def run_module(name, args, check=False, diff=False, env=None, state_dir=None):
     """
     payload = dict(args)
     if name in persisted_modules():
-        payload.setdefault('state_dir', state_dir or tempfile.mkdtemp(prefix='ae-state-'))
+        payload.setdefault('state_dir', state_dir or scratch_dir('state-'))
     payload['_ansible_check_mode'] = check
     payload['_ansible_diff'] = diff
     payload['_ansible_tmpdir'] = tempfile.gettempdir()
@@ -103,7 +122,7 @@ def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, time
     temporary directory), never to the machine's /etc.
     """
     ensure_collection_link()
-    workdir = tempfile.mkdtemp(prefix='ae-play-')
+    workdir = scratch_dir('play-')
     out = os.path.join(workdir, 'results.json')
     play_tasks = []
     for index, task in enumerate(tasks):
@@ -121,7 +140,7 @@ def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, time
     })
     playbook = [{'hosts': 'localhost', 'gather_facts': False, 'tasks': play_tasks,
                  'module_defaults': {'group/anycast.edge.persisted': {
-                     'state_dir': state_dir or tempfile.mkdtemp(prefix='ae-state-')}}}]
+                     'state_dir': state_dir or scratch_dir('state-')}}}]
     path = os.path.join(workdir, 'play.yml')
     with open(path, 'w') as handle:
         json.dump(playbook, handle)  # JSON is YAML

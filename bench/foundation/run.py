@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,17 +52,14 @@ def loop_playbook(ns, items, kind):
         task = {'ansible.builtin.command': 'ip route add local {{ item }} dev lo src 127.0.0.1',
                 'loop': items, 'changed_when': True}
     else:
+        # ansible.builtin.iptables has no TPROXY options (--on-port); the closest per-rule
+        # cost is a rule with the same matches in mangle PREROUTING, so ACCEPT stands in.
         task = {'ansible.builtin.iptables': {'table': 'mangle', 'chain': 'PREROUTING',
                                              'destination': '{{ item }}', 'protocol': 'tcp',
-                                             'jump': 'TPROXY', 'to_ports': '1234'},
+                                             'jump': 'ACCEPT'},
                 'loop': items}
-        # ansible.builtin.iptables has no TPROXY options; the closest per-rule cost is a
-        # REDIRECT-free rule with the same matches, so use ACCEPT in mangle instead.
-        task['ansible.builtin.iptables'] = {'table': 'mangle', 'chain': 'PREROUTING',
-                                            'destination': '{{ item }}', 'protocol': 'tcp',
-                                            'jump': 'ACCEPT'}
     play = [{'hosts': 'localhost', 'gather_facts': False, 'tasks': [task]}]
-    path = os.path.join(tempfile.mkdtemp(prefix='aeb-'), 'loop.yml')
+    path = os.path.join(helpers.scratch_dir('aeb-'), 'loop.yml')
     with open(path, 'w') as handle:
         json.dump(play, handle)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=helpers.COLLECTIONS)

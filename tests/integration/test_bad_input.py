@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 
@@ -41,7 +40,7 @@ def test_refused_naming_the_parameter_changing_nothing_and_documented(namespaces
     host, tenant = namespaces
     before = helpers.kernel_state(host), helpers.kernel_state(tenant)
     ours = [n for n in helpers.netns_list() if n.startswith(NS_PREFIX)]
-    state_dir = tempfile.mkdtemp(prefix='ae9-state-')
+    state_dir = helpers.scratch_dir('ae9-state-')
     result, message = run_case(module, dict(args, **({'state_dir': state_dir} if module in
                                                      helpers.persisted_modules() else {})), host, tenant)
     assert result.get('failed'), result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 
 import pytest
 
@@ -25,7 +24,7 @@ def edge(netns_factory, veth):
 
 def test_edge_info_reports_owned_state_fill_and_drift_without_changing_anything(edge):
     edge_ns, client_ns = edge
-    state_dir = tempfile.mkdtemp(prefix='ae8-state-')
+    state_dir = helpers.scratch_dir('ae8-state-')
     tenant_ns = helpers.unique_name('ae8t')
     results = run_playbook([
         {'anycast.edge.anyip_route': {'prefixes': ['192.0.2.0/24'], 'netns': edge_ns}},

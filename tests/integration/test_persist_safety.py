@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -41,9 +40,7 @@ def edge(netns_factory, veth):
 
 @pytest.fixture
 def state_dir():
-    path = tempfile.mkdtemp(prefix='ae8-state-')
-    yield path
-    subprocess.run(['rm', '-rf', path], check=False)
+    return helpers.scratch_dir('ae8-state-')
 
 
 def restore(state_dir_path, command='restore'):

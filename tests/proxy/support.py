@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -421,6 +420,7 @@ def wait_for(predicate, timeout=10.0, interval=0.05, what='condition'):
 
 
 def workdir():
-    d = tempfile.mkdtemp(prefix='aep-')
+    """A scratch directory the proxy can read after it dropped root (removed at exit)."""
+    d = helpers.scratch_dir('aep-')
     os.chmod(d, 0o755)
     return d
