@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print the task a failed molecule or ansible-playbook run stopped at.
 
 usage: scripts/failed_task.py LOG
