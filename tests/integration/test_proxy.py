@@ -33,9 +33,15 @@ NS_PREFIX = 'aep'
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root to create network namespaces')
 
 
-# nobody, with CAP_NET_ADMIN as its only capability (ambient, so it survives exec)
-UNPRIVILEGED = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all,+net_admin',
-                '--ambient-caps=-all,+net_admin', '--bounding-set=-all,+net_admin']
+def unprivileged(*caps):
+    """Run as nobody with only CAPS (ambient, so they survive exec)."""
+    keep = ','.join('+' + cap for cap in caps)
+    return ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all,' + keep,
+            '--ambient-caps=-all,' + keep, '--bounding-set=-all,' + keep]
+
+
+# The service's capability when no UDP route covers a port below 1024.
+UNPRIVILEGED = unprivileged('net_admin')
 
 
 def random_v4():
@@ -514,6 +520,37 @@ def test_udp_round_trip_to_a_random_port(topo, start_proxy, origin, proxy_protoc
     assert 'udp closed' in proxy.logs() and 'outcome=idle_timeout' in proxy.logs()
 
 
+@pytest.mark.parametrize('caps', [('net_admin',), ('net_admin', 'net_bind_service')])
+def test_udp_answers_from_a_port_below_1024_only_with_cap_net_bind_service(topo, start_proxy, origin, caps):
+    origin(cls=support.UdpOrigin, port=5353)
+    proxy = start_proxy(base_config(routes=[
+        {'name': 'dns', 'destination': '192.0.2.0/24', 'protocol': 'udp', 'origin': '%s:5353' % ORIGIN_V4},
+    ]), user_cmd=unprivileged(*caps))
+    may_bind_low_ports = 'net_bind_service' in caps
+    address = random_v4()
+    sock = support.socket_in(topo.client, type=socket.SOCK_DGRAM)
+    sock.settimeout(2)
+    with sock:
+        sock.bind((CLIENT_V4, 0))
+        sock.sendto(b'high', (address, 5353))
+        assert sock.recvfrom(65535)[1] == (address, 5353)
+        # The reply to port 53 must leave from port 53.
+        sock.sendto(b'low', (address, 53))
+        if may_bind_low_ports:
+            data, sender = sock.recvfrom(65535)
+            assert sender == (address, 53) and json.loads(data)['payload'] == 'low'
+        else:
+            with pytest.raises(socket.timeout):
+                sock.recvfrom(65535)
+    logs = proxy.logs()
+    if may_bind_low_ports:
+        assert 'CAP_NET_BIND_SERVICE' not in logs
+    else:
+        # Said at start, and for the datagram that got no answer.
+        assert 'udp route(s) dns answer from the port the client dialled, and ports below 1024' in logs
+        assert 'answering from port 53 needs CAP_NET_BIND_SERVICE' in logs
+
+
 def test_udp_over_ipv6(topo, start_proxy, origin):
     origin(cls=support.UdpOrigin, address=ORIGIN_V6, port=5354, family=socket.AF_INET6)
     start_proxy(base_config(routes=[
@@ -661,13 +698,18 @@ def test_self_test_reads_the_edge(topo, tmp_path):
                                       '--config', str(good)], check=False)
     assert proc.returncode == 0, proc.stdout
     assert 'self-test: OK' in proc.stdout and 'ANYCAST-TPROXY' in proc.stdout
-    # The service user holds only CAP_NET_ADMIN: enough to read the nf_tables rules.
+    # The service user's capabilities are enough to read the nf_tables rules.
     workdir = support.workdir()
     public = os.path.join(workdir, 'good.json')
     shutil.copy(str(good), public)
     os.chmod(public, 0o644)
+    # The UDP route covers every port: answering on those below 1024 needs CAP_NET_BIND_SERVICE too.
     proc = helpers.nsexec(topo.edge, UNPRIVILEGED + [support.SYSTEM_PYTHON, support.PROXY_PKG, '--self-test',
                                                      '--config', public], check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert 'MISSING: udp route(s) ' in proc.stdout and 'need CAP_NET_BIND_SERVICE' in proc.stdout
+    proc = helpers.nsexec(topo.edge, unprivileged('net_admin', 'net_bind_service')
+                          + [support.SYSTEM_PYTHON, support.PROXY_PKG, '--self-test', '--config', public], check=False)
     shutil.rmtree(workdir)
     assert proc.returncode == 0, proc.stdout
     assert 'self-test: OK' in proc.stdout

@@ -10,6 +10,8 @@ IPV6_RECVORIGDSTADDR = getattr(socket, "IPV6_RECVORIGDSTADDR", 74)
 SOL_IP = getattr(socket, "SOL_IP", 0)
 SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
 LINGER_RESET = struct.pack("ii", 1, 0)
+CAP_NET_BIND_SERVICE = 10
+CAP_NET_ADMIN = 12
 
 
 def set_transparent(sock, family):
@@ -27,6 +29,43 @@ def reset_and_close(sock):
     except OSError:
         pass
     sock.close()
+
+
+def effective_caps():
+    """The process's effective capabilities as a bit mask, or None when /proc does not say."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return None
+
+
+def unprivileged_port_start():
+    """net.ipv4.ip_unprivileged_port_start of this namespace (it covers IPv6 as well)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 1024
+
+
+def udp_bind_problem(routes):
+    """A sentence when some UDP routes cannot be answered on all their ports, else None.
+
+    A UDP reply leaves from the port the client dialled; binding a port below
+    net.ipv4.ip_unprivileged_port_start needs CAP_NET_BIND_SERVICE.
+    """
+    start = unprivileged_port_start()
+    low = [r.name for r in routes if r.protocol == "udp" and r.port_lo < start]
+    caps = effective_caps()
+    if not low or caps is None or caps & (1 << CAP_NET_BIND_SERVICE):
+        return None
+    return (f"udp route(s) {', '.join(low)} answer from the port the client dialled, and ports below {start} "
+            f"(net.ipv4.ip_unprivileged_port_start) need CAP_NET_BIND_SERVICE, which this process lacks: "
+            f"datagrams to those ports get no answer")
 
 
 def describe_os_error(exc):

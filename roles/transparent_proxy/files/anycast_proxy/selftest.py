@@ -1,7 +1,8 @@
 """--self-test: does this host deliver the configured routes' traffic to us?
 
 Reads kernel state, changes nothing:
-- the capability to set IP_TRANSPARENT on each listener's family;
+- the capability to set IP_TRANSPARENT on each listener's family, and to answer
+  UDP routes from ports below net.ipv4.ip_unprivileged_port_start;
 - an AnyIP route (`local` route in table local) covering each route's
   destination (`ip -j route show table local`);
 - a TPROXY rule reachable from mangle PREROUTING that covers each route's
@@ -16,9 +17,8 @@ import shutil
 import socket
 import subprocess
 
-from .netutil import set_transparent
+from .netutil import CAP_NET_ADMIN, effective_caps, set_transparent, udp_bind_problem
 
-CAP_NET_ADMIN = 12
 ANYIP_PROTOCOL = "172"
 
 
@@ -48,17 +48,6 @@ def _run(cmd):
     return proc.stdout, None
 
 
-def effective_caps():
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return None
-
-
 def check_capability(config, report):
     families = sorted({ep.family for ep in config.listen})
     caps = effective_caps()
@@ -76,6 +65,9 @@ def check_capability(config, report):
             report.miss(f"cannot set {name}: {exc.strerror}")
         else:
             report.ok(f"{name} can be set")
+    problem = udp_bind_problem(config.routes)
+    if problem:
+        report.miss(problem)
 
 
 def _network(text, family):

@@ -15,7 +15,7 @@ import sys
 from . import proxy_protocol
 from .config import ConfigError, load_config
 from .metrics import Metrics, MetricsServer, merge
-from .netutil import make_listener
+from .netutil import make_listener, udp_bind_problem
 from .routing import RouteTable
 from .tcp_relay import TcpRelay
 from .udp_relay import UdpRelay
@@ -133,6 +133,9 @@ class ProxyServer:
             self.listeners[key] = sock
             (self.tcp if key[1] == "tcp" else self.udp).add_listener(sock)
         self.config = config
+        problem = udp_bind_problem(config.routes)
+        if problem:
+            self.log.warning(problem)
 
     async def _apply_metrics_server(self, old_endpoint):
         if self.worker is not None:

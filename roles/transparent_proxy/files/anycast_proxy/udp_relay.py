@@ -7,13 +7,15 @@ sockets:
 - towards the client, a transparent socket bound to the original
   destination and connected to the client. Replies leave from the address
   the client dialled; TPROXY's established-socket lookup also delivers the
-  client's later datagrams straight to this socket.
+  client's later datagrams straight to this socket. Binding a port below
+  net.ipv4.ip_unprivileged_port_start needs CAP_NET_BIND_SERVICE.
 A flow expires after its route's idle_timeout without traffic.
 """
+import errno
 import socket
 import time
 
-from .netutil import fmt_addr, parse_origdstaddr, set_transparent
+from .netutil import fmt_addr, parse_origdstaddr, set_transparent, unprivileged_port_start
 
 _monotonic = time.monotonic
 MAX_DATAGRAM = 65535
@@ -200,8 +202,11 @@ class UdpRelay:
             flow.open(family)
         except OSError as exc:
             stats.connect_error((exc.strerror or "error").lower().replace(" ", "_"))
+            why = exc.strerror
+            if exc.errno == errno.EACCES and dst[1] < unprivileged_port_start():
+                why += f" (answering from port {dst[1]} needs CAP_NET_BIND_SERVICE)"
             self.log.error(f"udp flow {fmt_addr(client_addr)} -> {fmt_addr(dst)} route={route.name}: "
-                           f"cannot open sockets: {exc.strerror}")
+                           f"cannot open sockets: {why}")
             return None
         self.per_source[source_key] = held + 1
         stats.active += 1
