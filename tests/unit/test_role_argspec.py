@@ -157,6 +157,20 @@ def test_plan_names_a_prefix_without_a_route_and_a_route_outside_the_prefixes():
     assert "203.0.113.0/24 is not inside any of transparent_proxy_prefixes" in result["errors"][1]
 
 
+@pytest.mark.parametrize("routes, first_unprivileged_port, needed", [
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp"}], 1024, True),   # every port
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 1024, True),
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "1000-1100"}], 1024, True),
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "5300-5400"}], 1024, False),
+    ([{"destination": "192.0.2.0/24", "origin": "o"}], 1024, False),   # TCP answers on the accepted socket
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 0, False),
+])
+def test_plan_says_when_udp_replies_need_cap_net_bind_service(routes, first_unprivileged_port, needed):
+    result = route_plan()(routes, [], LISTEN, 1234, first_unprivileged_port)
+    assert result["errors"] == []
+    assert result["needs_net_bind_service"] is needed
+
+
 @pytest.mark.parametrize("route, listen, message", [
     ({"destination": "192.0.2.1/24", "origin": "o"}, LISTEN, "transparent_proxy_routes[0].destination"),
     ({"destination": "192.0.2.0/24", "origin": "o", "ports": "70000"}, LISTEN, "transparent_proxy_routes[0].ports"),

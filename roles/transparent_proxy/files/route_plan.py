@@ -6,7 +6,8 @@ Run by the role's preflight on the managed host with its python3 (ipaddress does
 the prefix containment that Jinja cannot do without netaddr, and roles inside a
 collection cannot carry filter plugins). Reads one JSON argument
 {"routes", "prefixes", "listen_addresses", "listen_port"}, prints one JSON object
-{"prefixes_ipv4", "prefixes_ipv6", "tproxy_rules", "errors"}. Changes nothing.
+{"prefixes_ipv4", "prefixes_ipv6", "tproxy_rules", "needs_net_bind_service", "errors"}.
+Changes nothing.
 """
 
 import ipaddress
@@ -49,9 +50,24 @@ def _collapse(networks):
     return result
 
 
-def plan(routes, prefixes, listen_addresses, listen_port):
-    """Return {'prefixes_ipv4', 'prefixes_ipv6', 'tproxy_rules', 'errors'}."""
+def unprivileged_port_start():
+    """net.ipv4.ip_unprivileged_port_start of this host (it covers IPv6 as well)."""
+    try:
+        with open('/proc/sys/net/ipv4/ip_unprivileged_port_start') as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 1024
+
+
+def plan(routes, prefixes, listen_addresses, listen_port, first_unprivileged_port=1024):
+    """Return {'prefixes_ipv4', 'prefixes_ipv6', 'tproxy_rules', 'needs_net_bind_service', 'errors'}.
+
+    needs_net_bind_service: a UDP route covers a port below FIRST_UNPRIVILEGED_PORT. The
+    proxy answers a datagram from the port it was sent to, and binding such a port needs
+    CAP_NET_BIND_SERVICE.
+    """
     errors = []
+    needs_net_bind_service = False
     listeners = {}
     for address in listen_addresses or []:
         try:
@@ -87,6 +103,8 @@ def plan(routes, prefixes, listen_addresses, listen_port):
             'on_ip': listeners[network.version],
             'on_port': int(listen_port),
         }
+        if rule['protocol'] == 'udp' and ports[0] < first_unprivileged_port:
+            needs_net_bind_service = True
         if ports != ALL_PORTS:
             rule['ports'] = str(ports[0]) if ports[0] == ports[1] else '%d-%d' % ports
         if rule not in rules:
@@ -117,6 +135,7 @@ def plan(routes, prefixes, listen_addresses, listen_port):
         'prefixes_ipv4': [str(n) for n in collapsed if n.version == 4],
         'prefixes_ipv6': [str(n) for n in collapsed if n.version == 6],
         'tproxy_rules': rules,
+        'needs_net_bind_service': needs_net_bind_service,
         'errors': errors,
     }
 
@@ -124,7 +143,7 @@ def plan(routes, prefixes, listen_addresses, listen_port):
 def main(argv):
     request = json.loads(argv[1])
     result = plan(request.get('routes') or [], request.get('prefixes') or [],
-                  request.get('listen_addresses') or [], request.get('listen_port'))
+                  request.get('listen_addresses') or [], request.get('listen_port'), unprivileged_port_start())
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write('\n')
     return 0
