@@ -157,16 +157,18 @@ def test_plan_names_a_prefix_without_a_route_and_a_route_outside_the_prefixes():
     assert "203.0.113.0/24 is not inside any of transparent_proxy_prefixes" in result["errors"][1]
 
 
-@pytest.mark.parametrize("routes, first_unprivileged_port, needed", [
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp"}], 1024, True),   # every port
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 1024, True),
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "1000-1100"}], 1024, True),
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "5300-5400"}], 1024, False),
-    ([{"destination": "192.0.2.0/24", "origin": "o"}], 1024, False),   # TCP answers on the accepted socket
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 0, False),
+@pytest.mark.parametrize("routes, listen_port, first_unprivileged_port, needed", [
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp"}], 1234, 1024, True),   # every port
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 1234, 1024, True),
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "1000-1100"}], 1234, 1024, True),
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "5300-5400"}], 1234, 1024, False),
+    ([{"destination": "192.0.2.0/24", "origin": "o"}], 1234, 1024, False),   # TCP answers on the accepted socket
+    ([{"destination": "192.0.2.0/24", "origin": "o"}], 999, 1024, True),     # the listeners' own port
+    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 999, 0, False),
 ])
-def test_plan_says_when_udp_replies_need_cap_net_bind_service(routes, first_unprivileged_port, needed):
-    result = route_plan()(routes, [], LISTEN, 1234, first_unprivileged_port)
+def test_plan_says_when_the_proxy_binds_a_port_that_needs_cap_net_bind_service(routes, listen_port,
+                                                                               first_unprivileged_port, needed):
+    result = route_plan()(routes, [], LISTEN, listen_port, first_unprivileged_port)
     assert result["errors"] == []
     assert result["needs_net_bind_service"] is needed
 

@@ -62,12 +62,12 @@ def unprivileged_port_start():
 def plan(routes, prefixes, listen_addresses, listen_port, first_unprivileged_port=1024):
     """Return {'prefixes_ipv4', 'prefixes_ipv6', 'tproxy_rules', 'needs_net_bind_service', 'errors'}.
 
-    needs_net_bind_service: a UDP route covers a port below FIRST_UNPRIVILEGED_PORT. The
-    proxy answers a datagram from the port it was sent to, and binding such a port needs
-    CAP_NET_BIND_SERVICE.
+    needs_net_bind_service: the proxy binds a port below FIRST_UNPRIVILEGED_PORT, which needs
+    CAP_NET_BIND_SERVICE: its listeners' port, or a port a UDP route covers (a datagram is
+    answered from the port it was sent to).
     """
     errors = []
-    needs_net_bind_service = False
+    needs_net_bind_service = listen_port is not None and int(listen_port) < first_unprivileged_port
     listeners = {}
     for address in listen_addresses or []:
         try:
