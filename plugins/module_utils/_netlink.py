@@ -210,8 +210,10 @@ class RawRtnl(object):
         offset = 0
         while offset + _NLMSGHDR.size <= len(data):
             length, kind, flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
-                break
+            if length < _NLMSGHDR.size or offset + length > len(data):
+                # Waiting for the rest of a dump after this would never end.
+                raise OSError(errno.EPROTO, 'malformed netlink message (length %d at offset %d of %d bytes)'
+                              % (length, offset, len(data)))
             yield kind, flags, seq, data, offset, offset + length
             offset += (length + 3) & ~3
 
