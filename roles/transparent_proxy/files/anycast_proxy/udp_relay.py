@@ -145,6 +145,7 @@ class UdpRelay:
         self.per_source = {}
         self.max_per_source = 0
         self.log_connections = True
+        self.first_unprivileged_port = 1024   # read at configure(); only words error messages
         self.draining = False
 
     @property
@@ -155,6 +156,7 @@ class UdpRelay:
         self.table = table
         self.max_per_source = config.max_connections_per_source
         self.log_connections = config.log_connections
+        self.first_unprivileged_port = unprivileged_port_start()
 
     def add_listener(self, sock):
         self.loop.add_reader(sock.fileno(), self._on_readable, sock)
@@ -203,7 +205,7 @@ class UdpRelay:
         except OSError as exc:
             stats.connect_error((exc.strerror or "error").lower().replace(" ", "_"))
             why = exc.strerror
-            if exc.errno == errno.EACCES and dst[1] < unprivileged_port_start():
+            if exc.errno == errno.EACCES and dst[1] < self.first_unprivileged_port:
                 why += f" (answering from port {dst[1]} needs CAP_NET_BIND_SERVICE)"
             self.log.error(f"udp flow {fmt_addr(client_addr)} -> {fmt_addr(dst)} route={route.name}: "
                            f"cannot open sockets: {why}")
