@@ -68,6 +68,12 @@ def scratch_dir(prefix):
     return tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH_ROOT[0])
 
 
+def ns_prefix(base):
+    """A test module's namespace prefix. AE_NS_TAG (a few letters) keeps two
+    checkouts testing on one machine at once out of each other's namespaces."""
+    return os.environ.get('AE_NS_TAG', '') + base
+
+
 def unique_name(prefix):
     return '%s%s' % (prefix, uuid.uuid4().hex[:6])
 

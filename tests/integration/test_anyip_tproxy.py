@@ -14,7 +14,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = 'ae2'
+NS_PREFIX = helpers.ns_prefix('ae2')
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX4 = '192.0.2.0/24'
 PREFIX6 = '2001:db8:1::/64'
@@ -213,7 +213,7 @@ def test_python_iptables_driver_is_refused_on_an_nf_tables_host(edge):
 @pytest.mark.parametrize('module', ['anyip_route', 'tproxy_rule'])
 @pytest.mark.parametrize('check', [False, True])
 def test_missing_namespace_is_an_error_and_is_never_created(module, check):
-    name = helpers.unique_name('ae2gone')
+    name = helpers.unique_name(helpers.ns_prefix('ae2gone'))
     args = {'netns': name, 'prefixes': [PREFIX4]} if module == 'anyip_route' else \
         {'netns': name, 'rules': [{'destination': PREFIX4, 'on_port': 1}]}
     result = run_module(module, args, check=check)

@@ -9,7 +9,7 @@ import pytest
 import helpers
 from bad_input_cases import CASES, cell, placeholders, substitute
 
-NS_PREFIX = 'ae9'
+NS_PREFIX = helpers.ns_prefix('ae9')
 DOC = os.path.join(helpers.REPO, 'docs', 'bad-input.md')
 
 

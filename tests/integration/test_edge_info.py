@@ -9,7 +9,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = 'ae8'
+NS_PREFIX = helpers.ns_prefix('ae8')
 EDGE = '198.51.100.1'
 
 
@@ -25,7 +25,7 @@ def edge(netns_factory, veth):
 def test_edge_info_reports_owned_state_fill_and_drift_without_changing_anything(edge):
     edge_ns, client_ns = edge
     state_dir = helpers.scratch_dir('ae8-state-')
-    tenant_ns = helpers.unique_name('ae8t')
+    tenant_ns = helpers.unique_name(helpers.ns_prefix('ae8t'))
     results = run_playbook([
         {'anycast.edge.anyip_route': {'prefixes': ['192.0.2.0/24'], 'netns': edge_ns}},
         {'anycast.edge.tproxy_rule': {'rules': [{'destination': '192.0.2.0/24', 'on_port': 1234}], 'netns': edge_ns}},

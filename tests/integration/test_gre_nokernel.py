@@ -15,7 +15,7 @@ import pytest
 
 import helpers
 
-NS_PREFIX = 'aeg'
+NS_PREFIX = helpers.ns_prefix('aeg')
 
 
 def kernel_has_gre():

@@ -19,7 +19,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = 'aeh'
+NS_PREFIX = helpers.ns_prefix('aeh')
 PORT = 8080
 EDGE_ADDRS = ['10.77.0.1/24', '10.77.1.1/24', '10.77.2.1/24', 'fd77::1/64']
 FLOODER = '10.77.0.2'       # the noisy source

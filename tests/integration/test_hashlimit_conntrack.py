@@ -16,7 +16,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = 'aeh'
+NS_PREFIX = helpers.ns_prefix('aeh')
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root to create network namespaces')
 PROC = '/proc/sys/net/netfilter/'
 

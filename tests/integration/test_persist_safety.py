@@ -13,7 +13,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = 'ae8'
+NS_PREFIX = helpers.ns_prefix('ae8')
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX4 = '192.0.2.0/24'
 PREFIX6 = '2001:db8:1::/64'

@@ -29,7 +29,7 @@ import support  # noqa: E402
 from support import (ORIGIN_V4, ORIGIN_V6, CLIENT_V4, CLIENT_V6, EDGE_ORIGIN_V4, metric,  # noqa: E402
                      talk, wait_for)
 
-NS_PREFIX = 'aep'
+NS_PREFIX = helpers.ns_prefix('aep')
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root to create network namespaces')
 
 

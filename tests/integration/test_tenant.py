@@ -21,7 +21,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = 'aen'
+NS_PREFIX = helpers.ns_prefix('aen')
 
 A_PREFIXES = ['203.0.113.0/24', '2001:db8:a::/48']
 B_PREFIXES = ['192.0.2.0/24']
