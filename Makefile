@@ -5,13 +5,16 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
+REPORTS := build/reports
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 export ANSIBLE_NOCOLOR := 1
 
 .PHONY: test deps unit integration vm sanity lint molecule build docs-check lab lab-down clean
 
-test: deps unit integration sanity lint build molecule vm
-	@echo "make test: all suites passed"
+# Every suite, even after one failed, then one line per suite with its counts; fails when a
+# suite failed or, with CI=true, lacked a prerequisite (scripts/run_suites.py).
+test: deps
+	@python3 scripts/run_suites.py
 
 deps:
 	bash scripts/install-deps.sh
@@ -19,13 +22,13 @@ deps:
 	@ln -sfn $(CURDIR) build/collections/ansible_collections/anycast/edge
 
 unit: deps
-	$(PYTEST) -q tests/unit
+	$(PYTEST) -q tests/unit --junitxml=$(REPORTS)/unit.xml
 
 integration: deps
-	$(PYTEST) -q tests/integration
+	$(PYTEST) -q tests/integration --junitxml=$(REPORTS)/integration.xml
 
 vm: deps
-	$(PYTEST) -q -m vm tests/vm
+	$(PYTEST) -q -m vm tests/vm --junitxml=$(REPORTS)/vm.xml
 
 sanity: deps
 	bash scripts/sanity.sh
@@ -41,10 +44,10 @@ build: deps
 	rm -rf build/galaxy && mkdir -p build/galaxy/installed
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path build/galaxy .
 	$(VENV)/bin/ansible-galaxy collection install --force -p build/galaxy/installed build/galaxy/anycast-edge-*.tar.gz
-	for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
-	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/galaxy/installed $(VENV)/bin/ansible-doc anycast.edge.$$m >/dev/null || exit 1; \
-	  echo "ansible-doc anycast.edge.$$m: ok"; \
-	done
+	rc=0; for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
+	  if ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/galaxy/installed $(VENV)/bin/ansible-doc anycast.edge.$$m >/dev/null; \
+	  then echo "ansible-doc anycast.edge.$$m: ok"; else echo "ansible-doc anycast.edge.$$m: FAILED"; rc=1; fi; \
+	done; exit $$rc
 
 lab: deps
 	bash scripts/lab.sh up

@@ -182,6 +182,7 @@ failed_total() {
 }
 
 edge_state() {  # kernel state of an edge that check mode must not change
+    # shellcheck disable=SC2016  # $save expands in the container's shell
     in_ctr "$1" sh -c 'ip -d route show table all; ip rule; ip netns list;
                        for save in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
                            echo "== $save"; $save 2>/dev/null | grep -v "^#"; done
@@ -296,6 +297,7 @@ prove_gre() {
     say "GRE"
     local probe kernel
     kernel=$(in_ctr ael-edge1 uname -r)
+    # shellcheck disable=SC2016  # $(uname -r) expands in the container's shell
     probe=$(in_ctr ael-edge1 sh -c 'test -d /sys/module/ip_gre ||
               grep -qs "/ip_gre\.ko" /lib/modules/$(uname -r)/modules.builtin /lib/modules/$(uname -r)/modules.dep && echo yes || echo no')
     if [ "$probe" != yes ]; then

@@ -14,6 +14,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('ae2')
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX4 = '192.0.2.0/24'

@@ -9,6 +9,7 @@ import pytest
 import helpers
 from bad_input_cases import CASES, cell, placeholders, substitute
 
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('ae9')
 DOC = os.path.join(helpers.REPO, 'docs', 'bad-input.md')
 

@@ -9,6 +9,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('ae8')
 EDGE = '198.51.100.1'
 

@@ -15,6 +15,7 @@ import pytest
 
 import helpers
 
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('aeg')
 
 
@@ -76,7 +77,7 @@ def tunnel(tenant, **overrides):
     return spec
 
 
-@pytest.mark.skipif(HAS_GRE, reason='this kernel has GRE: the no-GRE path cannot be shown here')
+@pytest.mark.skipif(HAS_GRE, reason='not applicable: this kernel has GRE, the no-GRE path cannot be shown here')
 def test_kernel_without_gre_fails_naming_it_and_changes_nothing(edge):
     host, tenant = edge
     namespaces_before = my_namespaces()

@@ -30,7 +30,7 @@ FLOODER6 = 'fd77::2'
 CLIENT_ADDRS = ['%s/24' % a for a in (FLOODER, NEIGHBOUR, OTHER, EXEMPT)] + ['fd77::2/64', 'fd77::3/64']
 NO_SSH = {'SSH_CONNECTION': ''}   # the runner may itself be under SSH; tests set it explicitly
 
-pytestmark = pytest.mark.skipif(__import__('os').geteuid() != 0, reason='needs root to create network namespaces')
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 
 SERVER = r'''
 import socket, sys

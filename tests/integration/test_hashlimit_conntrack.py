@@ -17,7 +17,7 @@ import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
 NS_PREFIX = helpers.ns_prefix('aeh')
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root to create network namespaces')
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 PROC = '/proc/sys/net/netfilter/'
 
 

@@ -30,7 +30,7 @@ from support import (ORIGIN_V4, ORIGIN_V6, CLIENT_V4, CLIENT_V6, EDGE_ORIGIN_V4,
                      talk, wait_for)
 
 NS_PREFIX = helpers.ns_prefix('aep')
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='needs root to create network namespaces')
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 
 
 def unprivileged(*caps):
@@ -188,7 +188,7 @@ def test_origin_on_the_dialled_port(topo, start_proxy, origin):
 
 LOOPS = ['dataplane', 'asyncio', pytest.param('uvloop', marks=pytest.mark.skipif(
     subprocess.run([support.SYSTEM_PYTHON, '-c', 'import uvloop'], capture_output=True, check=False).returncode != 0,
-    reason='python3-uvloop is not installed'))]
+    reason='missing prerequisite: python3-uvloop is not installed'))]   # under CI=true: a failure
 
 
 @pytest.mark.parametrize('loop', LOOPS)

@@ -21,6 +21,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
+pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('aen')
 
 A_PREFIXES = ['203.0.113.0/24', '2001:db8:a::/48']

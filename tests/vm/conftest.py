@@ -2,7 +2,8 @@
 
 The VM is booted once per test session and always stopped at the end. The
 tests skip, with the reason shown, only when this machine cannot run QEMU or
-build the image at all; a failing build or boot is an error.
+build the image at all (under CI=true that is a failure too, see
+tests/prerequisites.py); a failing build or boot is an error.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def say(config, line):
 def gre_vm(request):
     reason = vmlib.unavailable_reason()
     if reason:
-        say(request.config, 'SKIPPING the GRE VM tests: %s' % reason)
-        pytest.skip('QEMU VM tests cannot run on this machine: %s' % reason)
+        say(request.config, 'the GRE VM tests cannot run: %s' % reason)
+    vmlib.require_vm()
     started = time.monotonic()
     image = vmlib.ensure_image()
     build_seconds = time.monotonic() - started

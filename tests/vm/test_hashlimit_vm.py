@@ -32,10 +32,8 @@ SSH_LIMIT = {'protocol': 'tcp', 'ports': [22], 'rate': '1/min', 'burst': 1, 'fam
 @pytest.fixture(scope='module')
 def machine(request):
     if 'vm' not in (request.config.getoption('markexpr') or ''):
-        pytest.skip('boots a QEMU VM: run with -m vm')
-    reason = vmlib.unavailable_reason()
-    if reason:
-        pytest.skip('QEMU VM tests cannot run on this machine: %s' % reason)
+        pytest.skip('not applicable: boots a QEMU VM, run with -m vm')
+    vmlib.require_vm()
     image = vmlib.ensure_image()
     with vmlib.VM(image, name='aeh-vm') as booted:
         with booted.ansible_workdir('aeh-ansible-'):

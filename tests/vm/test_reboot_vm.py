@@ -56,9 +56,7 @@ EDGE = [
 
 @pytest.fixture(scope='module')
 def machine():
-    reason = vmlib.unavailable_reason()
-    if reason:
-        pytest.skip('QEMU VM tests cannot run on this machine: %s' % reason)
+    vmlib.require_vm()
     with vmlib.VM(vmlib.ensure_image(), name='aeg-reboot', allow_reboot=True) as booted:
         with booted.ansible_workdir('aeg-ansible-'):
             yield booted

@@ -54,6 +54,14 @@ def unavailable_reason():
     return None
 
 
+def require_vm():
+    """Called by a test that boots the VM: a skip, or under CI=true a failure, when it cannot."""
+    reason = unavailable_reason()
+    if reason:
+        from prerequisites import missing_prerequisite  # pylint: disable=import-outside-toplevel
+        missing_prerequisite('QEMU VM tests cannot run on this machine: %s' % reason)
+
+
 def image_dir():
     digest = hashlib.sha256(BUILD_SCRIPT.read_bytes()).hexdigest()[:16]
     return CACHE_ROOT / digest
