@@ -21,6 +21,22 @@ pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (
 PROC = '/proc/sys/net/netfilter/'
 
 
+def parse_sysctl_d(text):
+    """{key: value} as sysctl.d(5) reads a file: '#' and ';' comments, blank lines, 'key = value' with
+    optional blanks around '=', a leading '-' (ignore failures). A later duplicate wins; anything else
+    is an error sysctl would report."""
+    settings = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in '#;':
+            continue
+        key, sep, value = line.lstrip('-').partition('=')
+        assert sep and key.strip() and value.strip(), 'line %d is not key = value: %r' % (number, raw)
+        assert ' ' not in key.strip(), 'line %d: %r is not a sysctl key' % (number, key)
+        settings[key.strip().replace('/', '.')] = value.strip()
+    return settings
+
+
 def running(ns, key):
     return int(nsexec(ns, ['cat', PROC + key]).stdout)
 
@@ -44,9 +60,11 @@ def test_sizing_is_persisted_idempotent_and_reports_the_namespace(netns_factory,
         text = handle.read()
     assert 'net.netfilter.nf_conntrack_buckets = 37888\nnet.netfilter.nf_conntrack_max = 151552\n' in text
     assert oct(os.stat(path).st_mode & 0o777) == '0o644'
-    # the file is valid sysctl syntax (parsed, not applied: -N would print names only, so use --dry-run style)
-    for line in text.splitlines():
-        assert line.startswith('#') or line.count(' = ') == 1
+    # parsed as sysctl.d(5) reads it: exactly these keys and values, each naming a real sysctl
+    settings = parse_sysctl_d(text)
+    assert settings == {'net.netfilter.nf_conntrack_buckets': '37888', 'net.netfilter.nf_conntrack_max': '151552'}
+    for key in settings:
+        assert os.path.exists('/proc/sys/' + key.replace('.', '/')), key
     # global on this kernel: read-only in a namespace, reported as such, running value untouched
     runtime = applied['runtime']
     for key in ('nf_conntrack_max', 'nf_conntrack_buckets'):
