@@ -1,6 +1,8 @@
-"""The site and status playbooks parse against the example and lab inventories,
-the inventories resolve to what the playbooks read, and the lab's PROXY v2
-origin decodes the header the proxy sends. Cheap: no hosts are contacted."""
+"""The site and status playbooks against the example and lab inventories: what site.yml does on each
+host (which modules it calls, in which order, with which arguments, what it installs, what check mode
+skips; worked out by Ansible itself from the inventory), the status table it prints, and that the
+inventories resolve to what the playbooks read; the lab's PROXY v2 origin decodes the header the proxy
+sends. Cheap: no hosts are contacted."""
 
 import ast
 import importlib.util
@@ -53,13 +55,100 @@ def test_playbook_syntax(playbook, inventory):
     assert 'playbook: playbooks/%s' % playbook in output
 
 
-def test_site_plays_and_rolling_batches():
-    output = run('ansible-playbook', '-i', INVENTORIES['example'], '--list-tasks', 'playbooks/site.yml')
-    assert 'play #1 (edge): Edge kernel state' in output
-    assert 'play #2 (edge): Transparent proxy (rolling' in output
-    for task in ('Size conntrack', 'Rate-limit new connections per source', 'Make the AnyIP prefixes local',
-                 'Apply the TPROXY rules', 'Apply the tenants', 'Apply the GRE tunnels', 'Run the transparent proxy role'):
-        assert task in output, task
+RENDER = os.path.join(REPO, 'tests', 'unit', 'render_playbook.py')
+MODULE_PACKAGES = ['iproute2', 'iptables', 'nftables', 'conntrack', 'libnftables1', 'python3-pyroute2',
+                   'python3-iptables', 'python3-nftables']   # site.yml's default edge_packages
+
+
+def site_on(inventory, host, packages=MODULE_PACKAGES, check=False, **extra_vars):
+    """What site.yml does on HOST of INVENTORY, worked out by Ansible (tests/unit/render_playbook.py):
+    the kernel play and the proxy play, each task with whether it runs and its templated arguments."""
+    extra = dict(extra_vars, ansible_check_mode=check,
+                 ansible_facts={'packages': {name: [{'version': '1'}] for name in packages}})
+    output = run(os.path.basename(sys.executable), RENDER, os.path.join('playbooks', 'site.yml'),
+                 INVENTORIES[inventory], host, json.dumps(extra))
+    kernel, proxy = json.loads(output)
+    return kernel, proxy
+
+
+def module_calls(play):
+    """[(module, args)] of the collection's modules the play runs, in order."""
+    return [(task['action'].split('.')[-1], task['args']) for task in play['tasks']
+            if task['runs'] and task['action'].startswith('anycast.edge.')]
+
+
+def task(play, action):
+    found = [t for t in play['tasks'] if t['action'] == action]
+    assert len(found) == 1, (action, found)
+    return found[0]
+
+
+HOSTS = [('example', 'edge-ams-1'), ('example', 'edge-fra-1'), ('example', 'edge-fra-2'),
+         ('lab', 'ael-edge1'), ('lab', 'ael-edge2')]
+
+
+@pytest.mark.parametrize('inventory, host', HOSTS)
+def test_site_makes_one_call_per_module_with_the_hosts_variables(inventory, host):
+    variables = inventory_hosts(inventory)[1][host]
+    kernel, proxy = site_on(inventory, host)
+    assert task(kernel, 'ansible.builtin.assert')['false'] == []
+    calls = module_calls(kernel)
+    modules = [name for name, _args in calls]
+    # one call per module, the rate limit in place before any prefix becomes local
+    assert len(set(modules)) == len(modules), modules
+    assert modules.index('hashlimit') < modules.index('anyip_route'), modules
+    args = dict(calls)
+    driver = variables.get('edge_xtables_driver')
+    limit = variables['edge_rate_limit']
+    assert args['hashlimit'] == dict(limit, driver=limit.get('driver', driver), state='present')
+    assert args['conntrack_sizing'] == dict(variables['edge_conntrack'], state='present')
+    assert args['anyip_route']['prefixes'] == variables['edge_anyip_prefixes'] + variables['transparent_proxy_prefixes']
+    assert args['anyip_route']['purge'] == variables['edge_anyip_purge']
+    assert args['tproxy_rule'] == {'chain': variables.get('edge_tproxy_chain', 'EDGE-TPROXY'), 'driver': driver,
+                                   'rules': variables['edge_tproxy_rules'], 'state': 'present'}
+    assert args['tenant'] == {'tenants': variables['edge_tenants'], 'purge': variables['edge_tenants_purge'],
+                              'driver': driver}
+    # every package is there: nothing to install
+    assert not task(kernel, 'ansible.builtin.apt')['runs']
+    # the GRE tasks and the boot-time restore, then the proxy role a batch at a time, stopping at a failure
+    assert task(kernel, 'ansible.builtin.include_tasks')['args'] == {'_raw_params': 'tasks/gre.yml'}
+    assert task(kernel, 'ansible.builtin.include_role')['args']['name'] == 'anycast.edge.edge_restore'
+    assert (proxy['serial'], proxy['max_fail_percentage']) == ('34%', 0)
+    assert task(proxy, 'ansible.builtin.include_role')['args'] == {'name': 'anycast.edge.transparent_proxy'}
+
+
+def test_site_leaves_out_what_a_host_does_not_configure():
+    kernel, proxy = site_on('example', 'edge-fra-1', edge_conntrack={}, edge_rate_limit={}, edge_anyip_prefixes=[],
+                            edge_anyip_purge=False, edge_tproxy_rules=[], edge_tenants=[], edge_tenants_purge=False,
+                            edge_gre_tunnels=[], edge_gre_purge=False, transparent_proxy_routes=[],
+                            transparent_proxy_prefixes=[])
+    # only the TPROXY chain is still managed: an empty list removes it
+    assert module_calls(kernel) == [('tproxy_rule', {'chain': 'EDGE-TPROXY', 'driver': 'auto', 'rules': [],
+                                                     'state': 'absent'})]
+    assert not task(kernel, 'ansible.builtin.include_tasks')['runs']
+    assert not task(proxy, 'ansible.builtin.include_role')['runs']
+
+
+def test_site_with_an_anyip_purge_refuses_to_drop_the_proxys_prefixes():
+    kernel, _proxy = site_on('example', 'edge-fra-1', transparent_proxy_prefixes=[])
+    assert len(task(kernel, 'ansible.builtin.assert')['false']) == 1
+
+
+def test_site_installs_only_the_missing_packages_and_check_mode_then_predicts_no_kernel_state():
+    missing = ['python3-pyroute2', 'python3-nftables']
+    packages = [name for name in MODULE_PACKAGES if name not in missing]
+    kernel, _proxy = site_on('example', 'edge-fra-1', packages=packages)
+    assert sorted(task(kernel, 'ansible.builtin.apt')['args']['name']) == sorted(missing)
+    assert len(module_calls(kernel)) == 5
+    # in check mode the modules could not even be imported yet: said, and skipped
+    checked, _proxy = site_on('example', 'edge-fra-1', packages=packages, check=True)
+    assert module_calls(checked) == []
+    assert 'python3-pyroute2, python3-nftables' in task(checked, 'ansible.builtin.debug')['args']['msg']
+
+
+def test_site_proxy_batch_size_is_an_extra_var():
+    _kernel, proxy = site_on('example', 'edge-fra-1', edge_proxy_serial=1)
+    assert proxy['serial'] == 1
 
 
 def inventory_hosts(name):
