@@ -1,7 +1,7 @@
 """Write docs/bad-input.md from tests/bad_input_cases.py by running every case for real.
 
 Run as root from the repo root: sudo .venv/bin/python scripts/gen_bad_input_doc.py
-It creates two throwaway namespaces (prefix ae9) and removes them.
+It creates two throwaway namespaces (prefix $AE_NS_TAG + ae9) and removes them.
 """
 
 import json
@@ -14,14 +14,14 @@ sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
 import helpers  # noqa: E402
 from bad_input_cases import CASES, cell  # noqa: E402
-from test_bad_input import run_case  # noqa: E402
+from test_bad_input import make_namespaces, run_case  # noqa: E402
 
 
 def main():
-    factory = helpers.NamespaceFactory('ae9')
+    factory = helpers.NamespaceFactory(helpers.ns_prefix('ae9'))
     rows = {}
     try:
-        host, tenant = factory(), factory()
+        host, tenant = make_namespaces(factory)
         for module, args, param, _words in CASES:
             shown = dict((k, v) for k, v in args.items() if k != '_env')
             result, message = run_case(module, args, host, tenant)

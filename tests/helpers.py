@@ -78,8 +78,13 @@ def unique_name(prefix):
     return '%s%s' % (prefix, uuid.uuid4().hex[:6])
 
 
+# The lockout guards (hashlimit's ssh_guard, anyip_route's lockout_guard) read these; a test
+# runner that is itself under SSH must not hand its own session to the module under test.
+SSH_VARIABLES = ('SSH_CONNECTION', 'SSH_CLIENT')
+
+
 def module_env(extra=None):
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in SSH_VARIABLES}
     env['PYTHONPATH'] = ensure_collection_link()
     env.update(extra or {})
     return env
@@ -158,7 +163,7 @@ def run_playbook(tasks, check=False, diff=False, env=None, extra_vars=None, time
         cmd.append('--check')
     if diff:
         cmd.append('--diff')
-    run_env = dict(os.environ)
+    run_env = {k: v for k, v in os.environ.items() if k not in SSH_VARIABLES}
     run_env.update({
         'ANSIBLE_COLLECTIONS_PATH': COLLECTIONS,
         'ANSIBLE_NOCOLOR': '1',

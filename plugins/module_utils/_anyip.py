@@ -4,7 +4,9 @@
 """AnyIP routes: whole prefixes made local (``ip route add local P dev lo``).
 
 A route here is the kernel's key (family, table local, destination) plus the
-attributes we manage (device, preferred source). Ours carry ROUTE_PROTO.
+attributes we manage (device, preferred source). Ours carry ROUTE_PROTO. The
+kernel's own local routes (``proto kernel``: 127.0.0.0/8, every address of an
+interface) are never adopted, replaced or removed, whatever the input says.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import ipaddress
 import os
 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, failure, link_index, link_names)
+    ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, TABLE_MAIN, failure, link_index, link_names)
+from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
+
+RTPROT_KERNEL = 2   # routes the kernel made for addresses of its interfaces
 
 
 class AnyipRoute(object):
@@ -52,15 +57,28 @@ def read_local_routes(raw):
     return found
 
 
+def kernel_held(current, desired):
+    """The desired routes whose prefix has the kernel's own local route: left to the kernel."""
+    return [route for route in desired
+            if route.key in current and current[route.key].proto == RTPROT_KERNEL]
+
+
 def plan(current, desired, present, purge):
-    """Return (add, replace, remove, adopt); replace holds (new, old) pairs."""
+    """Return (add, replace, remove, adopt); replace holds (new, old) pairs.
+
+    A route the kernel owns is in none of them: taking it over would make a later purge delete,
+    say, the kernel's 127.0.0.0/8 (only 127.0.0.1 would stay local) or an interface's address.
+    """
     add, replace, remove, adopt = [], [], [], []
     wanted = {route.key: route for route in desired}
+    kernel = set(route.key for route in kernel_held(current, desired))
     if present:
         for key, route in wanted.items():
             have = current.get(key)
             if have is None:
                 add.append(route)
+            elif key in kernel:
+                continue
             elif not route.same(have):
                 # Also covers a route someone added by hand for a prefix we are
                 # told to manage: we take it over (NLM_F_REPLACE) and tag it.
@@ -74,6 +92,36 @@ def plan(current, desired, present, purge):
         remove += [current[key] for key in wanted
                    if key in current and current[key].proto == ROUTE_PROTO]
     return add, replace, remove, adopt
+
+
+def default_gateways(raw):
+    """The gateway addresses of the default routes in table main (both families, every nexthop)."""
+    gateways = []
+    for family in (4, 6):
+        for route in raw.routes(family, TABLE_MAIN):
+            if route['dst_len'] == 0:
+                found = ([route['gateway']] if route['gateway'] else []) + route['multipath']
+                gateways += [ipaddress.ip_address(address) for address in found]
+    return gateways
+
+
+def check_lockout(networks, ssh_client, gateways, where=''):
+    """Refuse a listed prefix that contains the SSH client's address or a default gateway's: made
+    local, replies to the controller (or everything sent via the gateway's address) never leave.
+
+    NETWORKS are the listed prefixes in order (the parameter is prefixes[N]); WHERE says which
+    namespace the gateways were read in.
+    """
+    for index, net in enumerate(networks):
+        if ssh_client is not None and ssh_client.version == net.version and ssh_client in net:
+            raise ParamError('prefixes[%d]' % index, '%s contains %s, the address of the SSH client this module runs '
+                             'for: replies to it would be delivered locally and the controller cut off; set '
+                             'lockout_guard: false if that is meant' % (net, ssh_client))
+        for gateway in gateways:
+            if gateway.version == net.version and gateway in net:
+                raise ParamError('prefixes[%d]' % index, '%s contains %s, the IPv%d default gateway%s: its address '
+                                 'would become local, cutting the host off from its gateway; set lockout_guard: '
+                                 'false if that is meant' % (net, gateway, net.version, where))
 
 
 def _route(route):
@@ -123,4 +171,5 @@ def _sort_key(key):
     return (key[0], ipaddress.ip_network(key[1]))
 
 
-__all__ = ['AnyipRoute', 'read_local_routes', 'plan', 'apply', 'render', 'link_index', 'link_names']
+__all__ = ['AnyipRoute', 'read_local_routes', 'kernel_held', 'plan', 'default_gateways', 'check_lockout', 'apply',
+           'render', 'link_index', 'link_names']

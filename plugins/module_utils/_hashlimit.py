@@ -37,8 +37,8 @@ import ipaddress
 import re
 import time
 
-from ansible_collections.anycast.edge.plugins.module_utils._validate import (
-    ParamError, check_chain_name, parse_ports, parse_prefix)
+from ansible_collections.anycast.edge.plugins.module_utils._validate import (  # noqa: F401 (parse_ssh_connection)
+    ParamError, check_chain_name, parse_ports, parse_prefix, parse_ssh_connection)
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
 
@@ -234,29 +234,33 @@ def validate(params):
                                           else DEFAULT_GCINTERVAL, 'htable_gcinterval', 1, 2 ** 31 - 1, 'milliseconds')
     cfg['state'] = params.get('state') or 'present'
     cfg['ssh_guard'] = params.get('ssh_guard') or 'fail'
+    check_exempt_leaves_someone_limited(cfg)
     return cfg
+
+
+def check_exempt_leaves_someone_limited(cfg):
+    """Refuse exempt prefixes that together cover every source of a family the chain is configured
+    for: that chain would limit nobody. The exempt rules match sources whatever the destinations, so
+    the scope's sources are the whole address space of the family."""
+    for family in configured_families(cfg):
+        everyone = ipaddress.ip_network('0.0.0.0/0' if family == 4 else '::/0')
+        covered = []
+        for index, net in enumerate(cfg['exempt']):
+            if net.version != family:
+                continue
+            covered = list(ipaddress.collapse_addresses(covered + [net]))
+            if covered == [everyone]:
+                other = 10 - family
+                instead = ('set family: ipv%d' % other if other in cfg['families']
+                           else 'remove the chain (state: absent)')
+                raise ParamError('exempt[%d]' % index, '%s %s every IPv%d source: the chain would limit nobody; '
+                                 'to leave IPv%d unlimited, %s'
+                                 % (net, 'exempts' if net == everyone else 'with the exempt prefixes before it exempts',
+                                    family, family, instead))
 
 
 # --------------------------------------------------------------------------
 # Lockout safety.
-
-def parse_ssh_connection(text):
-    """SSH_CONNECTION 'client_ip client_port server_ip server_port' -> tuple or None."""
-    if not text:
-        return None
-    parts = text.split()
-    if len(parts) != 4:
-        return None
-    try:
-        client = ipaddress.ip_address(parts[0].split('%')[0])
-        server = ipaddress.ip_address(parts[2].split('%')[0])
-        # a dual-stack sshd may report IPv4 peers as ::ffff:a.b.c.d; iptables sees them as IPv4
-        client = getattr(client, 'ipv4_mapped', None) or client
-        server = getattr(server, 'ipv4_mapped', None) or server
-        return client, int(parts[1]), server, int(parts[3])
-    except ValueError:
-        return None
-
 
 def ssh_exposure(cfg, ssh):
     """The SSH client's host prefix if the configured scope would limit it, else None."""

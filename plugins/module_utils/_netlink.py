@@ -151,8 +151,9 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
 _NLMSGHDR = struct.Struct('=IHHII')
+_RTNEXTHOP = struct.Struct('=HBBi')
 _RTMSG = struct.Struct('=BBBBBBBBI')
 _RTATTR = struct.Struct('=HH')
 _BATCH = 256
@@ -161,6 +162,21 @@ _BATCH = 256
 def _attr(kind, payload):
     length = _RTATTR.size + len(payload)
     return _RTATTR.pack(length, kind) + payload + b'\0' * ((4 - length % 4) % 4)
+
+
+def multipath_gateways(payload, af):
+    """Gateways of the nexthops in an RTA_MULTIPATH payload (struct rtnexthop, each with its attributes)."""
+    gateways = []
+    offset = 0
+    while offset + _RTNEXTHOP.size <= len(payload):
+        length = _RTNEXTHOP.unpack_from(payload, offset)[0]
+        if length < _RTNEXTHOP.size:
+            break
+        attrs = parse_attrs(payload, offset + _RTNEXTHOP.size, offset + length)
+        if RTA_GATEWAY in attrs:
+            gateways.append(socket.inet_ntop(af, attrs[RTA_GATEWAY]))
+        offset += (length + 3) & ~3
+    return gateways
 
 
 def parse_attrs(data, offset, end=None):
@@ -257,6 +273,7 @@ class RawRtnl(object):
                 'prefsrc': socket.inet_ntop(af, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else None,
                 'gateway': socket.inet_ntop(af, attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None,
                 'priority': struct.unpack('=I', attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else None,
+                'multipath': multipath_gateways(attrs[RTA_MULTIPATH], af) if RTA_MULTIPATH in attrs else [],
             })
         return routes
 

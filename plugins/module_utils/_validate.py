@@ -52,6 +52,82 @@ def parse_prefix(value, param, family=None):
     return net
 
 
+# Ranges an AnyIP prefix may not touch: making any of their addresses local breaks the host itself
+# (loopback, the kernel's own 127.0.0.0/8 route), its links (link-local, neighbour discovery), or
+# means nothing (unspecified, multicast, broadcast, IPv4-mapped IPv6, which never reaches the wire).
+SPECIAL_RANGES = tuple((ipaddress.ip_network(net), what) for net, what in (
+    ('0.0.0.0/8', 'the unspecified ("this network") range'),
+    ('127.0.0.0/8', 'the loopback range'),
+    ('169.254.0.0/16', 'the link-local range'),
+    ('224.0.0.0/4', 'the multicast range'),
+    ('255.255.255.255/32', 'the limited broadcast address'),
+    ('::/128', 'the unspecified address'),
+    ('::1/128', 'the loopback address'),
+    ('::ffff:0:0/96', 'the IPv4-mapped IPv6 range'),
+    ('fe80::/10', 'the link-local range'),
+    ('ff00::/8', 'the multicast range'),
+))
+
+
+def check_unicast_prefix(net, param):
+    """Refuse a default route and a prefix that touches a special range (SPECIAL_RANGES)."""
+    if net.prefixlen == 0:
+        raise ParamError(param, '%s is a default route: every address would become local, the gateway\'s and '
+                                'the SSH client\'s included' % net)
+    for special, what in SPECIAL_RANGES:
+        if special.version != net.version or not net.overlaps(special):
+            continue
+        if net == special:
+            relation = 'is'
+        elif net.subnet_of(special):
+            relation = 'lies in'
+        else:
+            relation = 'contains'
+        shown = str(net)
+        mapped = getattr(net.network_address, 'ipv4_mapped', None)
+        if mapped is not None and net.prefixlen >= 96:
+            shown += ' (%s written as IPv4-mapped IPv6; give IPv4 prefixes as IPv4)' % ipaddress.ip_network(
+                '%s/%d' % (mapped, net.prefixlen - 96))
+        raise ParamError(param, '%s %s %s %s; only unicast prefixes routed to this host can be made local'
+                         % (shown, relation, what, special))
+    return net
+
+
+def parse_ssh_connection(text):
+    """SSH_CONNECTION 'client_ip client_port server_ip server_port' -> tuple or None."""
+    if not text:
+        return None
+    parts = text.split()
+    if len(parts) != 4:
+        return None
+    try:
+        client = _unmapped(ipaddress.ip_address(parts[0].split('%')[0]))
+        server = _unmapped(ipaddress.ip_address(parts[2].split('%')[0]))
+        return client, int(parts[1]), server, int(parts[3])
+    except ValueError:
+        return None
+
+
+def ssh_client_address(environ):
+    """The SSH client's address this process runs for: from SSH_CONNECTION, else SSH_CLIENT
+    ('client_ip client_port server_port'); None when not under SSH."""
+    connection = parse_ssh_connection(environ.get('SSH_CONNECTION'))
+    if connection:
+        return connection[0]
+    parts = (environ.get('SSH_CLIENT') or '').split()
+    if len(parts) == 3:
+        try:
+            return _unmapped(ipaddress.ip_address(parts[0].split('%')[0]))
+        except ValueError:
+            return None
+    return None
+
+
+def _unmapped(address):
+    # a dual-stack sshd may report IPv4 peers as ::ffff:a.b.c.d; the kernel routes them as IPv4
+    return getattr(address, 'ipv4_mapped', None) or address
+
+
 def parse_address(value, param, family=None):
     if not isinstance(value, str) or not value.strip():
         raise ParamError(param, 'expected an IPv4 or IPv6 address, got %r' % (value,))

@@ -19,7 +19,9 @@ description:
   - Routes created by this module carry route protocol C(172) (shown by C(ip route) as C(proto 172));
     O(purge) and O(state=absent) only ever remove routes with that tag.
   - A listed prefix that already has a C(local) route added by someone else is taken over (replaced with
-    the same route plus the tag) and reported in RV(adopted).
+    the same route plus the tag) and reported in RV(adopted). The kernel's own local routes (C(proto kernel), that is
+    C(127.0.0.0/8) and the addresses of interfaces) are never taken over, replaced or removed; a listed prefix
+    that has one is already local, is left to the kernel and reported in RV(kernel_routes).
 author:
   - anycast.edge developers (@anycast-edge)
 requirements:
@@ -29,6 +31,11 @@ options:
     description:
       - IPv4 and IPv6 prefixes in CIDR notation, for example C(192.0.2.0/24) or C(2001:db8::/64).
       - Host bits must be zero (C(192.0.2.1/24) is refused, not silently changed into C(192.0.2.0/24)).
+      - Refused, in every O(state) and whatever O(lockout_guard) says, because making them local breaks the host
+        or means nothing - a default route (C(0.0.0.0/0), C(::/0)); any prefix that touches the unspecified
+        (C(0.0.0.0/8), C(::)), loopback (C(127.0.0.0/8), C(::1)), link-local (C(169.254.0.0/16), C(fe80::/10)),
+        multicast (C(224.0.0.0/4), C(ff00::/8)) or IPv4-mapped IPv6 (C(::ffff:0:0/96)) ranges, or the broadcast
+        address C(255.255.255.255).
     type: list
     elements: str
     default: []
@@ -56,6 +63,19 @@ options:
       - Interface the routes point at.
     type: str
     default: lo
+  lockout_guard:
+    description:
+      - With O(state=present), refuse a listed prefix that contains the address of the SSH client the module runs
+        for (C(SSH_CONNECTION), else C(SSH_CLIENT), of the module's environment) or the gateway of a default route
+        of the managed namespace (table C(main), both families, every nexthop). Made local, replies to the
+        controller are delivered to the host itself and the controller is cut off; the gateway's address stops
+        being reachable.
+      - V(false) applies such a prefix anyway. At boot and on rollback the recorded prefixes are re-applied without
+        the check (they passed it, or were overridden, when they were applied).
+      - Like the SSH check of M(anycast.edge.hashlimit) (O(anycast.edge.hashlimit#module:ssh_guard)), it also
+        applies with O(netns), since the module cannot tell which namespace the SSH session arrived in.
+    type: bool
+    default: true
   netns:
     description:
       - Name of a network namespace (as in C(ip netns list)) to work in instead of the host's.
@@ -87,6 +107,11 @@ EXAMPLES = r'''
   anycast.edge.anyip_route:
     prefixes: "{{ edge_anyip_prefixes }}"
     purge: true
+
+- name: A prefix that contains the default gateway, on purpose (the gateway is reached another way)
+  anycast.edge.anyip_route:
+    prefixes: [203.0.113.0/24]
+    lockout_guard: false
 
 - name: Remove one prefix
   anycast.edge.anyip_route:
@@ -126,6 +151,12 @@ adopted:
   returned: always
   type: list
   elements: str
+kernel_routes:
+  description: Listed prefixes that have the kernel's own local route (an address of an interface); left as they are.
+  returned: always
+  type: list
+  elements: str
+  sample: [198.51.100.10/32]
 prefixes:
   description: All AnyIP prefixes the collection owns after the run (predicted in check mode).
   returned: always
@@ -133,6 +164,8 @@ prefixes:
   elements: str
   sample: [192.0.2.0/24, 2001:db8:100::/64]
 '''
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -142,12 +175,13 @@ from ansible_collections.anycast.edge.plugins.module_utils._persist import (
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     NetlinkFailure, ROUTE_PROTO, RawRtnl, open_iproute, require_pyroute2)
 from ansible_collections.anycast.edge.plugins.module_utils._validate import (
-    ParamError, check_ifname, parse_address, parse_prefix, require_unique)
+    ParamError, check_ifname, check_unicast_prefix, parse_address, parse_prefix, require_unique, ssh_client_address)
 from ansible_collections.anycast.edge.plugins.module_utils import _anyip
 
 
 def validate(params):
-    networks = [parse_prefix(p, 'prefixes[%d]' % i) for i, p in enumerate(params['prefixes'])]
+    networks = [check_unicast_prefix(parse_prefix(p, 'prefixes[%d]' % i), 'prefixes[%d]' % i)
+                for i, p in enumerate(params['prefixes'])]
     require_unique([str(n) for n in networks], 'prefixes', 'prefix')
     src = parse_address(params['src'], 'src', family=4)
     check_ifname(params['device'], 'device')
@@ -162,6 +196,7 @@ def main():
             purge=dict(type='bool', default=False),
             src=dict(type='str', default='127.0.0.1'),
             device=dict(type='str', default='lo'),
+            lockout_guard=dict(type='bool', default=True),
             netns=dict(type='str'),
             **PERSIST_ARGUMENT_SPEC
         ),
@@ -181,7 +216,10 @@ def main():
         result, owned_before, owned_after = sync(module, networks, src)
         # What is recorded (and rolled back to) is the whole owned set, not this
         # call's list: several calls without purge each add to it.
-        recorded = dict(persistence.params(), prefixes=owned_after, purge=True, state='present')
+        # The recorded prefixes passed the lockout guard (or were let through) when applied; at
+        # boot there is no SSH client to check, and a rollback restores what was there.
+        recorded = dict(persistence.params(), prefixes=owned_after, purge=True, state='present',
+                        lockout_guard=False)
         previous = dict(recorded, prefixes=owned_before)
         result.update(persistence.save(bool(owned_after), result['changed'], params=recorded,
                                        rollback_params=previous))
@@ -200,7 +238,15 @@ def sync(module, networks, src):
         desired = [_anyip.AnyipRoute(net, oif, src if net.version == 4 else None) for net in networks]
         names = _anyip.link_names(ipr)
         current = _anyip.read_local_routes(raw)
+        if present and module.params['lockout_guard']:
+            netns = module.params['netns']
+            try:
+                _anyip.check_lockout(networks, ssh_client_address(os.environ), _anyip.default_gateways(raw),
+                                     " of network namespace '%s'" % netns if netns else ' of this host')
+            except ParamError as exc:
+                module.fail_json(msg=str(exc))
         add, replace, remove, adopt = _anyip.plan(current, desired, present, module.params['purge'])
+        kernel = _anyip.kernel_held(current, desired) if present else []
 
         owned_before = {k: r for k, r in current.items() if r.proto == ROUTE_PROTO}
         owned_after = dict(owned_before)
@@ -228,11 +274,15 @@ def sync(module, networks, src):
             removed=[str(r.network) for r in remove],
             updated=[str(n.network) for n, old in replace if old.proto == ROUTE_PROTO],
             adopted=[str(r.network) for r in adopt],
+            kernel_routes=[str(r.network) for r in kernel],
             prefixes=[key[1] for key in sorted(owned_after, key=_anyip._sort_key)],
         )
         if adopt:
             module.warn('took over existing local routes not created by this collection: %s'
                         % ', '.join(result['adopted']))
+        if kernel:
+            module.warn("left to the kernel: %s already local through the kernel's own route (an address of an "
+                        'interface); it is neither taken over nor recorded' % ', '.join(result['kernel_routes']))
         if module._diff:
             before = _anyip.render(owned_before, names)
             after = _anyip.render(owned_after, names)

@@ -98,7 +98,13 @@ options:
     type: list
     elements: str
   exempt:
-    description: Source prefixes that are never limited (accepted before the hashlimit rule).
+    description:
+      - Source prefixes that are never limited (accepted before the hashlimit rule).
+      - Prefixes that together cover every source of a family the chain is configured for (C(0.0.0.0/0), C(::/0),
+        or C(0.0.0.0/1) with C(128.0.0.0/1)) are refused, naming the prefix that completed the cover, since that
+        chain would limit nobody. O(destinations) do not narrow this, since exempt rules match sources whatever the
+        destination; to leave a family unlimited, leave it out with O(family). Exempt prefixes of a family
+        without a chain are accepted and unused.
     type: list
     elements: str
     default: []

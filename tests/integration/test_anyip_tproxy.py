@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -182,6 +183,133 @@ def test_hand_made_route_for_a_listed_prefix_is_adopted(edge):
     assert result['adopted'] == [PREFIX4] and result['changed']
     assert 'proto 172' in nsexec(edge_ns, ['ip', 'route', 'show', 'table', 'local', PREFIX4]).stdout
     assert ok(run_module('anyip_route', {'prefixes': [PREFIX4], 'netns': edge_ns}))['changed'] is False
+
+
+def local_routes(ns, prefix, family='-4'):
+    return nsexec(ns, ['ip', family, 'route', 'show', 'table', 'local', prefix]).stdout
+
+
+def binds(ns, address):
+    """Can a plain socket (no IP_FREEBIND/IP_TRANSPARENT) bind ADDRESS in NS, i.e. is it local?"""
+    code = 'import socket, sys\ns = socket.socket()\ntry:\n    s.bind((sys.argv[1], 0))\nexcept OSError:\n    sys.exit(1)'
+    return nsexec(ns, [sys.executable, '-c', code, address], check=False).returncode == 0
+
+
+def test_the_kernels_own_local_routes_survive_a_purge_with_an_empty_list(edge):
+    edge_ns, _client = edge
+    loopback = local_routes(edge_ns, '127.0.0.0/8')
+    assert 'proto kernel' in loopback and binds(edge_ns, '127.0.0.5')
+    # 198.51.100.1 is an address of edge0: the kernel's local route, listed as a prefix
+    interface = local_routes(edge_ns, '198.51.100.1')
+    assert 'dev edge0 proto kernel' in interface
+    listed = run_module('anyip_route', {'prefixes': [PREFIX4, '198.51.100.1/32'], 'netns': edge_ns})
+    assert ok(listed)['kernel_routes'] == ['198.51.100.1/32'] and listed['adopted'] == []
+    assert listed['prefixes'] == [PREFIX4] and 'left to the kernel: 198.51.100.1/32' in listed['warnings'][0]
+    assert local_routes(edge_ns, '198.51.100.1') == interface
+    assert ok(run_module('anyip_route', {'prefixes': [PREFIX4, '198.51.100.1/32'], 'netns': edge_ns}))[
+        'changed'] is False
+
+    purged = ok(run_module('anyip_route', {'prefixes': [], 'purge': True, 'netns': edge_ns}))
+    assert purged['removed'] == [PREFIX4] and purged['prefixes'] == []
+    assert local_routes(edge_ns, '127.0.0.0/8') == loopback
+    assert local_routes(edge_ns, '198.51.100.1') == interface
+    assert binds(edge_ns, '127.0.0.5') and binds(edge_ns, '127.255.255.254') and binds(edge_ns, '198.51.100.1')
+    assert 'proto kernel' in local_routes(edge_ns, '::1', '-6')
+    assert ok(run_module('anyip_route', {'prefixes': [], 'purge': True, 'netns': edge_ns}))['changed'] is False
+
+
+LINK4 = '198.51.100.0/30'   # edge0's subnet; the gateway 198.51.100.2 is in it
+
+
+@pytest.fixture
+def edge_with_gateways(edge):
+    """The edge's default routes lead to the client: 198.51.100.2 and 2001:db8:ffff::2."""
+    edge_ns, client_ns = edge
+    nsexec(edge_ns, ['ip', 'route', 'add', 'default', 'via', '198.51.100.2'])
+    nsexec(edge_ns, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:ffff::2'])
+    return edge_ns, client_ns
+
+
+@pytest.mark.parametrize('check', [False, True])
+@pytest.mark.parametrize('prefix, gateway', [('198.51.100.0/24', '198.51.100.2'),
+                                             ('2001:db8:ffff::/48', '2001:db8:ffff::2')])
+def test_a_prefix_covering_the_default_gateway_is_refused(edge_with_gateways, prefix, gateway, check):
+    edge_ns, _client = edge_with_gateways
+    before = helpers.kernel_state(edge_ns)
+    result = run_module('anyip_route', {'prefixes': [PREFIX4, prefix], 'netns': edge_ns}, check=check)
+    assert result.get('failed'), result
+    assert result['msg'].startswith('prefixes[1]: %s contains %s, the IPv%d default gateway of network namespace'
+                                    % (prefix, gateway, 6 if ':' in prefix else 4)), result['msg']
+    assert 'lockout_guard: false' in result['msg']
+    assert helpers.kernel_state(edge_ns) == before
+
+
+def test_the_gateways_of_a_multipath_default_route_are_all_guarded(edge):
+    edge_ns, _client = edge
+    nsexec(edge_ns, ['ip', 'route', 'add', 'default', 'nexthop', 'via', '198.51.100.2', 'dev', 'edge0',
+                     'nexthop', 'via', '203.0.113.9', 'dev', 'edge0', 'onlink'])
+    result = run_module('anyip_route', {'prefixes': ['203.0.113.0/24'], 'netns': edge_ns})
+    assert result.get('failed') and 'contains 203.0.113.9, the IPv4 default gateway' in result['msg'], result
+
+
+@pytest.fixture
+def gateway_service(edge_with_gateways):
+    """A TCP service on the gateway's address (in the client namespace) answering 'gateway'."""
+    _edge, client_ns = edge_with_gateways
+    proc = subprocess.Popen(['ip', 'netns', 'exec', client_ns, 'socat',
+                             'TCP-LISTEN:8099,bind=198.51.100.2,reuseaddr,fork', 'SYSTEM:echo gateway'])
+    target = [['198.51.100.2', 8099]]
+    try:
+        deadline = time.monotonic() + 10
+        while dial(client_ns, target)[0][2] != 'gateway':
+            assert time.monotonic() < deadline, 'socat did not start listening'
+            time.sleep(0.1)
+        yield target
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lockout_guard_false_applies_such_a_prefix_and_shows_why_it_is_guarded(edge_with_gateways, gateway_service):
+    # the edge0 link's own /30: as long as the connected route, so the local route wins the lookup
+    edge_ns, _client = edge_with_gateways
+    assert dial(edge_ns, gateway_service)[0][2] == 'gateway'
+    assert not binds(edge_ns, '198.51.100.2')
+    state_dir = helpers.scratch_dir('ae2-state-')
+    applied = ok(run_playbook([{'anycast.edge.anyip_route': {'prefixes': [LINK4], 'lockout_guard': False,
+                                                             'netns': edge_ns}}], state_dir=state_dir)[0])
+    assert applied['changed'] and applied['added'] == [LINK4]
+    assert 'proto 172' in local_routes(edge_ns, LINK4)
+    # what the guard prevents: the gateway's address is now the edge's own, the real gateway unreachable
+    assert binds(edge_ns, '198.51.100.2')
+    assert nsexec(edge_ns, ['ip', 'route', 'get', '198.51.100.2']).stdout.startswith('local 198.51.100.2 dev lo')
+    assert dial(edge_ns, gateway_service)[0][2].startswith('error:')      # refused by the edge itself
+    # the record re-applies it at boot without the guard (there is no SSH client then; it was let through)
+    nsexec(edge_ns, ['ip', 'route', 'del', 'local', LINK4, 'table', 'local'])
+    restore = subprocess.run([sys.executable, os.path.join(state_dir, 'anycast-edge-restore'), 'restore', state_dir],
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert restore.returncode == 0 and 'anyip_route@%s: changed' % edge_ns in restore.stdout, restore
+    assert 'proto 172' in local_routes(edge_ns, LINK4)
+    # idempotent with the override; without it the same call is refused, and nothing changes
+    assert ok(run_module('anyip_route', {'prefixes': [LINK4], 'lockout_guard': False,
+                                         'netns': edge_ns}))['changed'] is False
+    settled = helpers.kernel_state(edge_ns)
+    assert run_module('anyip_route', {'prefixes': [LINK4], 'netns': edge_ns}).get('failed')
+    assert helpers.kernel_state(edge_ns) == settled
+    # removing it needs no override and gives the gateway back
+    ok(run_module('anyip_route', {'prefixes': [LINK4], 'state': 'absent', 'netns': edge_ns}))
+    assert dial(edge_ns, gateway_service)[0][2] == 'gateway'
+
+
+def test_the_ssh_client_is_guarded_in_a_namespace_too(edge):
+    edge_ns, _client = edge
+    before = helpers.kernel_state(edge_ns)
+    ssh = {'SSH_CONNECTION': '192.0.2.77 50022 198.51.100.1 22'}
+    refused = run_module('anyip_route', {'prefixes': [PREFIX4], 'netns': edge_ns}, env=ssh)
+    assert refused.get('failed') and 'contains 192.0.2.77, the address of the SSH client' in refused['msg']
+    assert helpers.kernel_state(edge_ns) == before
+    assert ok(run_module('anyip_route', {'prefixes': [PREFIX4], 'netns': edge_ns, 'lockout_guard': False},
+                         env=ssh))['changed']
 
 
 def test_auto_driver_follows_the_host_variant(edge):

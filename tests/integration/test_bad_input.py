@@ -26,11 +26,33 @@ def run_case(module, args, host, tenant):
     return result, placeholders(result.get('msg', ''), mapping)
 
 
+def give_default_routes(ns):
+    """Default routes via 198.18.0.1 and 2001:db8:ff::1 in NS (a veth pair inside it stands for the
+    uplink): the gateways anyip_route's lockout guard reads from the kernel."""
+    helpers.nsexec(ns, ['ip', 'link', 'add', 'aegw0', 'type', 'veth', 'peer', 'name', 'aegw1'])
+    for ifname in ('aegw0', 'aegw1'):
+        # no autoconfigured link-local addresses: their routes would appear while a case runs
+        helpers.nsexec(ns, ['ip', 'link', 'set', ifname, 'addrgenmode', 'none'])
+    helpers.nsexec(ns, ['ip', 'addr', 'add', '198.18.0.2/24', 'dev', 'aegw0'])
+    helpers.nsexec(ns, ['ip', 'addr', 'add', '2001:db8:ff::2/64', 'dev', 'aegw0', 'nodad'])
+    for ifname in ('aegw0', 'aegw1'):
+        helpers.nsexec(ns, ['ip', 'link', 'set', ifname, 'up'])
+    helpers.nsexec(ns, ['ip', 'route', 'add', 'default', 'via', '198.18.0.1'])
+    helpers.nsexec(ns, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:ff::1'])
+
+
+def make_namespaces(factory):
+    """(HOST, TENANT) of the cases; HOST has default gateways."""
+    host, tenant = factory(), factory()
+    give_default_routes(host)
+    return host, tenant
+
+
 @pytest.fixture(scope='module')
 def namespaces():
     factory = helpers.NamespaceFactory(NS_PREFIX)
     try:
-        yield factory(), factory()
+        yield make_namespaces(factory)
     finally:
         factory.cleanup()
 

@@ -146,3 +146,25 @@ def test_ssh_exposure(extra, exposed):
     assert (result is not None) == exposed
     if exposed:
         assert str(result) == '198.51.100.7/32'
+
+
+@pytest.mark.parametrize('extra, param, words', [
+    ({'exempt': ['0.0.0.0/0']}, 'exempt[0]', '0.0.0.0/0 exempts every IPv4 source'),
+    ({'exempt': ['::/0'], 'family': 'ipv6'}, 'exempt[0]', 'remove the chain (state: absent)'),
+    ({'exempt': ['10.0.0.0/8', '0.0.0.0/1', '128.0.0.0/1']}, 'exempt[2]', 'with the exempt prefixes before it'),
+    ({'exempt': ['0.0.0.0/0'], 'destinations': ['192.0.2.0/24']}, 'exempt[0]', 'limit nobody'),
+])
+def test_an_exempt_list_that_covers_every_source_is_refused(extra, param, words):
+    with pytest.raises(ParamError) as err:
+        cfg(**extra)
+    assert str(err.value).startswith(param + ': ') and words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize('extra', [
+    {'exempt': ['0.0.0.0/1']},                                   # half of IPv4 is still limited
+    {'exempt': ['::/0'], 'family': 'ipv4'},                      # no IPv6 chain: the entry has no effect
+    {'exempt': ['0.0.0.0/0'], 'destinations': ['2001:db8::/64']},  # only an IPv6 chain
+    {'exempt': ['0.0.0.0/0'], 'state': 'absent'},
+])
+def test_exempt_lists_that_leave_someone_limited_are_accepted(extra):
+    assert cfg(**extra)['exempt']
