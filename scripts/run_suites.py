@@ -81,17 +81,18 @@ class Needs:
 # Reading a suite's counts. Each reader takes the suite's output (text) and
 # returns Counts, or None when the tool left nothing to count.
 
-def junit(name):
-    """Counts from pytest's or ansible-test's junit XML: build/reports/NAME (a file or a directory)."""
+def junit(name, named=False):
+    """Counts from pytest's or ansible-test's junit XML: build/reports/NAME (a file or a directory).
+    NAMED: a skip's reason starts with the test's name (few tests, each skipped for its own reason)."""
     path = os.path.join(REPORTS, name)
 
     def read(_output):
-        return read_junit(path)
+        return read_junit(path, named)
     read.path = path
     return read
 
 
-def read_junit(path):
+def read_junit(path, named=False):
     if os.path.isdir(path):
         files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith('.xml'))
     else:
@@ -105,7 +106,8 @@ def read_junit(path):
                 counts.failed += 1
             elif case.find('skipped') is not None:
                 skipped = case.find('skipped')
-                counts.skip((skipped.get('message') or skipped.text or 'no reason given').strip())
+                reason = (skipped.get('message') or skipped.text or 'no reason given').strip()
+                counts.skip('%s: %s' % (case.get('name'), reason) if named else reason)
             else:
                 counts.passed += 1
     return counts
@@ -114,7 +116,7 @@ def read_junit(path):
 def sanity_report(name):
     """ansible-test's junit files, plus the programs it said it could not find: it then skips
     that test as "No tests applicable", which must not pass for a clean run."""
-    read_files = junit(name)
+    read_files = junit(name, named=True)
 
     def read(output):
         counts = read_files(output)

@@ -37,8 +37,8 @@ import ipaddress
 import re
 import time
 
-from ansible_collections.anycast.edge.plugins.module_utils._validate import (  # noqa: F401 (parse_ssh_connection)
-    ParamError, check_chain_name, parse_ports, parse_prefix, parse_ssh_connection)
+from ansible_collections.anycast.edge.plugins.module_utils._validate import (
+    ParamError, check_chain_name, parse_ports, parse_prefix)
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
 

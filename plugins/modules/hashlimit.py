@@ -276,7 +276,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _hashlimit
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._persist import (
     PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_ssh_connection
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
 
 
@@ -320,7 +320,7 @@ def main():
     exempt = list(cfg['exempt'])
     ssh_exempt = None
     if cfg['ssh_guard'] != 'ignore':
-        exposed = _hashlimit.ssh_exposure(cfg, _hashlimit.parse_ssh_connection(os.environ.get('SSH_CONNECTION')))
+        exposed = _hashlimit.ssh_exposure(cfg, parse_ssh_connection(os.environ.get('SSH_CONNECTION')))
         if exposed is not None and cfg['ssh_guard'] == 'fail':
             module.fail_json(msg='exempt: this scope would rate-limit the SSH connection Ansible is using (from %s); '
                                  'add %s to exempt, narrow ports/destinations, or set ssh_guard: exempt (exempt it '

@@ -6,9 +6,10 @@ Ansible loads the playbook and the inventory as ansible-playbook does; for every
 task (blocks flattened, includes not followed) the task's `when` is evaluated and its arguments
 templated with the host's variables, the task's and the play's, plus VARS_JSON (standing in for
 extra vars and gathered facts, e.g. {"ansible_facts": {"packages": {...}}, "ansible_check_mode":
-false}); a `set_fact` that runs sets its facts for the tasks after it, as it would. Prints JSON: [{"name", "serial", "max_fail_percentage", "tasks": [{"name", "action",
-"runs", "args"}]}]; an `assert` that runs also gets "false": its conditions that do not hold.
-Arguments of tasks that do not run are not templated.
+false}); a `set_fact` that runs sets its facts for the tasks after it, as it would. Prints JSON:
+[{"name", "serial", "max_fail_percentage", "tasks": [{"name", "action", "runs", "args"}]}]; an
+`assert` that runs also gets "false": its conditions that do not hold. Arguments of tasks that do
+not run are not templated.
 
 A separate process: Ansible's plugin loader installs an import hook for ansible_collections that
 the unit tests' own imports of the collection should not go through.

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _hashlimit as hl
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_ssh_connection
 
 DEFAULTS = dict(name='conn_rate_limit', chain='RATE-LIMIT', rate='50/sec', burst=20, mode=['srcip'], srcmask=None,
                 dstmask=None, match='new', protocol=None, ports=None, destinations=None, exempt=[], log=True,
@@ -118,14 +118,14 @@ def test_htable_size_defaults_to_a_quarter_of_max():
     assert cfg(htable_max=3)['htable_size'] == 1
 
 
-SSH = hl.parse_ssh_connection('198.51.100.7 50022 192.0.2.1 22')
+SSH = parse_ssh_connection('198.51.100.7 50022 192.0.2.1 22')
 
 
 def test_ssh_connection_parsing():
     assert SSH == (ipaddress.ip_address('198.51.100.7'), 50022, ipaddress.ip_address('192.0.2.1'), 22)
-    assert hl.parse_ssh_connection('') is None and hl.parse_ssh_connection('garbage') is None
-    assert hl.parse_ssh_connection('fe80::1%eth0 1 fe80::2%eth0 22')[2] == ipaddress.ip_address('fe80::2')
-    mapped = hl.parse_ssh_connection('::ffff:198.51.100.7 50022 ::ffff:192.0.2.1 22')
+    assert parse_ssh_connection('') is None and parse_ssh_connection('garbage') is None
+    assert parse_ssh_connection('fe80::1%eth0 1 fe80::2%eth0 22')[2] == ipaddress.ip_address('fe80::2')
+    mapped = parse_ssh_connection('::ffff:198.51.100.7 50022 ::ffff:192.0.2.1 22')
     assert mapped == SSH
 
 

@@ -56,8 +56,8 @@ def test_playbook_syntax(playbook, inventory):
 
 
 RENDER = os.path.join(REPO, 'tests', 'unit', 'render_playbook.py')
-MODULE_PACKAGES = ['iproute2', 'iptables', 'nftables', 'conntrack', 'libnftables1', 'python3-pyroute2',
-                   'python3-iptables', 'python3-nftables']   # site.yml's default edge_packages
+MODULE_PACKAGES = ('iproute2', 'iptables', 'nftables', 'conntrack', 'libnftables1', 'python3-pyroute2',
+                   'python3-iptables', 'python3-nftables')   # site.yml's default edge_packages
 
 
 def site_on(inventory, host, packages=MODULE_PACKAGES, check=False, **extra_vars):

@@ -147,6 +147,7 @@ def test_sanity_counts_junit_files_and_names_programs_ansible_test_lacked(tmp_pa
     read = rs.sanity_report(str(tmp_path))
     counts = read('Running sanity test "shellcheck"\nWARNING: Required program "shellcheck" not found.\n')
     assert (counts.passed, counts.failed, counts.skipped) == (1, 1, 1)
+    assert counts.skip_reasons == {'shellcheck: No tests applicable.': 1}
     assert counts.missing == ['shellcheck not installed (ansible-test)']
 
 
