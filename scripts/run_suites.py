@@ -51,6 +51,7 @@ class Counts:
     skipped: int = 0
     skip_reasons: dict = field(default_factory=dict)   # reason -> number of skips
     missing: list = field(default_factory=list)        # prerequisites the tool said it lacked
+    prerequisite_failures: dict = field(default_factory=dict)   # reason -> tests failed for it (CI=true)
 
     def skip(self, reason, number=1):
         self.skipped += number
@@ -102,8 +103,12 @@ def read_junit(path, named=False):
     counts = Counts()
     for name in files:
         for case in ET.parse(name).getroot().iter('testcase'):
-            if case.find('failure') is not None or case.find('error') is not None:
+            failure = case.find('failure') if case.find('failure') is not None else case.find('error')
+            if failure is not None:
                 counts.failed += 1
+                reason = _prerequisite_reason(failure.get('message') or '')
+                if reason:
+                    counts.prerequisite_failures[reason] = counts.prerequisite_failures.get(reason, 0) + 1
             elif case.find('skipped') is not None:
                 skipped = case.find('skipped')
                 reason = (skipped.get('message') or skipped.text or 'no reason given').strip()
@@ -111,6 +116,18 @@ def read_junit(path, named=False):
             else:
                 counts.passed += 1
     return counts
+
+
+# How tests/prerequisites.py words a test that failed, under CI=true, for want of a prerequisite.
+_PREREQUISITE_FAILURES = ('missing prerequisite: ', 'CI=true: a skipped test is a failure')
+
+
+def _prerequisite_reason(message):
+    for marker in _PREREQUISITE_FAILURES:
+        found = message.find(marker)
+        if found >= 0:
+            return message[found:].strip().rstrip('"').strip()
+    return None
 
 
 def sanity_report(name):
@@ -290,6 +307,8 @@ def summary(outcomes, ci, elapsed):
         for note in outcome.notes:
             lines.append('  %s: %s' % (outcome.suite.name, note))
         if outcome.counts is not None:
+            for reason, number in sorted(outcome.counts.prerequisite_failures.items()):
+                lines.append('  %s: %d failed: %s' % (outcome.suite.name, number, reason))
             for reason, number in sorted(outcome.counts.skip_reasons.items()):
                 lines.append('  %s: %d skipped: %s' % (outcome.suite.name, number, reason))
     failed = [o.suite.name for o in outcomes if o.status == 'failed']
@@ -304,9 +323,11 @@ def summary(outcomes, ci, elapsed):
     # A suite that failed without counts (it did not start, or left no report) counts as one failure.
     uncounted_failures = sum(1 for o in outcomes if o.status == 'failed' and
                              (o.counts is None or not o.counts.failed))
+    # ... and a suite that was not run (its prerequisites missing, outside CI) as one skip.
+    unrun = sum(1 for o in outcomes if o.status == 'skipped' and o.counts is None)
     lines.append('total: %d passed, %d failed, %d skipped' % (
         sum(c.passed for c in counted), sum(c.failed for c in counted) + uncounted_failures,
-        sum(c.skipped for c in counted)))
+        sum(c.skipped for c in counted) + unrun))
     return '\n'.join(lines)
 
 

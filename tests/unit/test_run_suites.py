@@ -80,6 +80,11 @@ def test_under_ci_a_skip_fails_unless_not_applicable(tmp_path):
     # test_fails, both missing prerequisites and the hand-written skip fail; not applicable stays a skip
     assert (counts.passed, counts.failed) == (2, 4), (counts, proc.stdout)
     assert set(counts.skip_reasons) == {'not applicable: the kernel has the feature', 'known'}
+    # the summary names what was missing
+    assert counts.prerequisite_failures == {
+        'missing prerequisite: ae-no-such-tool is not installed (CI=true: a missing prerequisite is a failure)': 1,
+        'missing prerequisite: ae-no-such-tool not installed (CI=true: a missing prerequisite is a failure)': 1,
+        'CI=true: a skipped test is a failure (only "not applicable:..." skips are allowed): written by hand': 1}
     assert 'CI=true: a missing prerequisite is a failure' in proc.stdout
     assert 'CI=true: a skipped test is a failure' in proc.stdout and 'written by hand' in proc.stdout
 
@@ -190,10 +195,10 @@ def test_a_suite_runs_its_command_and_is_counted(tmp_path, capsys):
 
 
 def test_summary_has_one_line_per_suite_and_a_closing_count_line():
-    counts = rs.Counts(passed=10, failed=0)
+    counts = rs.Counts(passed=10, failed=1, prerequisite_failures={'missing prerequisite: no bird (CI=true)': 1})
     counts.skip('missing prerequisite: qemu-system-x86_64 not installed', 2)
     outcomes = [rs.Outcome(suite('unit'), 'passed', rs.Counts(passed=120), seconds=41),
-                rs.Outcome(suite('vm'), 'passed', counts, seconds=3),
+                rs.Outcome(suite('vm'), 'failed', counts, seconds=3),
                 rs.Outcome(suite('molecule', rs.Needs(commands=('podman',))), 'failed', None,
                            ['missing prerequisite: podman not installed (CI=true: a failure)'], 0.1)]
     text = rs.summary(outcomes, ci=True, elapsed=3000)
@@ -203,9 +208,13 @@ def test_summary_has_one_line_per_suite_and_a_closing_count_line():
     assert lines[5].split()[1:5] == ['failed', '-', '-', '-']
     assert '  vm: 2 skipped: missing prerequisite: qemu-system-x86_64 not installed' in lines
     assert '  molecule: missing prerequisite: podman not installed (CI=true: a failure)' in lines
-    assert 'FAILED: molecule' in text and 'warning: longer than the 45m00s budget' in text
+    assert '  vm: 1 failed: missing prerequisite: no bird (CI=true)' in lines
+    assert 'FAILED: vm, molecule' in text and 'warning: longer than the 45m00s budget' in text
     # the last line is the plain count line CI reads; a failure without counts counts once
-    assert lines[-1] == 'total: 130 passed, 1 failed, 2 skipped'
+    assert lines[-1] == 'total: 130 passed, 2 failed, 2 skipped'
+    # outside CI the same suite is skipped, not run: one skip
+    outcomes[2] = rs.Outcome(suite('molecule'), 'skipped', None, ['missing prerequisite: podman not installed'])
+    assert rs.summary(outcomes, ci=False, elapsed=60).splitlines()[-1] == 'total: 130 passed, 1 failed, 3 skipped'
 
 
 def test_unknown_suite_is_refused():
