@@ -16,6 +16,9 @@ Prerequisites. A suite declares the programs (and root) it needs in SUITES; a py
 its own with `pytest.mark.needs(...)` (tests/prerequisites.py). With CI=true a missing prerequisite
 fails the run with the reason; otherwise the suite or test is skipped and the skip is shown here.
 
+On a machine shared by several checkouts, AE_HEAVY_LOCK=/work/locks/heavy.lock makes the heavy
+suites (podman, QEMU) run under `flock` on that file; the others do not wait for it.
+
 Adding a suite (e.g. BGP with BIRD): a make target `bgp` that writes build/reports/bgp.xml
 (`$(PYTEST) ... --junitxml=$(REPORTS)/bgp.xml`), and one line in SUITES:
     Suite('bgp', junit('bgp.xml'), needs=Needs(root=True, commands=('bird', 'birdc'))),
@@ -195,9 +198,16 @@ class Suite:
     counted: str = 'tests'          # what the counts count
     needs: Needs = field(default_factory=Needs)
     command: tuple = ()             # default: make NAME
+    heavy: bool = False             # containers or VMs: under AE_HEAVY_LOCK when it is set
 
-    def argv(self):
-        return list(self.command) or ['make', '--no-print-directory', self.name]
+    def argv(self, environ=None):
+        argv = list(self.command) or ['make', '--no-print-directory', self.name]
+        lock = (environ if environ is not None else os.environ).get('AE_HEAVY_LOCK')
+        if self.heavy and lock:
+            # Machines shared by several checkouts serialise podman and QEMU work on one lock
+            # file; the other suites run meanwhile.
+            argv = ['flock', lock] + argv
+        return argv
 
 
 SUITES = [
@@ -207,8 +217,8 @@ SUITES = [
     Suite('lint', ansible_lint, 'files / violations'),
     Suite('build', module_docs, 'modules documented'),
     Suite('molecule', molecule_actions, 'molecule actions',
-          Needs(root=True, commands=('podman', 'runc', 'debootstrap', 'rsync'))),
-    Suite('vm', junit('vm.xml')),
+          Needs(root=True, commands=('podman', 'runc', 'debootstrap', 'rsync')), heavy=True),
+    Suite('vm', junit('vm.xml'), heavy=True),
 ]
 
 

@@ -223,6 +223,15 @@ def test_unknown_suite_is_refused():
     assert proc.returncode == 2 and 'unknown suite(s): nosuchsuite' in proc.stderr
 
 
+def test_heavy_suites_wait_for_the_shared_lock_only_when_it_is_named():
+    by_name = {s.name: s for s in rs.SUITES}
+    lock = {'AE_HEAVY_LOCK': '/work/locks/heavy.lock'}
+    assert by_name['vm'].argv(lock) == ['flock', '/work/locks/heavy.lock', 'make', '--no-print-directory', 'vm']
+    assert by_name['molecule'].argv(lock)[:2] == ['flock', '/work/locks/heavy.lock']
+    assert by_name['vm'].argv({}) == ['make', '--no-print-directory', 'vm']
+    assert by_name['integration'].argv(lock) == ['make', '--no-print-directory', 'integration']
+
+
 def test_every_suite_is_a_make_target():
     with open(os.path.join(REPO, 'Makefile')) as handle:
         targets = set(line.split(':')[0] for line in handle if line[:1].isalpha() and ':' in line)

@@ -1,9 +1,10 @@
 """hashlimit and conntrack_sizing on a whole machine, through a real SSH connection (QEMU VM).
 
 What the namespace tests cannot show: a real ``SSH_CONNECTION`` set by sshd
-(the lockout guard), fresh SSH connections surviving a 1/min limit on port 22
-because the guard exempted the controller, and nf_conntrack_max/buckets set in
-the initial network namespace and persisted under /etc/sysctl.d.
+(the lockout guards of hashlimit and anyip_route), fresh SSH connections
+surviving a 1/min limit on port 22 because the guard exempted the controller,
+and nf_conntrack_max/buckets set in the initial network namespace and persisted
+under /etc/sysctl.d.
 
 Opt-in (boots the project's QEMU VM, a few minutes under software emulation):
     sudo .venv/bin/pytest -q -m vm tests/vm/test_hashlimit_vm.py
@@ -81,6 +82,20 @@ def test_ssh_guard_over_a_real_ssh_connection(machine):
     assert attempts.count(False) >= 2, attempts
     machine.run('iptables -D INPUT 1 && iptables -F RATE-LIMIT && iptables -X RATE-LIMIT')
     assert fresh_ssh(machine)
+
+
+def test_anyip_lockout_guard_over_a_real_ssh_connection(machine):
+    """sshd's SSH_CONNECTION names the controller, which QEMU's user networking also makes the
+    default gateway: a prefix containing it is refused, a neighbouring one is applied."""
+    before = machine.run('ip route show table local').stdout
+    refused = play(machine, [{'anycast.edge.anyip_route': {'prefixes': ['192.0.2.0/24', '10.0.2.0/24']}}])[0]
+    assert refused.get('failed'), refused
+    assert refused['msg'].startswith('prefixes[1]: 10.0.2.0/24 contains %s, the address of the SSH client'
+                                     % CONTROLLER), refused['msg']
+    assert machine.run('ip route show table local').stdout == before
+    applied = play(machine, [{'anycast.edge.anyip_route': {'prefixes': ['192.0.2.0/24'], 'persist': False}}])[0]
+    assert not applied.get('failed') and applied['added'] == ['192.0.2.0/24'], applied
+    machine.run('ip route del local 192.0.2.0/24 table local')
 
 
 def test_conntrack_sizing_applies_and_persists_on_the_host(machine):
