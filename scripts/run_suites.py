@@ -17,7 +17,8 @@ its own with `pytest.mark.needs(...)` (tests/prerequisites.py). With CI=true a m
 fails the run with the reason; otherwise the suite or test is skipped and the skip is shown here.
 
 On a machine shared by several checkouts, AE_HEAVY_LOCK=/work/locks/heavy.lock makes the heavy
-suites (podman, QEMU) run under `flock` on that file; the others do not wait for it.
+suites (podman, QEMU) hold an exclusive flock on that file while they run; the others do not wait
+for it, and the time spent waiting is reported apart from the suite's time.
 
 Adding a suite (e.g. BGP with BIRD): a make target `bgp` that writes build/reports/bgp.xml
 (`$(PYTEST) ... --junitxml=$(REPORTS)/bgp.xml`), and one line in SUITES:
@@ -27,6 +28,8 @@ Adding a suite (e.g. BGP with BIRD): a make target `bgp` that writes build/repor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -171,13 +174,16 @@ def module_docs(output):
     return Counts(passed=sum(1 for _m, v in found if v == 'ok'), failed=sum(1 for _m, v in found if v != 'ok'))
 
 
-_MOLECULE = re.compile(r'^(?:[A-Z]+\s+)?(\S+) (?:\u279c|>) (\S+): Executed: (\w+)(?: \((.*)\))?\s*$', re.M)
+_MOLECULE = re.compile(r'^([A-Z]+[ \t]+)?(\S+) (?:\u279c|>) (\S+): Executed: (\w+)(?: \((.*)\))?\s*$', re.M)
 
 
 def molecule_actions(output):
-    """molecule's 'default > converge: Executed: Successful' lines, one per action."""
+    """molecule's 'INFO default > converge: Executed: Successful' lines, one per action. Its closing
+    DETAILS report repeats them without the log level: counted only when the log lines are absent."""
     counts = Counts()
-    for scenario, action, state, note in _MOLECULE.findall(ANSI.sub('', output)):
+    found = _MOLECULE.findall(ANSI.sub('', output))
+    logged = [line for line in found if line[0]]
+    for _level, scenario, action, state, note in logged or found:
         state = state.lower()
         if state == 'successful':
             counts.passed += 1
@@ -200,14 +206,14 @@ class Suite:
     command: tuple = ()             # default: make NAME
     heavy: bool = False             # containers or VMs: under AE_HEAVY_LOCK when it is set
 
-    def argv(self, environ=None):
-        argv = list(self.command) or ['make', '--no-print-directory', self.name]
+    def argv(self):
+        return list(self.command) or ['make', '--no-print-directory', self.name]
+
+    def lock_path(self, environ=None):
+        """The lock file a heavy suite holds while it runs, or None. Machines shared by several
+        checkouts serialise podman and QEMU work on one file; the other suites run meanwhile."""
         lock = (environ if environ is not None else os.environ).get('AE_HEAVY_LOCK')
-        if self.heavy and lock:
-            # Machines shared by several checkouts serialise podman and QEMU work on one lock
-            # file; the other suites run meanwhile.
-            argv = ['flock', lock] + argv
-        return argv
+        return lock if self.heavy and lock else None
 
 
 SUITES = [
@@ -275,7 +281,8 @@ def run_suite(suite, ci, out=None):
     print('\n==== %s: %s' % (suite.name, ' '.join(suite.argv())), file=out, flush=True)
     log_path = os.path.join(REPORTS, '%s.log' % suite.name)
     chunks = []
-    with open(log_path, 'w') as log:
+    with held(suite.lock_path(), out) as waited, open(log_path, 'w') as log:
+        started += waited                # the suite's time, not the queue's
         proc = subprocess.Popen(suite.argv(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors='replace', bufsize=1)
         for line in proc.stdout:
@@ -292,7 +299,28 @@ def run_suite(suite, ci, out=None):
         output += '\n%s' % exc
     outcome = judge(suite, returncode, counts, ci)
     outcome.seconds = time.monotonic() - started
+    if waited >= 1:
+        outcome.notes.append('waited %s for %s (not in its time)' % (duration(waited), suite.lock_path()))
     return outcome
+
+
+@contextlib.contextmanager
+def held(path, out):
+    """Hold an exclusive flock on PATH (if any) for the block; yields the seconds spent waiting."""
+    if not path:
+        yield 0.0
+        return
+    with open(path, 'a') as handle:
+        started = time.monotonic()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print('waiting for %s (held by another run)' % path, file=out, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield time.monotonic() - started
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def duration(seconds):

@@ -128,9 +128,16 @@ INFO     default \u279c create: Executed: Successful
 INFO     default \u279c check: Executed: Successful
 INFO     default \u279c converge: Executed: Successful
 INFO     default \u279c idempotence: Executed: Successful
-default > side_effect: Executed: Skipped (No side effect playbook configured)
-\x1b[31mdefault \u279c verify: Executed: Failed\x1b[0m
+INFO     default > side_effect: Executed: Skipped (No side effect playbook configured)
+\x1b[31mERROR\x1b[0m    default \u279c verify: Executed: Failed
 '''
+
+
+def test_molecule_counts_each_action_once_beside_its_details_report():
+    logged = 'INFO     default \u279c create: Executed: Successful\nINFO     default \u279c verify: Executed: Successful\n'
+    details = '\nDETAILS\ndefault \u279c create: Executed: Successful\ndefault \u279c verify: Executed: Successful\n'
+    assert rs.molecule_actions(logged + details).passed == 2
+    assert rs.molecule_actions(details).passed == 2
 
 
 def test_molecule_counts_actions():
@@ -223,13 +230,31 @@ def test_unknown_suite_is_refused():
     assert proc.returncode == 2 and 'unknown suite(s): nosuchsuite' in proc.stderr
 
 
-def test_heavy_suites_wait_for_the_shared_lock_only_when_it_is_named():
+def test_heavy_suites_wait_for_the_shared_lock_only_when_it_is_named(tmp_path, capsys):
     by_name = {s.name: s for s in rs.SUITES}
     lock = {'AE_HEAVY_LOCK': '/work/locks/heavy.lock'}
-    assert by_name['vm'].argv(lock) == ['flock', '/work/locks/heavy.lock', 'make', '--no-print-directory', 'vm']
-    assert by_name['molecule'].argv(lock)[:2] == ['flock', '/work/locks/heavy.lock']
-    assert by_name['vm'].argv({}) == ['make', '--no-print-directory', 'vm']
-    assert by_name['integration'].argv(lock) == ['make', '--no-print-directory', 'integration']
+    assert by_name['vm'].lock_path(lock) == by_name['molecule'].lock_path(lock) == '/work/locks/heavy.lock'
+    assert by_name['vm'].lock_path({}) is None and by_name['integration'].lock_path(lock) is None
+    # a heavy suite waits while another process holds the lock, and its time leaves the wait out
+    path = str(tmp_path / 'heavy.lock')
+    holder = subprocess.Popen(['flock', path, 'sleep', '2'])
+    try:
+        time_start = rs.time.monotonic()
+        while subprocess.run(['flock', '-n', path, 'true'], check=False).returncode == 0:
+            assert rs.time.monotonic() - time_start < 10
+        script = tmp_path / 'lint.sh'
+        script.write_text('echo "Passed: 0 failure(s), 0 warning(s) in 1 files processed"\n')
+        demo = rs.Suite('demo', rs.ansible_lint, command=('bash', str(script)), heavy=True)
+        os.environ['AE_HEAVY_LOCK'] = path
+        try:
+            outcome = rs.run_suite(demo, ci=True)
+        finally:
+            del os.environ['AE_HEAVY_LOCK']
+    finally:
+        holder.wait()
+    assert outcome.status == 'passed' and outcome.seconds < 1.0
+    assert outcome.notes and outcome.notes[0].startswith('waited ') and path in outcome.notes[0]
+    assert 'waiting for %s' % path in capsys.readouterr().out
 
 
 def test_every_suite_is_a_make_target():
