@@ -36,8 +36,10 @@ sanity: deps
 lint: deps
 	$(VENV)/bin/ansible-lint --offline --profile production
 
+# Each scenario runs Debian 11, 12 and 13 in parallel (one container each).
 molecule: deps
-	bash scripts/molecule-test.sh
+	bash scripts/molecule-test.sh default
+	bash scripts/molecule-test.sh networkd
 
 # The collection tarball must build, install, and document every module.
 build: deps

@@ -2,7 +2,7 @@
 # Run a molecule scenario of anycast.edge (default: "default") on this machine.
 #
 # Does everything a fresh machine of the project's kind needs besides the venv and
-# scripts/apt-packages.txt: builds the container image if missing, points podman
+# scripts/apt-packages.txt: builds the container images its platforms use if missing, points podman
 # at scripts/containers.conf, makes a snapshot of the working tree importable as
 # anycast.edge (build/molecule/ansible_collections/anycast/edge), runs
 # `molecule <command> -s <scenario>` there and always removes the scenario's
@@ -20,7 +20,15 @@ venv="${VENV:-$repo/.venv}"
 export PATH="$venv/bin:$PATH"
 export CONTAINERS_CONF="$repo/scripts/containers.conf"
 
-"$repo/scripts/build-image.sh"
+# Every Debian image the scenario's platforms name (cached; built when missing or stale).
+grep -o 'localhost/anycast-edge/debian[0-9]*' "$repo/molecule/$scenario/molecule.yml" | sort -u | grep -o '[0-9]*$' \
+| while read -r release; do
+    case "$release" in
+        11) suite=bullseye ;; 12) suite=bookworm ;; 13) suite=trixie ;;
+        *) echo "molecule-test.sh: no Debian suite for debian$release" >&2; exit 1 ;;
+    esac
+    "$repo/scripts/build-image.sh" --suite "$suite"
+done
 
 # Ansible imports collections from .../ansible_collections/<namespace>/<name>. The
 # scenario runs on a snapshot of the working tree (tracked and new files, not

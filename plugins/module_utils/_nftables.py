@@ -9,15 +9,17 @@ call it directly. A context binds its netlink socket to the network namespace
 of the thread that creates it: create one inside ``_netns.in_netns`` and run
 every command of that namespace through it while still inside.
 
-When the library is missing, the ``nft`` binary is run with ``-f -`` instead
-(a child process inherits the calling thread's namespace, so that also works
-inside ``in_netns``).
+When the library is missing, or cannot hold two contexts at once (0.9.8, Debian
+11: freeing the second one aborts the process with a double free), the ``nft``
+binary is run with ``-f -`` instead (a child process inherits the calling
+thread's namespace, so that also works inside ``in_netns``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import shutil
 import subprocess
 
@@ -71,9 +73,39 @@ def _load():
     lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
     lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
     lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    if not _contexts_coexist(lib):
+        _LIB_ERROR = OSError('%s cannot hold two contexts at once (libnftables 0.9.8 frees shared '
+                             'tables twice and aborts)' % name)
+        return None
     _LIB = lib
     _LIB_ERROR = None
     return lib
+
+
+def _contexts_coexist(lib):
+    """Whether two live contexts can both be freed, tried in a forked child.
+
+    The tenant module keeps a context per namespace. libnftables 0.9.8 keeps tables of
+    each context in globals, so the second nft_ctx_free() is a double free, which glibc
+    answers with abort(). Whether the library at hand does that is a property of its
+    code, not of a version number the library would tell.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only reports through its exit status
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)  # glibc's "double free" message is not ours to print
+            first, second = lib.nft_ctx_new(NFT_CTX_DEFAULT), lib.nft_ctx_new(NFT_CTX_DEFAULT)
+            for ctx in (first, second):
+                lib.nft_ctx_buffer_output(ctx)
+                lib.nft_ctx_buffer_error(ctx)
+                lib.nft_run_cmd_from_buffer(ctx, b'list tables')
+            lib.nft_ctx_free(first)
+            lib.nft_ctx_free(second)
+        finally:
+            os._exit(0)
+    _pid, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def available():
@@ -104,8 +136,8 @@ class Nft(object):
         else:
             self._binary = shutil.which('nft')
             if not self._binary:
-                raise NftError('neither libnftables (package libnftables1) nor the nft command '
-                               '(package nftables) is installed: %s' % _LIB_ERROR)
+                raise NftError('the nft command (package nftables) is not installed, and libnftables cannot '
+                               'be used: %s' % _LIB_ERROR)
 
     @property
     def backend(self):

@@ -15,7 +15,8 @@ description:
     it owns (TPROXY, rate limits, tenant marks, MSS clamping) with per-rule packet and byte counters,
     hashlimit table fill against C(htable_max), conntrack count against its maximum, tenants with their
     namespaces, links, marks, routing tables and nftables rulesets, GRE tunnels with their state, the
-    persisted records, changes waiting for confirmation, and whether the kernel drifted from the records.
+    persisted records, changes waiting for confirmation, whether the kernel drifted from the records, and whether
+    systemd-networkd would delete the collection's routes and rules.
   - Returns O(ignore:warnings) for tables more than 80% full and for records the kernel drifted from.
 author:
   - anycast.edge developers (@anycast-edge)
@@ -109,11 +110,60 @@ pending:
   returned: always
   type: list
   elements: dict
+networkd:
+  description:
+    - Whether systemd-networkd runs, the guard the role M(anycast.edge.edge_restore) installs, and which of the
+      collection's routes and policy rules networkd would delete the next time it starts or configures a link
+      it manages (docs/networkd.md). A non-empty O(ignore:networkd.at_risk) also gives a warning.
+  returned: always
+  type: dict
+  contains:
+    active:
+      description: C(systemd-networkd.service) is running.
+      type: bool
+    enabled:
+      description: It is enabled (starts at boot).
+      type: bool
+    version:
+      description: systemd version of networkd (null when it neither runs nor is enabled).
+      type: int
+    manage_foreign_routes:
+      description: ManageForeignRoutes= as the networkd.conf files on disk set it (null where it does not exist).
+      type: bool
+    manage_foreign_rules:
+      description: ManageForeignRoutingPolicyRules= as on disk (null before systemd 249, which never deletes foreign rules).
+      type: bool
+    config_files:
+      description: networkd.conf and its drop-ins, in the order networkd applies them.
+      type: list
+      elements: str
+    guard:
+      description: The drop-in C(/etc/systemd/networkd.conf.d/99-anycast-edge.conf) exists.
+      type: bool
+    guard_loaded:
+      description: The running networkd started after the drop-in was written, so it obeys it.
+      type: bool
+    restart_pending:
+      description: A networkd.conf file changed after networkd started; the running daemon uses older settings.
+      type: bool
+    managed_links:
+      description: Links networkd configures (setup state configuring or configured).
+      type: list
+      elements: str
+    at_risk:
+      description:
+        - C(routes) and C(rules) of the collection (protocol 172) that networkd would delete, and C(triggers), the
+          managed links whose configuration would delete them. Empty when the guard is loaded.
+      type: dict
+  sample: {active: true, enabled: true, version: 257, manage_foreign_routes: false, manage_foreign_rules: false,
+           guard: true, guard_loaded: true, restart_pending: false, managed_links: [eth0, lo],
+           at_risk: {routes: [], rules: [], triggers: [eth0, lo]}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_info as info
+from ansible_collections.anycast.edge.plugins.module_utils import _networkd
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._persist import list_pending
@@ -138,6 +188,8 @@ def main():
     except XtablesError as exc:
         module.fail_json(msg=str(exc))
     tenants, tunnels = info.tenants_and_tunnels(host_netns)
+    networkd, networkd_warnings = _networkd.report(module.run_command)
+    warnings += networkd_warnings
     drift = info.drift(module.params['state_dir']) if module.params['drift'] else {}
     for key, report in sorted(drift.items()):
         if report.get('drifted'):
@@ -155,6 +207,7 @@ def main():
         records=info.records(module.params['state_dir']),
         drift=drift,
         pending=[{'key': p['key'], 'deadline': p['deadline']} for p in list_pending()],
+        networkd=networkd,
     )
     for warning in warnings:
         module.warn(warning)

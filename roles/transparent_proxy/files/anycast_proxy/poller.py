@@ -88,7 +88,8 @@ class DataPlaneSelector(selectors.EpollSelector):
             fd_event_list = self._selector.poll(timeout, max(MAX_EVENTS, len(self._fd_to_key)))
         except InterruptedError:
             return ready
-        _dispatch_batch(fd_event_list, self.handlers, self.deferred, self.on_error, ready, self._key_from_fd)
+        # _fd_to_key exists from 3.4 to 3.13; the _key_from_fd() helper is gone in 3.13.
+        _dispatch_batch(fd_event_list, self.handlers, self.deferred, self.on_error, ready, self._fd_to_key.get)
         return ready
 
 
