@@ -5,6 +5,8 @@
 
 A route here is the kernel's key (family, table local, destination) plus the
 attributes we manage (device, preferred source). Ours carry ROUTE_PROTO.
+This domain is the model for the others: a small value type, a pure plan(),
+an apply() that undoes itself.
 """
 
 from __future__ import annotations
@@ -13,16 +15,22 @@ import errno
 import ipaddress
 import os
 
+from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Plan, Record
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError, ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, failure, link_index, link_names)
+    ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, RawRtnl, failure)
+from ansible_collections.anycast.edge.plugins.module_utils._validate import (
+    check_ifname, parse_address, parse_prefix, require_unique)
 
 
 class AnyipRoute(object):
-    __slots__ = ('network', 'oif', 'prefsrc', 'proto')
+    """One local route of table local: prefix, device name, preferred source, protocol."""
 
-    def __init__(self, network, oif, prefsrc, proto=ROUTE_PROTO):
+    __slots__ = ('network', 'dev', 'prefsrc', 'proto')
+
+    def __init__(self, network, dev, prefsrc, proto=ROUTE_PROTO):
         self.network = network
-        self.oif = oif
+        self.dev = dev
         self.prefsrc = prefsrc
         self.proto = proto
 
@@ -31,31 +39,70 @@ class AnyipRoute(object):
         return (self.network.version, str(self.network))
 
     def same(self, other):
-        return (self.oif, self.prefsrc, self.proto) == (other.oif, other.prefsrc, other.proto)
+        return (self.dev, self.prefsrc, self.proto) == (other.dev, other.prefsrc, other.proto)
 
-    def text(self, names):
-        line = 'local %s dev %s' % (self.network, names.get(self.oif, self.oif))
+    def text(self):
+        line = 'local %s dev %s' % (self.network, self.dev)
         if self.prefsrc:
             line += ' src %s' % self.prefsrc
         return line + ' proto %s' % self.proto
 
+    def command(self, verb):
+        """The ``ip route`` line that makes (or removes) this route."""
+        line = 'ip route %s local %s dev %s table local proto %d scope host' % (verb, self.network, self.dev, self.proto)
+        if self.prefsrc and verb != 'del':
+            line += ' src %s' % self.prefsrc
+        return line
 
-def read_local_routes(raw):
-    """All type-local routes of table local, owned or not, keyed like AnyipRoute.key."""
+
+class AnyipState(object):
+    """Table local's type-local routes (owned or not) by key, and the interfaces by name (None: unknown)."""
+
+    def __init__(self, routes, links):
+        self.routes = routes
+        self.links = links
+
+    def owned(self):
+        return dict((key, route) for key, route in self.routes.items() if route.proto == ROUTE_PROTO)
+
+
+def read_state(raw):
+    links = raw.links()
+    names = dict((link.index, name) for name, link in links.items())
     found = {}
     for family in (4, 6):
         for route in raw.routes(family, TABLE_LOCAL):
             if route['type'] != RTN_LOCAL:
                 continue
             net = ipaddress.ip_network('%s/%d' % (route['dst'], route['dst_len']))
-            found[(family, str(net))] = AnyipRoute(net, route['oif'], route['prefsrc'], route['proto'])
-    return found
+            found[(family, str(net))] = AnyipRoute(net, names.get(route['oif'], route['oif']), route['prefsrc'],
+                                                   route['proto'])
+    return AnyipState(found, links)
 
 
-def plan(current, desired, present, purge):
-    """Return (add, replace, remove, adopt); replace holds (new, old) pairs."""
+class AnyipPlan(Plan):
+    """add / replace ((new, old) pairs) / remove, in the order apply() sends them."""
+
+    def __init__(self, add, replace, remove, adopt, owned_before, owned_after, index_of):
+        self.add = add
+        self.replace = replace
+        self.remove = remove
+        self.adopt = adopt
+        self.owned_before = owned_before
+        self.owned_after = owned_after
+        self.index_of = index_of        # device name -> ifindex, from the state read
+        self.requests = [('del', r) for r in remove] + [('replace', new) for new, _old in replace] + \
+            [('add', r) for r in add]
+        self.undo = [('add', r) for r in remove] + [('replace', old) for _new, old in replace] + \
+            [('del', r) for r in add]
+        super().__init__([route.command(op) for op, route in self.requests])
+
+
+def plan_routes(state, desired, present, purge):
+    """The AnyipPlan from STATE to DESIRED ([AnyipRoute]); pure."""
     add, replace, remove, adopt = [], [], [], []
-    wanted = {route.key: route for route in desired}
+    current = state.routes
+    wanted = dict((route.key, route) for route in desired)
     if present:
         for key, route in wanted.items():
             have = current.get(key)
@@ -73,10 +120,17 @@ def plan(current, desired, present, purge):
     else:
         remove += [current[key] for key in wanted
                    if key in current and current[key].proto == ROUTE_PROTO]
-    return add, replace, remove, adopt
+    owned_before = state.owned()
+    owned_after = dict(owned_before)
+    for route in remove:
+        owned_after.pop(route.key, None)
+    for route in add + [new for new, _old in replace]:
+        owned_after[route.key] = route
+    index_of = dict((name, link.index) for name, link in state.links.items()) if state.links is not None else {}
+    return AnyipPlan(add, replace, remove, adopt, owned_before, owned_after, index_of)
 
 
-def _route(route):
+def _request(route, index_of):
     return {
         'family': route.network.version,
         'dst': str(route.network.network_address),
@@ -85,42 +139,131 @@ def _route(route):
         'type': RTN_LOCAL,
         'scope': RT_SCOPE_HOST,
         'proto': route.proto,
-        'oif': route.oif,
+        'oif': index_of.get(route.dev, route.dev if isinstance(route.dev, int) else None),
         'prefsrc': route.prefsrc,
     }
 
 
 _VERB = {'add': 'adding', 'del': 'removing', 'replace': 'replacing'}
-_UNDO = {'add': 'del', 'del': 'add', 'replace': 'replace'}
 
 
-def apply(raw, add, replace, remove):
-    """Apply the plan in netlink batches; if the kernel refuses anything, undo the rest.
+def apply_routes(raw, plan):
+    """Send the plan's requests in netlink batches; if the kernel refuses any, undo the rest.
 
-    Raises NetlinkFailure naming the first refused prefix and the kernel's reason.
+    Raises EdgeError naming the first refused prefix and the kernel's reason.
     """
-    requests = [('del', r) for r in remove] + [('replace', new) for new, _old in replace] + \
-        [('add', r) for r in add]
-    undo_of = [('add', r) for r in remove] + [('replace', old) for _new, old in replace] + \
-        [('del', r) for r in add]
-    errors = [(i, code) for i, code in raw.change([(op, _route(r)) for op, r in requests])
+    requests, undo, index_of = plan.requests, plan.undo, plan.index_of
+    errors = [(i, code) for i, code in raw.change([(op, _request(r, index_of)) for op, r in requests])
               if not (requests[i][0] == 'del' and code == errno.ESRCH)]  # already gone: fine
     if not errors:
         return
     refused = set(i for i, _code in errors)
-    raw.change([(undo_of[i][0], _route(undo_of[i][1])) for i in reversed(range(len(requests)))
+    raw.change([(undo[i][0], _request(undo[i][1], index_of)) for i in reversed(range(len(requests)))
                 if i not in refused])
     index, code = errors[0]
     op, route = requests[index]
-    raise failure('%s AnyIP route %s' % (_VERB[op], route.network), OSError(code, os.strerror(code)))
+    refusal = failure('%s AnyIP route %s' % (_VERB[op], route.network), OSError(code, os.strerror(code)))
+    raise EdgeError('%s (changes made by this run were undone)' % refusal)
 
 
-def render(routes, names):
-    return [routes[key].text(names) for key in sorted(routes, key=_sort_key)]
-
-
-def _sort_key(key):
+def sort_key(key):
     return (key[0], ipaddress.ip_network(key[1]))
 
 
-__all__ = ['AnyipRoute', 'read_local_routes', 'plan', 'apply', 'render', 'link_index', 'link_names']
+def render(routes):
+    return [routes[key].text() for key in sorted(routes, key=sort_key)]
+
+
+def prefixes(routes):
+    return [key[1] for key in sorted(routes, key=sort_key)]
+
+
+def as_input(routes):
+    """The module input that makes exactly ROUTES: {prefixes, device, src}.
+
+    Owned routes made by one call share device and source; if several calls
+    used different ones, the most used device and source are given (a warning
+    names the rest).
+    """
+    devices, sources = {}, {}
+    for route in routes.values():
+        devices[route.dev] = devices.get(route.dev, 0) + 1
+        if route.network.version == 4 and route.prefsrc:
+            sources[route.prefsrc] = sources.get(route.prefsrc, 0) + 1
+    gathered = {'prefixes': prefixes(routes)}
+    if devices:
+        gathered['device'] = sorted(devices.items(), key=lambda item: (-item[1], str(item[0])))[0][0]
+    if sources:
+        gathered['src'] = sorted(sources.items(), key=lambda item: (-item[1], item[0]))[0][0]
+    return gathered
+
+
+class AnyipRoutes(Domain):
+    name = 'anyip_route'
+
+    def validate(self):
+        params = self.params
+        networks = [parse_prefix(p, 'prefixes[%d]' % i) for i, p in enumerate(params['prefixes'])]
+        require_unique([str(n) for n in networks], 'prefixes', 'prefix')
+        self.src = str(parse_address(params['src'], 'src', family=4))
+        self.device = check_ifname(params['device'], 'device')
+        self.networks = networks
+        self.raw = None
+
+    def desired(self):
+        return [AnyipRoute(net, self.device, self.src if net.version == 4 else None) for net in self.networks]
+
+    def open(self):
+        self.raw = RawRtnl()
+
+    def close(self):
+        if self.raw is not None:
+            self.raw.close()
+
+    def read(self):
+        return read_state(self.raw)
+
+    def empty(self):
+        return AnyipState({}, None)
+
+    def plan(self, state):
+        if state.links is not None and self.device not in state.links:
+            netns = self.params['netns']
+            raise ParamError('device', "interface '%s' does not exist%s" % (
+                self.device, " in network namespace '%s'" % netns if netns else ''))
+        return plan_routes(state, self.desired(), self.params['state'] != 'absent', self.params['purge'])
+
+    def apply(self, plan):
+        apply_routes(self.raw, plan)
+
+    def problems(self, state, plan):
+        return ['%s is not as written' % route.network for _op, route in plan.requests]
+
+    def gather(self, state):
+        return as_input(state.owned())
+
+    def expected(self, state, plan):
+        return as_input(plan.owned_after)
+
+    def diff(self, state, plan):
+        before, after = render(plan.owned_before), render(plan.owned_after)
+        return ('\n'.join(before) + ('\n' if before else ''), '\n'.join(after) + ('\n' if after else ''))
+
+    def result(self, state, plan, after):
+        adopted = [str(r.network) for r in plan.adopt]
+        if adopted:
+            self.warn('took over existing local routes not created by this collection: %s' % ', '.join(adopted))
+        return {
+            'added': [str(r.network) for r in plan.add],
+            'removed': [str(r.network) for r in plan.remove],
+            'updated': [str(new.network) for new, old in plan.replace if old.proto == ROUTE_PROTO],
+            'adopted': adopted,
+            'prefixes': prefixes(plan.owned_after),
+        }
+
+    def records(self, state, plan):
+        # What is recorded (and rolled back to) is the whole owned set, not this
+        # call's list: several calls without purge each add to it.
+        recorded = dict(self.recordable(), prefixes=prefixes(plan.owned_after), purge=True, state='present')
+        previous = dict(recorded, prefixes=prefixes(plan.owned_before))
+        return Record(None, recorded if plan.owned_after else None, previous)

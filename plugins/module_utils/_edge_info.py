@@ -42,7 +42,7 @@ def owned_chains(driver):
     chains = []
     for family in (4, 6):
         for table in XT_TABLES:
-            state = driver.read(family, table)
+            state = driver.read(family, [table])[table]
             owned = set(name for name, rules in state.chains.items() if any(r.tag for r in rules))
             owned |= set(r.target for rules in state.chains.values() for r in rules if r.tag and r.target in state.chains)
             owned -= set(state.policies)  # built-in chains are never ours

@@ -1160,7 +1160,7 @@ def _xt_owned_chains(driver):
     """{tenant name: (mark, mask) or None} from our mangle chains, both families."""
     found = {}
     for family in (4, 6):
-        state = driver.read(family, XT_TABLE)
+        state = driver.read(family, [XT_TABLE])[XT_TABLE]
         for chain, rules in state.chains.items():
             if not chain.startswith(XT_CHAIN_PREFIX):
                 continue

@@ -250,7 +250,10 @@ def main():
         tunnels = _gre.validate(module.params)
     except ParamError as exc:
         module.fail_json(msg=str(exc))
-    Persistence(module, 'gre_tunnel').validate()
+    try:  # TRANSITIONAL
+        Persistence(module, 'gre_tunnel').validate()
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
     require_pyroute2(module)
     enter_module_netns(module)
 

@@ -285,7 +285,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._netns import NetnsError, enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import NetlinkFailure, require_pyroute2
-from ansible_collections.anycast.edge.plugins.module_utils._nftables import NftError
+NftError = Exception  # TRANSITIONAL
 from ansible_collections.anycast.edge.plugins.module_utils._tenant import Run, TenantError, validate
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
@@ -331,7 +331,10 @@ def main():
         tenants, settings = validate(module.params)
     except ParamError as exc:
         module.fail_json(msg=str(exc))
-    Persistence(module, 'tenant').validate()
+    try:  # TRANSITIONAL
+        Persistence(module, 'tenant').validate()
+    except ParamError as exc:
+        module.fail_json(msg=str(exc))
     require_pyroute2(module)
     enter_module_netns(module)
 
