@@ -132,7 +132,7 @@ class Domain(object):
         raise NotImplementedError
 
     def diff(self, state, plan):
-        """(before, after) text for diff mode."""
+        """(before, after) text for diff mode (or Ansible's whole diff dict)."""
         raise NotImplementedError
 
     def result(self, state, plan, after):
@@ -211,8 +211,8 @@ class Engine(object):
         if domain.persist:
             result.update(self._persist(current, plan))
         if self.module._diff:
-            before_text, after_text = domain.diff(current, plan)
-            result['diff'] = {'before': before_text, 'after': after_text}
+            diff = domain.diff(current, plan)
+            result['diff'] = diff if isinstance(diff, dict) else {'before': diff[0], 'after': diff[1]}
         return result
 
     def _read_back(self):
