@@ -17,7 +17,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._netns import in_netn
 from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
     FULL_WARNING, conntrack_status, proc_table_path, table_entries)
 from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft
-from ansible_collections.anycast.edge.plugins.module_utils._tenant import NFT_TABLE
+from ansible_collections.anycast.edge.plugins.module_utils._tenant_firewall import NFT_TABLE
 
 XT_TABLES = ('raw', 'mangle', 'filter')
 HTABLE_RE = re.compile(r'--hashlimit-name (\S+)')

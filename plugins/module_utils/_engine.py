@@ -73,6 +73,50 @@ class Plan(object):
         return bool(self.commands)
 
 
+class Op(object):
+    """One step of an apply: the commands it sends, as the user reads them, and the call that sends them.
+
+    A step without commands is housekeeping (releasing a namespace's sockets).
+    The call may replace ``commands`` with what it really sent, when part of it
+    is only known then (a digest of what the kernel answered).
+    """
+
+    __slots__ = ('commands', 'func', 'args', 'kwargs')
+
+    def __init__(self, commands, func, *args, **kwargs):
+        self.commands = list(commands)
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+
+    def run(self):
+        return self.func(*self.args, **self.kwargs)
+
+
+class OpPlan(Plan):
+    """A plan that is a list of Ops, carried out in order."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        super().__init__()
+
+    @property
+    def commands(self):
+        return [command for op in self.ops for command in op.commands]
+
+    @commands.setter
+    def commands(self, value):
+        pass    # always derived from the ops
+
+    @property
+    def changed(self):
+        return any(op.commands for op in self.ops)
+
+    def run(self):
+        for op in self.ops:
+            op.run()
+
+
 class Domain(object):
     """One kind of kernel object, as the engine drives it.
 
@@ -193,13 +237,13 @@ class Engine(object):
         if self.state_param == GATHERED:
             return {'changed': False, GATHERED: before}
         plan = domain.plan(current)
-        commands = list(plan.commands)
         readback = None
         if plan.changed and not self.module.check_mode:
             domain.apply(plan)
             readback, domain.correction = self._read_back()
-            if domain.correction is not None:
-                commands += domain.correction.commands
+        commands = list(plan.commands)   # after apply: what was really sent
+        if domain.correction is not None:
+            commands += domain.correction.commands
         if readback is not None:
             after = domain.gather(readback)
         elif plan.changed:
