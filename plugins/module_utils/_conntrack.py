@@ -206,8 +206,9 @@ class ConntrackSizing(Domain):
                     not result['runtime']['nf_conntrack_max']['writable']:
                 self.warn('nf_conntrack_max is %d here, below the %d computed for %d connections, and this network '
                           'namespace cannot change it (the kernel keeps one global value, set in the initial '
-                          'namespace): apply %s on the host' % (current_max, self.wanted['nf_conntrack_max'],
-                                                                 self.params['expected_connections'], self.path))
+                          'namespace): apply %s on the host'
+                          % (current_max, self.wanted['nf_conntrack_max'], self.params['expected_connections'],
+                             self.path))
         result['conntrack'] = conntrack_status(self.warn)
         return result
 

@@ -254,8 +254,8 @@ class Engine(object):
         result.update(domain.result(current, plan, readback))
         if domain.persist:
             result.update(self._persist(current, plan))
-        if self.module._diff:
-            diff = domain.diff(current, plan)
+        diff = domain.diff(current, plan) if self.module._diff else None
+        if diff:
             result['diff'] = diff if isinstance(diff, dict) else {'before': diff[0], 'after': diff[1]}
         return result
 
@@ -303,3 +303,15 @@ class Engine(object):
 def run_module(module, domain_class):
     """The whole run of a module: ``run_module(AnsibleModule(...), TheDomain)``."""
     Engine(module, domain_class(module)).run()
+
+
+def run_reader(module, read):
+    """The run of a module that only reads (edge_info): its namespace entered, READ(module)'s dict returned."""
+    try:
+        netns = module.params.get('netns')
+        if netns:
+            enter_netns(netns)
+        result = read(module)
+    except EdgeError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)

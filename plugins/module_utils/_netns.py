@@ -342,22 +342,3 @@ def write_sysctl(path, value):
 def sysctl_name(path):
     """'/proc/sys/net/ipv4/ip_forward' -> 'net.ipv4.ip_forward'."""
     return path.replace('/proc/sys/', '').replace('/', '.')
-
-
-# --------------------------------------------------------------------------
-# TRANSITIONAL: the names of the modules not yet moved to the engine. Removed
-# with their last user.
-
-NetnsError = EdgeError
-_setns = setns
-
-
-def enter_module_netns(module, param='netns'):
-    name = module.params.get(param)
-    if not name:
-        return None
-    try:
-        enter_netns(name, param)
-    except EdgeError as exc:
-        module.fail_json(msg=str(exc))
-    return name

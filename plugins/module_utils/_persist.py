@@ -211,27 +211,6 @@ class Persistence(object):
         return {'confirm_token': token, 'confirm_deadline': pending['deadline']}
 
 
-def save_per_object(module, name, list_param, key_of, removed, changed):
-    """One record per listed object (a tenant, a tunnel), so that several calls add up.
-
-    ``removed``: keys of objects the run removed (absent or purged) whose
-    records must go too. Returns the result keys to merge.
-    """
-    shared = dict((k, v) for k, v in Persistence(module, name).params().items() if k not in (list_param, 'purge'))
-    persisted = {}
-    for item in module.params[list_param]:
-        key = key_of(item)
-        record = dict(shared, purge=False)
-        record[list_param] = [item]
-        saved = Persistence(module, name, key).save(item.get('state') != 'absent', changed, params=record)
-        persisted[key] = saved.get('persisted')
-    for key in removed:
-        if key not in persisted:
-            Persistence(module, name, key).save(False, changed)
-            persisted[key] = None
-    return {'persisted': persisted} if module.params['persist'] and not module.check_mode else {}
-
-
 def list_pending():
     """Pending (not yet confirmed) changes on this host, each with its file path."""
     found = []
@@ -276,24 +255,3 @@ def confirm_pending(tokens=None):
         os.unlink(path)
         confirmed.append(pending['key'])
     return confirmed
-
-
-# --------------------------------------------------------------------------
-# TRANSITIONAL: the module-based lock of the modules not yet moved to the
-# engine. Removed with its last user.
-
-class HostLock(object):
-    def __init__(self, module):
-        from ansible_collections.anycast.edge.plugins.module_utils._lock import host_lock
-        self.module = module
-        self.lock = host_lock()
-
-    def __enter__(self):
-        from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
-        try:
-            return self.lock.__enter__()
-        except EdgeError as exc:
-            self.module.fail_json(msg=str(exc))
-
-    def __exit__(self, *exc):
-        return self.lock.__exit__(*exc)

@@ -62,8 +62,9 @@ def run(state_dir, record, check=False, persist=False):
         return {'failed': True, 'msg': 'no result (rc %d): %s' % (proc.returncode, (proc.stderr or proc.stdout)[-2000:])}
 
 
-def restore(state_dir, out=sys.stdout):
+def restore(state_dir, out=None):
     """Apply every record; one line per record; exit status 1 if any failed."""
+    out = out or sys.stdout
     failed = 0
     for record in records(state_dir):
         result = run(state_dir, record)

@@ -414,8 +414,9 @@ class Tenants(Domain):
         if relink or cur.tenant_link != want.tenant_link:
             ops.append(Op([_n(ns) + 'link set dev %s alias "%s" up' % (tenant_if, tenant.alias)], self._ns_link_set, ns,
                           tenant_if, '%s: configuring %s' % (what, tenant_if), ifalias=tenant.alias, state='up'))
-        for netns, ifname, current, wanted, host_side in ((None, host_if, host_addrs, want.host_addrs, True),
-                                                         (ns, tenant_if, tenant_addrs, want.tenant_addrs, False)):
+        sides = ((None, host_if, host_addrs, want.host_addrs, True),
+                 (ns, tenant_if, tenant_addrs, want.tenant_addrs, False))
+        for netns, ifname, current, wanted, host_side in sides:
             prefix = _n(netns) if netns else 'ip '
             where = '%s %s' % (what, ifname)
             for text in sorted(set(current) - set(wanted)):
@@ -695,4 +696,3 @@ class Tenants(Domain):
         for name in self._purged_names(plan):
             records.setdefault(name, Record(name, None))
         return records
-

@@ -639,24 +639,3 @@ def port_items(words):
         first, _sep, last = word.partition(':')
         items.append(int(first) if not last else '%s-%s' % (first, last))
     return items
-
-
-# --------------------------------------------------------------------------
-# TRANSITIONAL: the read-plan-apply of the modules not yet moved to the engine.
-# Removed with their last user.
-
-XtablesError = EdgeError
-
-
-def sync_chains(driver, specs, check_mode):
-    states = read_tables(driver, spec_keys(specs))
-    plan = plan_chains(states, specs, driver.name)
-    if plan.changed and not check_mode:
-        apply_chains(driver, plan)
-        leftover = plan_chains(read_tables(driver, spec_keys(specs)), specs, driver.name)
-        if leftover.changed:
-            raise EdgeError('read-back after writing does not match: still to do: %s' % '; '.join(leftover.actions))
-    before, after = plan.before_lines(), plan.after_lines()
-    return {'changed': plan.changed, 'actions': plan.actions,
-            'diff': {'before': '\n'.join(before) + ('\n' if before else ''),
-                     'after': '\n'.join(after) + ('\n' if after else '')}}

@@ -101,7 +101,7 @@ def test_pairs_of_tenants_must_differ():
 
 def test_absent_tenants_need_only_a_name_and_do_not_compete():
     tenants, _settings = spec.validate(params(tenant('a', '0x1', 101, ['192.0.2.0/24']),
-                                           {'name': 'b', 'state': 'absent', 'prefixes': ['192.0.2.0/24']}))
+                                              {'name': 'b', 'state': 'absent', 'prefixes': ['192.0.2.0/24']}))
     assert [x.state for x in tenants] == ['present', 'absent']
 
 
