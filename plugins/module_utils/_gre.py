@@ -32,7 +32,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _xtables
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Op, OpPlan, Record
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 from ansible_collections.anycast.edge.plugins.module_utils._gre_spec import KIND, Tunnel, validate
-from ansible_collections.anycast.edge.plugins.module_utils._iproute import NetlinkError, call
+from ansible_collections.anycast.edge.plugins.module_utils._iproute import call, refused
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     FAMILY, GRE_KEY, GRE_KINDS, ROUTE_PROTO, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, TABLE_MAIN, failure, kernel_says)
 from ansible_collections.anycast.edge.plugins.module_utils._netns import Namespaces, in_netns, list_netns
@@ -483,7 +483,9 @@ class GreTunnels(Domain):
         host = self.namespaces.host.ipr
         try:
             host.link('add', ifname=temp, kind=KIND[tunnel.family], mtu=tunnel.mtu, **_gre_kwargs(tunnel))
-        except NetlinkError as exc:
+        except Exception as exc:  # pylint: disable=broad-except
+            if not refused(exc):
+                raise
             if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT) or 'Unknown device type' in kernel_says(exc):
                 raise EdgeError('%s: %s (the kernel said: %s)'
                                 % (tunnel.param, no_gre_message(tunnel.family), kernel_says(exc)))
@@ -500,7 +502,9 @@ class GreTunnels(Domain):
                 host.link('set', index=index, net_ns_fd=self.namespaces.get(tunnel.netns).fd, ifname=tunnel.name)
             else:
                 host.link('set', index=index, ifname=tunnel.name)
-        except NetlinkError as exc:
+        except Exception as exc:  # pylint: disable=broad-except
+            if not refused(exc):
+                raise
             call('removing the half-made tunnel', host.link, 'del', index=index, ignore=(errno.ENODEV,))
             raise failure("%s: moving the new tunnel into namespace '%s' as '%s'"
                           % (tunnel.param, tunnel.netns, tunnel.name), exc)
@@ -527,7 +531,9 @@ class GreTunnels(Domain):
             return
         try:
             self._ipr(tunnel.netns).route('add', **args)
-        except NetlinkError as exc:
+        except Exception as exc:  # pylint: disable=broad-except
+            if not refused(exc):
+                raise
             hint = None
             if exc.code == errno.EEXIST:
                 hint = "namespace '%s' already has a route for %s that does not go through this tunnel" % (

@@ -16,34 +16,38 @@ from __future__ import annotations
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import failure
 
-try:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-    PYROUTE2_IMPORT_ERROR = None
-except ImportError as _exc:  # reported by open_iproute()
-    PYROUTE2_IMPORT_ERROR = _exc
-    IPRoute = None
-
-    class NetlinkError(Exception):  # type: ignore[no-redef]
-        code = 0
+# Imported when first needed: pyroute2 takes a tenth of a second to import, and
+# only modules that write links, addresses or rules need it.
+_PYROUTE2 = []
 
 
-def require_pyroute2():
-    if PYROUTE2_IMPORT_ERROR is not None:
-        raise EdgeError('this module needs the Python library pyroute2 on the managed host '
-                        '(Debian/Ubuntu: apt install python3-pyroute2; or pip install pyroute2): %s'
-                        % PYROUTE2_IMPORT_ERROR)
+def _pyroute2():
+    """(IPRoute, NetlinkError) of pyroute2, imported on first use."""
+    if not _PYROUTE2:
+        try:
+            from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
+            from pyroute2.netlink.exceptions import NetlinkError  # pylint: disable=import-outside-toplevel
+        except ImportError as exc:
+            raise EdgeError('this module needs the Python library pyroute2 on the managed host '
+                            '(Debian/Ubuntu: apt install python3-pyroute2; or pip install pyroute2): %s' % exc)
+        _PYROUTE2.append((IPRoute, NetlinkError))
+    return _PYROUTE2[0]
+
+
+def refused(exc):
+    """True when EXC is pyroute2's NetlinkError: the kernel said no."""
+    return bool(_PYROUTE2) and isinstance(exc, _PYROUTE2[0][1])
 
 
 def open_iproute():
     """An IPRoute socket in the current thread's namespace, with readable kernel errors."""
-    require_pyroute2()
+    iproute = _pyroute2()[0]
     for kwargs in ({'ext_ack': True, 'strict_check': True}, {'ext_ack': True}, {}):
         try:
-            return IPRoute(**kwargs)
+            return iproute(**kwargs)
         except TypeError:
             continue
-    return IPRoute()
+    return iproute()
 
 
 def call(what, func, *args, **kwargs):
@@ -54,7 +58,9 @@ def call(what, func, *args, **kwargs):
     ignore = kwargs.pop('ignore', ())
     try:
         return func(*args, **kwargs)
-    except NetlinkError as exc:
+    except Exception as exc:  # pylint: disable=broad-except
+        if not refused(exc):
+            raise
         if exc.code in ignore:
             return None
         raise failure(what, exc)

@@ -21,7 +21,6 @@ FD_SETSIZE, it uses select()).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -43,7 +42,7 @@ _LIBC = []
 
 def _libc():
     if not _LIBC:
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True))
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))  # libc is loaded already: no library search
     return _LIBC[0]
 
 

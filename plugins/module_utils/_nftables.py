@@ -14,12 +14,6 @@ from __future__ import annotations
 
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 
-try:
-    from nftables import Nftables
-    NFTABLES_IMPORT_ERROR = None
-except ImportError as _exc:  # reported when a context is needed
-    Nftables = None
-    NFTABLES_IMPORT_ERROR = _exc
 
 
 class Nft(object):
@@ -30,9 +24,11 @@ class Nft(object):
     """
 
     def __init__(self):
-        if Nftables is None:
+        try:
+            from nftables import Nftables  # pylint: disable=import-outside-toplevel  (only tenants need it)
+        except ImportError as exc:
             raise EdgeError('this module needs the nftables Python binding on the managed host (Debian/Ubuntu: '
-                            'apt install python3-nftables): %s' % NFTABLES_IMPORT_ERROR)
+                            'apt install python3-nftables): %s' % exc)
         self._ctx = Nftables()
         self._ctx.set_stateless_output(True)
 

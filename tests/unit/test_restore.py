@@ -179,3 +179,18 @@ def test_the_program_written_next_to_the_records_is_this_file_and_runs_alone(sta
     proc = subprocess.run(['/usr/bin/python3', program, 'frobnicate'], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 2 and 'anycast-edge-restore restore' in proc.stderr
+
+
+def test_the_state_directory_is_one_path_everywhere():
+    """Code takes it from _restore.DEFAULT_STATE_DIR; what must spell it out (docs, the role) says the same."""
+    import yaml
+    from ansible_collections.anycast.edge.plugins.doc_fragments.persist import ModuleDocFragment
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert yaml.safe_load(ModuleDocFragment.DOCUMENTATION)['options']['state_dir']['default'] == \
+        _restore.DEFAULT_STATE_DIR
+    with open(os.path.join(repo, 'roles', 'edge_restore', 'defaults', 'main.yml')) as handle:
+        assert yaml.safe_load(handle)['edge_restore_state_dir'] == _restore.DEFAULT_STATE_DIR
+    with open(os.path.join(repo, 'roles', 'edge_restore', 'meta', 'argument_specs.yml')) as handle:
+        spec = yaml.safe_load(handle)['argument_specs']['main']['options']['edge_restore_state_dir']
+    assert spec['default'] == _restore.DEFAULT_STATE_DIR
+    assert _persist.DEFAULT_STATE_DIR is _restore.DEFAULT_STATE_DIR
