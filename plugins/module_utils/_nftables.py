@@ -15,7 +15,6 @@ from __future__ import annotations
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 
 
-
 class Nft(object):
     """One nftables context in the namespace of the thread that creates it.
 
@@ -25,7 +24,8 @@ class Nft(object):
 
     def __init__(self):
         try:
-            from nftables import Nftables  # pylint: disable=import-outside-toplevel  (only tenants need it)
+            # imported here: only tenants need it
+            from nftables import Nftables  # pylint: disable=import-outside-toplevel
         except ImportError as exc:
             raise EdgeError('this module needs the nftables Python binding on the managed host (Debian/Ubuntu: '
                             'apt install python3-nftables): %s' % exc)
