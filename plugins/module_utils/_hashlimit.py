@@ -589,10 +589,15 @@ def _jump_scope(jumps):
     return match, protocol, ports, destinations
 
 
-def gather_params(chain, tables, defaults):
+def _first_if_there(items, preferred):
+    return sorted(items, key=lambda item: item != preferred)
+
+
+def gather_params(chain, tables, defaults, preferred=None):
     """(parameters as the module takes them, problems) of the chain CHAIN in TABLES.
 
-    DEFAULTS: the module's parameter defaults (what is left out of the answer).
+    DEFAULTS: the module's parameter defaults (what is left out of the answer). PREFERRED: a validated
+    configuration whose spellings are tried first (this run's input: on a no-op run they fit at once).
 
     iptables prints rates in its own unit (3000/min reads back as 50/sec) and
     leaves default masks out: among the spellings that mean the same, the one
@@ -653,7 +658,12 @@ def gather_params(chain, tables, defaults):
             if given.get(f) is None:
                 masks[key] += [_with(m, f, 32 if f == 4 else 128) for m in masks[key]]
     log_rates = rate_candidates(first['log']['rate']) if first['log'] else [None]
-    for rate in rate_candidates(_first(limit, 'hashlimit-upto')):
+    rates = rate_candidates(_first(limit, 'hashlimit-upto'))
+    if preferred:
+        rates = _first_if_there(rates, '%d/%s' % preferred['rate'])
+        if preferred['log']:
+            log_rates = _first_if_there(log_rates, '%d/%s' % preferred['log']['rate'])
+    for rate in rates:
         for log_rate in log_rates:
             for srcmask in masks['srcmask']:
                 for dstmask in masks['dstmask']:
@@ -769,7 +779,7 @@ class Hashlimit(Domain):
     def _gathered(self, tables):
         defaults = dict((key, spec.get('default')) for key, spec in self.module.argument_spec.items())
         defaults['state'] = 'present'
-        params, problems = gather_params(self.cfg['chain'], tables, defaults)
+        params, problems = gather_params(self.cfg['chain'], tables, defaults, self.cfg)
         for problem in problems:
             self.warn('chain %s: %s' % (self.cfg['chain'], problem))
         return params
