@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Plan, Record
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError, ParamError
@@ -26,17 +27,16 @@ from ansible_collections.anycast.edge.plugins.module_utils._validate import (
 class AnyipRoute(object):
     """One local route of table local: prefix, device name, preferred source, protocol."""
 
-    __slots__ = ('network', 'dev', 'prefsrc', 'proto')
+    __slots__ = ('network', 'dev', 'prefsrc', 'proto', 'key', 'order')
 
-    def __init__(self, network, dev, prefsrc, proto=ROUTE_PROTO):
+    def __init__(self, network, dev, prefsrc, proto=ROUTE_PROTO, text=None):
         self.network = network
         self.dev = dev
         self.prefsrc = prefsrc
         self.proto = proto
-
-    @property
-    def key(self):
-        return (self.network.version, str(self.network))
+        self.key = (network.version, text or str(network))
+        # sorting by this is ten times cheaper than by ip_network objects (10,000 routes per run)
+        self.order = (network.version, int(network.network_address), network.prefixlen)
 
     def same(self, other):
         return (self.dev, self.prefsrc, self.proto) == (other.dev, other.prefsrc, other.proto)
@@ -53,6 +53,9 @@ class AnyipRoute(object):
         if self.prefsrc and verb != 'del':
             line += ' src %s' % self.prefsrc
         return line
+
+
+NETWORK = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
 
 
 class AnyipState(object):
@@ -74,9 +77,12 @@ def read_state(raw):
         for route in raw.routes(family, TABLE_LOCAL):
             if route['type'] != RTN_LOCAL:
                 continue
-            net = ipaddress.ip_network('%s/%d' % (route['dst'], route['dst_len']))
-            found[(family, str(net))] = AnyipRoute(net, names.get(route['oif'], route['oif']), route['prefsrc'],
-                                                   route['proto'])
+            # from the address's integer: parsing 10,000 prefixes from text is a tenth of a second
+            net = NETWORK[family]((int(ipaddress.ip_address(route['dst'])) if family == 6 else
+                                   int.from_bytes(socket.inet_aton(route['dst']), 'big'), route['dst_len']))
+            text = '%s/%d' % (route['dst'], route['dst_len']) if family == 4 else None  # IPv4 text is canonical
+            found_route = AnyipRoute(net, names.get(route['oif'], route['oif']), route['prefsrc'], route['proto'], text)
+            found[found_route.key] = found_route
     return AnyipState(found, links)
 
 
@@ -91,11 +97,22 @@ class AnyipPlan(Plan):
         self.owned_before = owned_before
         self.owned_after = owned_after
         self.index_of = index_of        # device name -> ifindex, from the state read
+        self.changed_routes = bool(add or replace or remove)
         self.requests = [('del', r) for r in remove] + [('replace', new) for new, _old in replace] + \
             [('add', r) for r in add]
         self.undo = [('add', r) for r in remove] + [('replace', old) for _new, old in replace] + \
             [('del', r) for r in add]
         super().__init__([route.command(op) for op, route in self.requests])
+        self._prefixes = {}
+
+    def prefixes(self, which):
+        """Sorted prefixes owned 'before' or 'after' the plan, worked out once."""
+        if which not in self._prefixes:
+            if which == 'after' and not self.changed_routes:
+                self._prefixes['after'] = self.prefixes('before')
+            else:
+                self._prefixes[which] = prefixes(self.owned_before if which == 'before' else self.owned_after)
+        return self._prefixes[which]
 
 
 def plan_routes(state, desired, present, purge):
@@ -166,20 +183,20 @@ def apply_routes(raw, plan):
     raise EdgeError('%s (changes made by this run were undone)' % refusal)
 
 
-def sort_key(key):
-    return (key[0], ipaddress.ip_network(key[1]))
+def _sorted_keys(routes):
+    return sorted(routes, key=lambda key: routes[key].order)
 
 
 def render(routes):
-    return [routes[key].text() for key in sorted(routes, key=sort_key)]
+    return [routes[key].text() for key in _sorted_keys(routes)]
 
 
 def prefixes(routes):
-    return [key[1] for key in sorted(routes, key=sort_key)]
+    return [key[1] for key in _sorted_keys(routes)]
 
 
-def as_input(routes):
-    """The module input that makes exactly ROUTES: {prefixes, device, src}.
+def as_input(routes, sorted_prefixes=None):
+    """The module input that makes exactly ROUTES: {prefixes, device, src} (SORTED_PREFIXES: if known).
 
     Owned routes made by one call share device and source; if several calls
     used different ones, the most used device and source are given (a warning
@@ -190,7 +207,7 @@ def as_input(routes):
         devices[route.dev] = devices.get(route.dev, 0) + 1
         if route.network.version == 4 and route.prefsrc:
             sources[route.prefsrc] = sources.get(route.prefsrc, 0) + 1
-    gathered = {'prefixes': prefixes(routes)}
+    gathered = {'prefixes': sorted_prefixes if sorted_prefixes is not None else prefixes(routes)}
     if devices:
         gathered['device'] = sorted(devices.items(), key=lambda item: (-item[1], str(item[0])))[0][0]
     if sources:
@@ -243,7 +260,7 @@ class AnyipRoutes(Domain):
         return as_input(state.owned())
 
     def expected(self, state, plan):
-        return as_input(plan.owned_after)
+        return as_input(plan.owned_after, plan.prefixes('after'))
 
     def diff(self, state, plan):
         before, after = render(plan.owned_before), render(plan.owned_after)
@@ -258,12 +275,12 @@ class AnyipRoutes(Domain):
             'removed': [str(r.network) for r in plan.remove],
             'updated': [str(new.network) for new, old in plan.replace if old.proto == ROUTE_PROTO],
             'adopted': adopted,
-            'prefixes': prefixes(plan.owned_after),
+            'prefixes': plan.prefixes('after'),
         }
 
     def records(self, state, plan):
         # What is recorded (and rolled back to) is the whole owned set, not this
         # call's list: several calls without purge each add to it.
-        recorded = dict(self.recordable(), prefixes=prefixes(plan.owned_after), purge=True, state='present')
-        previous = dict(recorded, prefixes=prefixes(plan.owned_before))
+        recorded = dict(self.recordable(), prefixes=plan.prefixes('after'), purge=True, state='present')
+        previous = dict(recorded, prefixes=plan.prefixes('before'))
         return Record(None, recorded if plan.owned_after else None, previous)

@@ -88,15 +88,16 @@ def kernel_rules(rule):
             for matches in port_matches(rule['protocol'], rule['ranges'])]
 
 
-def build_specs(rules, chain, present=True):
+def build_specs(rules, chain, present=True, built=None):
     """ChainSpecs for IPv4 and IPv6, each with its jump from PREROUTING.
 
     A family without rules gets no chain at all (and loses one it had), so a
     host without IPv6 rules never has ip6tables touched beyond a read.
+    BUILT: each rule's kernel_rules(), if already made.
     """
     per_family = {4: [], 6: []}
-    for rule in rules:
-        per_family[rule['destination'].version] += kernel_rules(rule)
+    for index, rule in enumerate(rules):
+        per_family[rule['destination'].version] += built[index] if built else kernel_rules(rule)
     specs = []
     for family in (4, 6):
         jump = Jump('PREROUTING', Rule(family, chain))
@@ -142,12 +143,12 @@ def gather_chain(saved_rules, known=()):
 
     Consecutive kernel rules that one input rule became (multiport split at 15
     slots) are joined back; every rule given back builds exactly the kernel's
-    rules (compared by their tags). KNOWN: normalised rules whose kernel rules,
-    found by their tags, need no parsing (a no-op run reads 1,000 rules back).
+    rules (compared by their tags). KNOWN: [(normalised rule, its kernel
+    rules)] found by their tags need no parsing (a no-op run reads 1,000 rules back).
     """
     by_first_tag = {}
-    for rule in known:
-        tags = [r.tag for r in kernel_rules(rule)]
+    for rule, built in known:
+        tags = [r.tag for r in built]
         by_first_tag.setdefault(tags[0], (rule, tags))
     rules, strangers, index = [], [], 0
     while index < len(saved_rules):
@@ -182,8 +183,9 @@ class TproxyRules(Domain):
     def validate(self):
         self.chain = check_chain_name(self.params['chain'], 'chain')
         self.rules = validate_rules(self.params['rules'])
+        self.built = [kernel_rules(rule) for rule in self.rules]
         self.present = self.params['state'] != 'absent'   # rendered: as present would
-        self.specs = build_specs(self.rules, self.chain, self.present)
+        self.specs = build_specs(self.rules, self.chain, self.present, self.built)
         self.driver = None
 
     def open(self):
@@ -207,7 +209,8 @@ class TproxyRules(Domain):
         for family in (4, 6):
             table = state.get((family, TABLE))
             found, strangers = gather_chain(table.chains.get(self.chain, []) if table else [],
-                                            [r for r in self.rules if r['destination'].version == family])
+                                            [(r, b) for r, b in zip(self.rules, self.built)
+                                             if r['destination'].version == family])
             for text in strangers:
                 self.warn('chain %s (IPv%d %s) holds a rule this module did not write: %s'
                           % (self.chain, family, TABLE, text))

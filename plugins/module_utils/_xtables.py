@@ -78,6 +78,7 @@ class Rule(object):
         self.matches = tuple((name, tuple(opts)) for name, opts in matches)
         self.target = target
         self.target_options = tuple(target_options)
+        self._tag = None
 
     def _args(self, with_comment):
         args = []
@@ -98,8 +99,10 @@ class Rule(object):
 
     @property
     def tag(self):
-        spec = 'v%d %s' % (self.family, ' '.join(self._args(False)))
-        return '%s %s' % (OWNER, hashlib.sha1(spec.encode()).hexdigest()[:12])
+        if self._tag is None:   # a Rule does not change once made; planning asks for its tag often
+            spec = 'v%d %s' % (self.family, ' '.join(self._args(False)))
+            self._tag = '%s %s' % (OWNER, hashlib.sha1(spec.encode()).hexdigest()[:12])
+        return self._tag
 
     def restore_text(self):
         return ' '.join(_quote(a) for a in self._args(True))
