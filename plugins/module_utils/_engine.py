@@ -17,7 +17,7 @@ subclass; :func:`run_module` does the rest, always in this order::
       read back: the re-plan must be empty; if not, apply it once more, read back
         again, and fail naming what still differs
       persist (records for boot, commit-confirm)
-    one result: changed, before, after, commands, diff (+ the module's own keys)
+    one result: changed, before, after (when changed), commands, diff (+ the module's own keys)
 
 Every failure is an EdgeError, turned into fail_json here and nowhere else.
 
@@ -244,13 +244,13 @@ class Engine(object):
         commands = list(plan.commands)   # after apply: what was really sent
         if domain.correction is not None:
             commands += domain.correction.commands
+        result = {'changed': plan.changed, 'before': before, 'commands': commands}
+        # As the netcommon resource modules do, 'after' comes with a change only: unchanged it is 'before'
+        # again, and a second copy of 10,000 routes costs a no-op run a tenth of its time.
         if readback is not None:
-            after = domain.gather(readback)
+            result['after'] = domain.gather(readback)
         elif plan.changed:
-            after = domain.expected(current, plan)
-        else:
-            after = before
-        result = {'changed': plan.changed, 'before': before, 'after': after, 'commands': commands}
+            result['after'] = domain.expected(current, plan)
         result.update(domain.result(current, plan, readback))
         if domain.persist:
             result.update(self._persist(current, plan))

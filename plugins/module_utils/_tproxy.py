@@ -108,7 +108,9 @@ def build_specs(rules, chain, present=True, built=None):
 
 def as_input(rule):
     """A normalised rule in the module's input spelling (defaults left out)."""
-    item = {'destination': str(rule['destination']), 'protocol': rule['protocol'], 'on_port': rule['on_port']}
+    item = {'destination': str(rule['destination']), 'on_port': rule['on_port']}
+    if rule['protocol'] != 'tcp':
+        item['protocol'] = rule['protocol']
     if rule['ranges'] is not None:
         item['ports'] = [first if first == last else '%d-%d' % (first, last) for first, last in rule['ranges']]
     if rule['on_ip'] != default_on_ip(rule['destination'].version):

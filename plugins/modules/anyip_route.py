@@ -111,7 +111,7 @@ before:
   sample: {prefixes: [192.0.2.0/24], device: lo, src: 127.0.0.1}
 after:
   description: The owned AnyIP routes after the run (predicted in check mode), in this module's input shape.
-  returned: unless O(state) is V(gathered) or V(rendered)
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {prefixes: [192.0.2.0/24, "2001:db8:100::/64"], device: lo, src: 127.0.0.1}
 commands:

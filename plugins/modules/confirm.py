@@ -56,7 +56,7 @@ before:
   sample: {pending: ["hashlimit@host@RATE-LIMIT"]}
 after:
   description: The changes still pending after the run (predicted in check mode).
-  returned: always
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {pending: []}
 commands:

@@ -88,7 +88,7 @@ before:
   sample: {expected_connections: 100000, headroom: 2.0, sysctl_file: /etc/sysctl.d/90-anycast-edge-conntrack.conf}
 after:
   description: The sizing after the run (predicted in check mode), as this module's parameters.
-  returned: unless O(state) is V(gathered) or V(rendered)
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {expected_connections: 500000, headroom: 2.0, sysctl_file: /etc/sysctl.d/90-anycast-edge-conntrack.conf}
 commands:

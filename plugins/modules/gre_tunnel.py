@@ -181,7 +181,7 @@ before:
   sample: {tunnels: [{name: gre-acme, netns: acme, local: 192.0.2.1, remote: 198.51.100.2, key: 42}]}
 after:
   description: The same after the run (predicted in check mode), as this module's input.
-  returned: unless O(state) is V(gathered) or V(rendered)
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {tunnels: [{name: gre-acme, netns: acme, local: 192.0.2.1, remote: 198.51.100.2, key: 42}]}
 commands:

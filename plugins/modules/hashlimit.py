@@ -223,7 +223,7 @@ before:
   sample: {chain: RATE-LIMIT, rate: 50/sec, protocol: tcp, ports: [80, 443]}
 after:
   description: The limit the chain holds after the run (predicted in check mode), as this module's parameters.
-  returned: unless O(state) is V(gathered) or V(rendered)
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {chain: RATE-LIMIT, rate: 100/sec, protocol: tcp, ports: [80, 443]}
 commands:

@@ -231,7 +231,7 @@ before:
   sample: {tenants: [{name: acme, netns: tenant-acme, prefixes: [203.0.113.0/24], mark: "0x100", table: 100}]}
 after:
   description: The same tenants after the run (predicted in check mode), as this module's input.
-  returned: unless O(state) is V(gathered) or V(rendered)
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {tenants: [{name: acme, netns: tenant-acme, prefixes: [203.0.113.0/24], mark: "0x100", table: 100}]}
 commands:

@@ -133,7 +133,7 @@ before:
   sample: {chain: ANYCAST-TPROXY, rules: [{destination: 192.0.2.0/24, protocol: tcp, on_port: 1234}]}
 after:
   description: The chain's rules after the run (predicted in check mode), in this module's input shape.
-  returned: unless O(state) is V(gathered) or V(rendered)
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
   type: dict
   sample: {chain: ANYCAST-TPROXY, rules: [{destination: 192.0.2.0/24, protocol: tcp, on_port: 1234}]}
 commands:
