@@ -25,3 +25,10 @@ if [[ ! -x .venv/bin/python || ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; t
   .venv/bin/pip install -q -r requirements.txt
   echo "$want" > "$stamp"
 fi
+
+# The modules drive nftables through the distribution's binding (python3-nftables,
+# pure Python over libnftables.so.1); PyPI has no maintained one. Debian installs it
+# for /usr/bin/python3 only: make the same files importable from the venv's Python.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+binding=$(/usr/bin/python3 -c 'import nftables, os; print(os.path.dirname(nftables.__file__))')
+[[ -L $site/nftables && "$(readlink "$site/nftables")" == "$binding" ]] || ln -sfn "$binding" "$site/nftables"

@@ -1,48 +1,78 @@
 # -*- coding: utf-8 -*-
 # Copyright: anycast.edge contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Everything the collection owns on a host, read without changing anything."""
+"""Everything the collection owns on a host, read without changing anything.
+
+edge_info's result is a list of sections, each read by one function of the
+shape ``reader(context) -> value``. A new kind of state (a daemon's sessions,
+an origin's health) is one more entry in SECTIONS, in a module_utils file of
+its own. Readers find the sections read before them in ``context.result``
+and add warnings to ``context.warnings``; the readers of each kernel
+interface are the modules' own (one interface reader for all).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    ROUTE_PROTO, RawRtnl, TABLE_LOCAL, RTN_LOCAL, get_attr, open_iproute)
-from ansible_collections.anycast.edge.plugins.module_utils._netns import in_netns, list_netns
+from ansible_collections.anycast.edge.plugins.module_utils import _gre
+from ansible_collections.anycast.edge.plugins.module_utils import _networkd
+from ansible_collections.anycast.edge.plugins.module_utils import _restore
+from ansible_collections.anycast.edge.plugins.module_utils import _xtables
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
     FULL_WARNING, conntrack_status, proc_table_path, table_entries)
-from ansible_collections.anycast.edge.plugins.module_utils._nftables import Nft
-from ansible_collections.anycast.edge.plugins.module_utils._tenant import NFT_TABLE
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import ROUTE_PROTO, RTN_LOCAL, TABLE_LOCAL
+from ansible_collections.anycast.edge.plugins.module_utils._netns import Namespaces, host_inode, list_netns
+from ansible_collections.anycast.edge.plugins.module_utils._persist import list_pending
+from ansible_collections.anycast.edge.plugins.module_utils._tenant_firewall import LIST_TABLE
+from ansible_collections.anycast.edge.plugins.module_utils._tenant_spec import OWNER as TENANT_OWNER
+from ansible_collections.anycast.edge.plugins.module_utils._tenant_view import NamespaceRead
 
 XT_TABLES = ('raw', 'mangle', 'filter')
 HTABLE_RE = re.compile(r'--hashlimit-name (\S+)')
 HTABLE_MAX_RE = re.compile(r'--hashlimit-htable-max (\d+)')
-TENANT_MARKER_RE = re.compile(r'^anycast\.edge tenant (\S+) host (\d+) mark (0x[0-9a-f]+)/(0x[0-9a-f]+) table (\d+)$')
-GRE_ALIAS = 'anycast.edge gre'
-TENANT_LINK_ALIAS = 'anycast.edge tenant '
 
 
-def anyip_prefixes():
+class Context(object):
+    """What the section readers share: the module, the namespaces' handles, the result so far, the warnings."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.namespaces = Namespaces()
+        self.result = {}
+        self.warnings = []
+        self._driver = None
+
+    @property
+    def driver(self):
+        if self._driver is None:
+            self._driver = _xtables.select_driver(self.module, self.params['driver'])
+        return self._driver
+
+    def close(self):
+        self.namespaces.close()
+
+
+def anyip(context):
+    """AnyIP prefixes the collection owns, per family."""
     out = {'ipv4': [], 'ipv6': []}
-    with RawRtnl() as raw:
-        for family in (4, 6):
-            for route in raw.routes(family, TABLE_LOCAL):
-                if route['type'] == RTN_LOCAL and route['proto'] == ROUTE_PROTO:
-                    out['ipv%d' % family].append('%s/%d' % (route['dst'], route['dst_len']))
+    for family in (4, 6):
+        for route in context.namespaces.host.rt.routes(family, TABLE_LOCAL):
+            if route['type'] == RTN_LOCAL and route['proto'] == ROUTE_PROTO:
+                out['ipv%d' % family].append('%s/%d' % (route['dst'], route['dst_len']))
     return out
 
 
-def owned_chains(driver):
+def xtables(context):
     """Every chain holding a rule tagged by the collection, with its rules, counters and jumps."""
     chains = []
+    tables = _xtables.read_tables(context.driver, [(f, t) for f in (4, 6) for t in XT_TABLES])
     for family in (4, 6):
         for table in XT_TABLES:
-            state = driver.read(family, table)
+            state = tables[(family, table)]
             owned = set(name for name, rules in state.chains.items() if any(r.tag for r in rules))
             owned |= set(r.target for rules in state.chains.values() for r in rules if r.tag and r.target in state.chains)
             owned -= set(state.policies)  # built-in chains are never ours
@@ -55,10 +85,11 @@ def owned_chains(driver):
     return chains
 
 
-def hashlimit_tables(chains, warnings):
+def hashlimit_tables(context):
+    """Live hashlimit tables used by owned chains, with their fill."""
     tables = []
     seen = set()
-    for chain in chains:
+    for chain in context.result['xtables']:
         family = int(chain['family'][-1])
         for rule in chain['rules']:
             name = HTABLE_RE.search(rule['rule'])
@@ -73,102 +104,104 @@ def hashlimit_tables(chains, warnings):
                            'percent': round(100.0 * entries / maximum, 1) if maximum else None,
                            'path': proc_table_path(family, name.group(1))})
             if maximum and entries > FULL_WARNING * maximum:
-                warnings.append('hashlimit table %s (%s) is %.1f%% full (%d of %d): raise htable_max'
-                                % (name.group(1), chain['family'], 100.0 * entries / maximum, entries, maximum))
+                context.warnings.append('hashlimit table %s (%s) is %.1f%% full (%d of %d): raise htable_max'
+                                        % (name.group(1), chain['family'], 100.0 * entries / maximum, entries, maximum))
     return tables
 
 
-def _links(ipr):
-    links = []
-    for msg in ipr.get_links():
-        info = get_attr(msg, 'IFLA_LINKINFO')
-        kind = info.get_attr('IFLA_INFO_KIND') if info is not None else None
-        links.append({'index': msg['index'], 'name': get_attr(msg, 'IFLA_IFNAME'), 'kind': kind,
-                      'alias': get_attr(msg, 'IFLA_IFALIAS'), 'up': bool(msg['flags'] & 1),
-                      'operstate': get_attr(msg, 'IFLA_OPERSTATE'), 'msg': msg})
-    return links
+def conntrack(context):
+    return conntrack_status(context.warnings.append)
 
 
-def _addresses(ipr, index):
-    return ['%s/%d' % (get_attr(a, 'IFA_ADDRESS'), a['prefixlen']) for a in ipr.get_addr(index=index)]
-
-
-def _gre_tunnels(ipr, links, netns):
-    tunnels = []
-    for link in links:
-        if link['alias'] != GRE_ALIAS:
-            continue
-        data = link['msg'].get_attr('IFLA_LINKINFO').get_attr('IFLA_INFO_DATA')
-        tunnels.append({
-            'name': link['name'], 'netns': netns, 'kind': link['kind'], 'up': link['up'],
-            'local': data.get_attr('IFLA_GRE_LOCAL') if data is not None else None,
-            'remote': data.get_attr('IFLA_GRE_REMOTE') if data is not None else None,
-            'ttl': data.get_attr('IFLA_GRE_TTL') if data is not None else None,
-            'mtu': get_attr(link['msg'], 'IFLA_MTU'),
-            'addresses': _addresses(ipr, link['index']),
-        })
-    return tunnels
-
-
-def tenants_and_tunnels(host_netns):
-    """Tenants of this host (namespaces whose marker names this host namespace) and their GRE tunnels."""
-    host_inode = os.stat('/proc/thread-self/ns/net').st_ino
-    tenants, tunnels = [], []
-    with open_iproute() as ipr:
-        tunnels += _gre_tunnels(ipr, _links(ipr), host_netns)
-    for name in list_netns():
-        if name == host_netns:
-            continue
+def tenants(context):
+    """Tenant namespaces of this host namespace: mark, table, links, and the collection's nftables table."""
+    inode = host_inode()
+    found = []
+    for netns in list_netns():
+        handles = context.namespaces.get(netns)
         try:
-            with in_netns(name):
-                ipr = open_iproute()
-        except Exception:  # a namespace we may not enter: not ours to report
-            continue
-        with ipr:
-            links = _links(ipr)
-            marker = None
-            for link in links:
-                if link['name'] == 'lo' and link['alias']:
-                    marker = TENANT_MARKER_RE.match(link['alias'])
-            if marker is None or int(marker.group(2)) != host_inode:
+            read = NamespaceRead(handles.rt)
+            marker = read.marker
+            if marker is None or marker['host'] != inode:
                 continue  # not a tenant of this host
-            tunnels += _gre_tunnels(ipr, links, name)
-            tenant_links = [{'name': l['name'], 'up': l['up'], 'addresses': _addresses(ipr, l['index'])}
-                            for l in links if (l['alias'] or '').startswith(TENANT_LINK_ALIAS)]
-        tenants.append({
-            'name': marker.group(1), 'netns': name, 'mark': '%s/%s' % (marker.group(3), marker.group(4)),
-            'table': int(marker.group(5)), 'links': tenant_links, 'firewall': nft_ruleset(name),
-        })
-    return tenants, tunnels
+            links = [{'name': link.name, 'up': link.up, 'addresses': sorted(read.addrs.get(link.index, ()))}
+                     for link in read.links.values() if (link.alias or '').startswith(TENANT_OWNER + ' ')]
+            with handles.inside():
+                ok, listing, _err = handles.nft.run(LIST_TABLE)
+        except (EdgeError, OSError):
+            continue  # a namespace we may not enter, or one that vanished: not ours to report
+        finally:
+            context.namespaces.release(netns)
+        found.append({'name': marker['name'], 'netns': netns, 'mark': '0x%x/0x%x' % (marker['mark'], marker['mask']),
+                      'table': marker['table'], 'links': links, 'firewall': listing if ok else None})
+    return found
 
 
-def nft_ruleset(netns):
-    """The tenant's nftables table as text (the collection's table only), or None."""
-    with in_netns(netns):
-        with Nft() as nft:  # its netlink socket opens here, in the tenant's namespace
-            ok, out, _err = nft.run('list table inet %s' % NFT_TABLE)
-    return out if ok else None
+def tunnels(context):
+    """GRE tunnels of the collection whose underlay is this host namespace (what gre_tunnel manages)."""
+    found = []
+    for (netns, name), device in sorted(_gre.owned_devices(context.namespaces).items()):
+        found.append({'name': name, 'netns': netns, 'kind': device.kind, 'up': device.up, 'local': device.local,
+                      'remote': device.remote, 'ttl': device.ttl, 'key': device.ikey, 'mtu': device.mtu,
+                      'addresses': [str(a) for a in device.addresses]})
+    return found
 
 
-def drift(state_dir):
-    runner = os.path.join(state_dir, 'anycast-edge-restore')
-    if not os.path.exists(runner):
-        return {}
-    proc = subprocess.run([sys.executable, runner, 'check', state_dir], capture_output=True, text=True,
-                          timeout=600, check=False)
+def records(context):
     try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        return {'_error': {'drifted': None, 'failed': True, 'msg': (proc.stderr or proc.stdout)[-2000:]}}
-
-
-def records(state_dir):
-    try:
-        return sorted(n[:-5] for n in os.listdir(state_dir) if n.endswith('.json') and not n.startswith('.'))
+        return sorted(n[:-5] for n in os.listdir(context.params['state_dir'])
+                      if n.endswith('.json') and not n.startswith('.'))
     except FileNotFoundError:
         return []
 
 
-def conntrack(warnings):
-    status = conntrack_status(warnings.append)
-    return status
+def drift(context):
+    """Per record, whether the kernel differs from it: each record's module run in check mode."""
+    if not context.params['drift']:
+        return {}
+    report = _restore.check_report(context.params['state_dir'])
+    for key, entry in sorted(report.items()):
+        if entry.get('drifted'):
+            context.warnings.append('%s: the kernel drifted from the persisted state (see drift.%s.diff)' % (key, key))
+        elif entry.get('failed'):
+            context.warnings.append('%s: could not be checked against the kernel: %s' % (key, entry.get('msg')))
+    return report
+
+
+def pending(context):
+    return [{'key': p['key'], 'deadline': p['deadline']} for p in list_pending()]
+
+
+def networkd(context):
+    """Would systemd-networkd delete our routes and rules (docs/networkd.md)."""
+    report, warnings = _networkd.report(context.module.run_command)
+    context.warnings += warnings
+    return report
+
+
+# The sections of edge_info's result, in the order they are read.
+SECTIONS = [
+    ('anyip', anyip),
+    ('xtables', xtables),
+    ('hashlimit_tables', hashlimit_tables),
+    ('conntrack', conntrack),
+    ('tenants', tenants),
+    ('tunnels', tunnels),
+    ('records', records),
+    ('drift', drift),
+    ('pending', pending),
+    ('networkd', networkd),
+]
+
+
+def read_all(module, sections=None):
+    """edge_info's result: every section, read in order; warnings go to the module."""
+    context = Context(module)
+    try:
+        for name, reader in sections or SECTIONS:
+            context.result[name] = reader(context)
+    finally:
+        context.close()
+    for warning in context.warnings:
+        module.warn(warning)
+    return dict(context.result, changed=False)

@@ -32,14 +32,16 @@ Kernel facts this module is built around (measured on this project's kernel):
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
+import os
 import re
 import time
 
-from ansible_collections.anycast.edge.plugins.module_utils._validate import (
-    ParamError, check_chain_name, parse_ports, parse_prefix)
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
+from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Plan, Record
+from ansible_collections.anycast.edge.plugins.module_utils._errors import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._validate import (
+    check_chain_name, parse_ports, parse_prefix, parse_ssh_connection)
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
 
 FAMILIES = {'ipv4': (4,), 'ipv6': (6,), 'both': (4, 6)}
@@ -166,10 +168,10 @@ def validate(params):
     cfg = {}
     cfg['name'] = check_table_name(params['name'])
     cfg['chain'] = check_chain_name(params['chain'], 'chain')
-    cfg['families'] = FAMILIES[params.get('family') or 'both']
+    cfg['families'] = FAMILIES[params['family']]
     cfg['rate'] = parse_rate(params['rate'], 'rate')
     cfg['burst'] = _int_param(params['burst'], 'burst', 1, BURST_MAX, 'a burst (number of packets)')
-    modes = params.get('mode')
+    modes = params['mode']
     if modes is None or modes == []:
         raise ParamError('mode', 'give at least one of %s' % ', '.join(MODES))
     if isinstance(modes, str):
@@ -180,18 +182,18 @@ def validate(params):
     if len(set(modes)) != len(modes):
         raise ParamError('mode', 'lists a mode twice: %s' % ', '.join(modes))
     cfg['mode'] = [m for m in MODES if m in modes]   # the order iptables prints
-    cfg['srcmask'] = parse_masks(params.get('srcmask'), 'srcmask', cfg['families'])
-    cfg['dstmask'] = parse_masks(params.get('dstmask'), 'dstmask', cfg['families'])
+    cfg['srcmask'] = parse_masks(params['srcmask'], 'srcmask', cfg['families'])
+    cfg['dstmask'] = parse_masks(params['dstmask'], 'dstmask', cfg['families'])
 
-    cfg['match'] = params.get('match') or 'new'
-    protocol = params.get('protocol')
+    cfg['match'] = params['match']
+    protocol = params['protocol']
     if cfg['match'] == 'syn':
         if protocol not in (None, 'tcp'):
             raise ParamError('protocol', "match: syn limits TCP SYNs, so protocol must be tcp (or omitted), not '%s'"
                              % protocol)
         protocol = 'tcp'
     cfg['protocol'] = protocol or 'all'
-    cfg['ports'] = parse_ports(params.get('ports'), 'ports')
+    cfg['ports'] = parse_ports(params['ports'], 'ports')
     if cfg['ports'] is not None:
         if cfg['protocol'] not in ('tcp', 'udp'):
             raise ParamError('ports', 'ports need protocol tcp or udp (protocol is %s)' % cfg['protocol'])
@@ -200,27 +202,26 @@ def validate(params):
                              '(a range takes two); use ranges' % (_slots(cfg['ports']), MULTIPORT_SLOTS))
 
     destinations = {}
-    for index, value in enumerate(params.get('destinations') or []):
+    for index, value in enumerate(params['destinations'] or []):
         net = parse_prefix(value, 'destinations[%d]' % index)
         if net in destinations.get(net.version, []):
             raise ParamError('destinations[%d]' % index, '%s is listed twice' % net)
         destinations.setdefault(net.version, []).append(net)
     cfg['destinations'] = destinations  # family -> [prefix]: one jump rule per prefix
     exempt = []
-    for index, value in enumerate(params.get('exempt') or []):
+    for index, value in enumerate(params['exempt']):
         net = parse_prefix(value, 'exempt[%d]' % index)
         if net in exempt:
             raise ParamError('exempt[%d]' % index, '%s is listed twice' % net)
         exempt.append(net)
     cfg['exempt'] = exempt
 
-    cfg['log'] = parse_log(params.get('log', True))
-    cfg['action'] = params.get('action') or 'reject'
+    cfg['log'] = parse_log(params['log'])
+    cfg['action'] = params['action']
 
     unit_seconds = UNIT_SECONDS[cfg['rate'][1]]
-    cfg['htable_max'] = _int_param(params['htable_max'] if params.get('htable_max') is not None
-                                   else DEFAULT_HTABLE_MAX, 'htable_max', 1, HTABLE_LIMIT, 'a number of entries')
-    if params.get('htable_size') is not None:
+    cfg['htable_max'] = _int_param(params['htable_max'], 'htable_max', 1, HTABLE_LIMIT, 'a number of entries')
+    if params['htable_size'] is not None:
         cfg['htable_size'] = _int_param(params['htable_size'], 'htable_size', 1, HTABLE_LIMIT, 'a number of buckets')
         if cfg['htable_size'] > cfg['htable_max']:
             raise ParamError('htable_size', '%d buckets for at most %d entries: the kernel would silently raise '
@@ -228,12 +229,12 @@ def validate(params):
                              % (cfg['htable_size'], cfg['htable_max'], cfg['htable_size']))
     else:
         cfg['htable_size'] = max(1, cfg['htable_max'] // 4)
-    cfg['htable_expire'] = _int_param(params['htable_expire'] if params.get('htable_expire') is not None
+    cfg['htable_expire'] = _int_param(params['htable_expire'] if params['htable_expire'] is not None
                                       else 1000 * unit_seconds, 'htable_expire', 1, 2 ** 31 - 1, 'milliseconds')
-    cfg['htable_gcinterval'] = _int_param(params['htable_gcinterval'] if params.get('htable_gcinterval') is not None
-                                          else DEFAULT_GCINTERVAL, 'htable_gcinterval', 1, 2 ** 31 - 1, 'milliseconds')
-    cfg['state'] = params.get('state') or 'present'
-    cfg['ssh_guard'] = params.get('ssh_guard') or 'fail'
+    cfg['htable_gcinterval'] = _int_param(params['htable_gcinterval'], 'htable_gcinterval', 1, 2 ** 31 - 1,
+                                          'milliseconds')
+    cfg['state'] = 'absent' if params['state'] == 'absent' else 'present'   # rendered: as present would
+    cfg['ssh_guard'] = params['ssh_guard']
     check_exempt_leaves_someone_limited(cfg)
     return cfg
 
@@ -395,7 +396,7 @@ def build_plan(cfg, exempt):
 
 
 # --------------------------------------------------------------------------
-# Applying, with the hashlimit table rebuilt when its settings change.
+# The live hashlimit tables (/proc), and conntrack's fill.
 
 def proc_table_path(family, name):
     return '/proc/net/%s_hashlimit/%s' % ('ipt' if family == 4 else 'ip6t', name)
@@ -410,27 +411,6 @@ def table_entries(family, name):
         return None
 
 
-def families_needing_rebuild(driver, cfg, specs):
-    """Families whose hashlimit rule changes while a table of that name is alive.
-
-    The kernel would keep the live table and its old sizing; emptying the chain
-    first drops the last reference, so the new rule creates a fresh table.
-    """
-    rebuild, shared = [], []
-    for spec in specs:
-        if spec.table != 'filter' or not spec.present:
-            continue
-        if table_entries(spec.family, cfg['name']) is None:
-            continue
-        wanted = [r.tag for r in spec.rules if r.matches and r.matches[0][0] == 'hashlimit']
-        current = [r.tag for r in driver.read(spec.family, 'filter').chains.get(spec.name, []) or []]
-        if not current:
-            shared.append(spec.family)      # the table belongs to a rule outside this chain
-        elif not set(wanted) <= set(current):
-            rebuild.append(spec.family)
-    return rebuild, shared
-
-
 def wait_table_gone(family, name, timeout=3.0):
     """nf_tables frees replaced expressions asynchronously; wait for the proc entry to go."""
     deadline = time.monotonic() + timeout
@@ -440,36 +420,6 @@ def wait_table_gone(family, name, timeout=3.0):
         time.sleep(0.02)
     return True
 
-
-def apply(driver, cfg, specs, check_mode):
-    """sync_chains, in two steps for families whose hashlimit table must be rebuilt."""
-    rebuild, shared = families_needing_rebuild(driver, cfg, specs) if cfg['state'] == 'present' else ([], [])
-    notes = []
-    warnings = ['hashlimit table %s (IPv%d) already exists for a rule outside chain %s: the new rule shares it '
-                'and its settings, whatever this task asks; give this chain a table name of its own'
-                % (cfg['name'], family, cfg['chain']) for family in shared]
-    first = None
-    if rebuild:
-        notes = ['IPv%d filter: hashlimit table %s is rebuilt (its rule changed): chain %s emptied first, '
-                 'then written' % (family, cfg['name'], cfg['chain']) for family in rebuild]
-        if not check_mode:
-            emptied = [ChainSpec(s.family, s.table, s.name, [], s.jumps, present=True)
-                       for s in specs if s.table == 'filter' and s.family in rebuild]
-            first = _xtables.sync_chains(driver, emptied, False)
-            for family in rebuild:
-                if not wait_table_gone(family, cfg['name']):
-                    warnings.append('hashlimit table %s (IPv%d) is still used by another rule, so it keeps its '
-                                    'old settings; give this chain a table name of its own' % (cfg['name'], family))
-    result = _xtables.sync_chains(driver, specs, check_mode)
-    if first is not None:
-        result['changed'] = True
-        result['diff']['before'] = first['diff']['before']
-    result['actions'] = notes + result['actions']
-    return result, warnings
-
-
-# --------------------------------------------------------------------------
-# What the kernel says after the run.
 
 def _read_int(path):
     try:
@@ -483,11 +433,86 @@ def _percent(part, whole):
     return round(100.0 * part / whole, 1) if part is not None and whole else None
 
 
-def collect_counters(driver, cfg, roles):
+def conntrack_status(warn=None):
+    base = '/proc/sys/net/netfilter/'
+    count = _read_int(base + 'nf_conntrack_count')
+    maximum = _read_int(base + 'nf_conntrack_max')
+    if count is None or maximum is None:
+        return None
+    status = {'count': count, 'max': maximum, 'buckets': _read_int(base + 'nf_conntrack_buckets'),
+              'percent': _percent(count, maximum)}
+    if warn and maximum and count > FULL_WARNING * maximum:
+        warn('conntrack holds %d of nf_conntrack_max %d entries (%.1f%%): once full, new connections are dropped '
+             '("nf_conntrack: table full"); size it with anycast.edge.conntrack_sizing' % (count, maximum, status['percent']))
+    return status
+
+
+# --------------------------------------------------------------------------
+# Planning, with the hashlimit table rebuilt when its settings change.
+
+class HashlimitState(object):
+    """The filter and raw tables of both families, and which live hashlimit tables of our name exist."""
+
+    def __init__(self, tables, live):
+        self.tables = tables        # {(family, table): TableState}
+        self.live = live            # {family: True when /proc/net/*_hashlimit/NAME exists}
+
+
+class HashlimitPlan(Plan):
+    """One XtPlan, or two when a family's hashlimit table must be rebuilt: first its chain emptied, then written."""
+
+    def __init__(self, phases, rebuild, shared):
+        self.phases = phases
+        self.rebuild = rebuild      # families whose live table is rebuilt
+        self.shared = shared        # families whose table belongs to a rule outside our chain
+        super().__init__(sum((phase.commands for phase in phases), []))
+
+    @property
+    def final(self):
+        return self.phases[-1]
+
+
+def needing_rebuild(cfg, specs, state):
+    """(families to rebuild, families sharing their table with someone else).
+
+    The kernel would keep a live table and its old sizing when the rule that
+    uses it is replaced; emptying the chain first drops the last reference, so
+    the new rule creates a fresh table.
+    """
+    rebuild, shared = [], []
+    if cfg['state'] != 'present':
+        return rebuild, shared
+    for spec in specs:
+        if spec.table != 'filter' or not spec.present or not state.live.get(spec.family):
+            continue
+        wanted = [r.tag for r in spec.rules if r.matches and r.matches[0][0] == 'hashlimit']
+        table = state.tables.get((spec.family, 'filter'))
+        current = [r.tag for r in (table.chains.get(spec.name, []) if table else [])]
+        if not current:
+            shared.append(spec.family)
+        elif not set(wanted) <= set(current):
+            rebuild.append(spec.family)
+    return rebuild, shared
+
+
+def make_plan(cfg, specs, state, driver_name):
+    rebuild, shared = needing_rebuild(cfg, specs, state)
+    if not rebuild:
+        return HashlimitPlan([_xtables.plan_chains(state.tables, specs, driver_name)], rebuild, shared)
+    emptied = [ChainSpec(s.family, s.table, s.name, [], s.jumps, present=True)
+               for s in specs if s.table == 'filter' and s.family in rebuild]
+    first = _xtables.plan_chains(state.tables, emptied, driver_name)
+    tables = dict(state.tables)
+    tables.update(first.predicted())
+    return HashlimitPlan([first, _xtables.plan_chains(tables, specs, driver_name)], rebuild, shared)
+
+
+def collect_counters(cfg, roles, tables):
     counters = {}
     for family in configured_families(cfg):
-        by_tag = dict((tag, (packets, bytes_)) for tag, packets, bytes_, _text in
-                      _xtables.read_chain_counters(driver, family, 'filter', cfg['chain']) if tag)
+        table = tables.get((family, 'filter'))
+        by_tag = dict((r.tag, (r.packets, r.bytes)) for r in (table.chains.get(cfg['chain'], []) if table else [])
+                      if r.tag)
         sums = dict((role, {'packets': 0, 'bytes': 0}) for role in ('exempt', 'accepted', 'logged', 'refused'))
         for role, tag in roles[family]:
             packets, bytes_ = by_tag.get(tag, (0, 0))
@@ -512,70 +537,294 @@ def collect_tables(cfg, warn):
     return tables
 
 
-def conntrack_status(warn=None):
-    base = '/proc/sys/net/netfilter/'
-    count = _read_int(base + 'nf_conntrack_count')
-    maximum = _read_int(base + 'nf_conntrack_max')
-    if count is None or maximum is None:
+# --------------------------------------------------------------------------
+# Reading a chain back into the module's parameters (state=gathered).
+
+def rate_candidates(text):
+    """Every COUNT/UNIT equal to the rate iptables prints as TEXT ('50/sec' may have been written 3000/min)."""
+    count, unit = parse_rate(text, 'rate')
+    seconds = UNIT_SECONDS[unit]
+    found = []
+    for other in ('sec', 'min', 'hour', 'day'):
+        if UNIT_SECONDS[other] >= seconds:
+            found.append('%d/%s' % (count * UNIT_SECONDS[other] // seconds, other))
+    return found
+
+
+def _first(options, key, default=None):
+    values = options.get(key) if options else None
+    return values[0] if values else default
+
+
+def _is_syn(parsed):
+    tcp = parsed.match('tcp') or {}
+    return 'syn' in tcp or tcp.get('tcp-flags') == ['FIN,SYN,RST,ACK', 'SYN']
+
+
+def _chain_parts(saved_rules):
+    """The parts of one family's limiting chain: exempt prefixes, the hashlimit, LOG and refusing rules."""
+    parts = {'exempt': [], 'hashlimit': None, 'log': None, 'refused': [], 'stranger': []}
+    for saved in saved_rules:
+        parsed = _xtables.parse_rule(saved.text)
+        names = [name for name, _o in parsed.matches if name != 'comment']
+        if parsed.target == 'ACCEPT' and parsed.src and not names:
+            parts['exempt'].append(str(ipaddress.ip_network(parsed.src, strict=False)))
+        elif parsed.target == 'ACCEPT' and names == ['hashlimit']:
+            parts['hashlimit'] = parsed.match('hashlimit')
+        elif parsed.target == 'LOG' and names == ['limit']:
+            parts['log'] = {'rate': _first(parsed.match('limit'), 'limit'),
+                            'prefix': _first(parsed.target_options, 'log-prefix', '')}
+        elif parsed.target in ('REJECT', 'DROP'):
+            parts['refused'].append((parsed.target, parsed.protocol, _first(parsed.target_options, 'reject-with')))
+        else:
+            parts['stranger'].append(saved.text)
+    return parts
+
+
+def _jump_scope(jumps):
+    """(match, protocol, ports, destinations) from the INPUT jumps of one family."""
+    match, protocol, ports, destinations = 'new', None, None, []
+    for saved in jumps:
+        parsed = _xtables.parse_rule(saved.text)
+        match = 'syn' if _is_syn(parsed) else 'new'
+        protocol = parsed.protocol
+        ports = _xtables.port_items(_xtables.parse_ports(parsed))
+        if parsed.dst:
+            destinations.append(str(ipaddress.ip_network(parsed.dst, strict=False)))
+    return match, protocol, ports, destinations
+
+
+def _first_if_there(items, preferred):
+    return sorted(items, key=lambda item: item != preferred)
+
+
+def gather_params(chain, tables, defaults, preferred=None):
+    """(parameters as the module takes them, problems) of the chain CHAIN in TABLES.
+
+    DEFAULTS: the module's parameter defaults (what is left out of the answer). PREFERRED: a validated
+    configuration whose spellings are tried first (this run's input: on a no-op run they fit at once).
+
+    iptables prints rates in its own unit (3000/min reads back as 50/sec) and
+    leaves default masks out: among the spellings that mean the same, the one
+    whose rules carry exactly the kernel's tags is given back.
+    """
+    families = [f for f in (4, 6) if tables.get((f, 'filter')) and chain in tables[(f, 'filter')].chains]
+    if not families:
+        return {'chain': chain, 'state': 'absent'}, []
+    problems = []
+    params = {'chain': chain}
+    per_family = {}
+    for family in families:
+        table = tables[(family, 'filter')]
+        parts = _chain_parts(table.chains[chain])
+        parts['jumps'] = [r for r in table.chains.get('INPUT', []) if r.target == chain]
+        per_family[family] = parts
+        problems += parts['stranger']
+    first = per_family[families[0]]
+    limit = first['hashlimit']
+    if limit is None:
+        return {'chain': chain, 'state': 'present'}, problems + ['no hashlimit rule in chain %s' % chain]
+    params.update({
+        'name': _first(limit, 'hashlimit-name'),
+        'burst': int(_first(limit, 'hashlimit-burst', '5')),
+        'mode': _first(limit, 'hashlimit-mode', 'srcip').split(','),
+        'htable_max': int(_first(limit, 'hashlimit-htable-max', str(DEFAULT_HTABLE_MAX))),
+        'htable_gcinterval': int(_first(limit, 'hashlimit-htable-gcinterval', str(DEFAULT_GCINTERVAL))),
+    })
+    size = _first(limit, 'hashlimit-htable-size')
+    expire = _first(limit, 'hashlimit-htable-expire')
+    match, protocol, ports, _d = _jump_scope(first['jumps'])
+    params.update({'match': match, 'protocol': protocol or 'all', 'ports': ports})
+    destinations = []
+    for family in families:
+        destinations += _jump_scope(per_family[family]['jumps'])[3]
+    params['destinations'] = destinations or None
+    params['exempt'] = sum((per_family[f]['exempt'] for f in families), [])
+    params['family'] = 'both' if len(families) == 2 else 'ipv%d' % families[0]
+    if first['log'] is None:
+        params['log'] = False
+    else:
+        params['log'] = {'rate': first['log']['rate'], 'prefix': first['log']['prefix']}
+    refused = first['refused']
+    if refused and refused[0][0] == 'DROP':
+        params['action'] = 'drop'
+    elif any(r[2] == 'tcp-reset' for r in refused) or params['protocol'] == 'udp':
+        params['action'] = 'reject'
+    else:
+        params['action'] = 'reject-icmp'
+
+    # The spellings iptables loses: the rate's unit, the LOG limit's unit, default masks.
+    masks = {}
+    for key in ('srcmask', 'dstmask'):
+        given = dict((f, _first(per_family[f]['hashlimit'], 'hashlimit-' + key)) for f in families
+                     if per_family[f]['hashlimit'] is not None)
+        masks[key] = [dict((f, int(v)) for f, v in given.items() if v is not None)]
+        for f in families:
+            if given.get(f) is None:
+                masks[key] += [_with(m, f, 32 if f == 4 else 128) for m in masks[key]]
+    log_rates = rate_candidates(first['log']['rate']) if first['log'] else [None]
+    rates = rate_candidates(_first(limit, 'hashlimit-upto'))
+    if preferred:
+        rates = _first_if_there(rates, '%d/%s' % preferred['rate'])
+        if preferred['log']:
+            log_rates = _first_if_there(log_rates, '%d/%s' % preferred['log']['rate'])
+    for rate in rates:
+        for log_rate in log_rates:
+            for srcmask in masks['srcmask']:
+                for dstmask in masks['dstmask']:
+                    candidate = dict(params, rate=rate, srcmask=_mask_param(srcmask, families),
+                                     dstmask=_mask_param(dstmask, families))
+                    if log_rate:
+                        candidate['log'] = dict(candidate['log'], rate=log_rate)
+                    unit = UNIT_SECONDS[parse_rate(rate, 'rate')[1]]
+                    if expire is not None and int(expire) != 1000 * unit:
+                        candidate['htable_expire'] = int(expire)
+                    if size is not None and int(size) != max(1, candidate['htable_max'] // 4):
+                        candidate['htable_size'] = int(size)
+                    if _tags_match(candidate, defaults, chain, tables):
+                        return _tidy(candidate, defaults), problems
+    return _tidy(dict(params, rate=_first(limit, 'hashlimit-upto')), defaults), problems + [
+        'chain %s holds rules this module would not write from any parameters' % chain]
+
+
+def _with(mapping, key, value):
+    out = dict(mapping)
+    out[key] = value
+    return out
+
+
+def _mask_param(masks, families):
+    if not masks:
         return None
-    status = {'count': count, 'max': maximum, 'buckets': _read_int(base + 'nf_conntrack_buckets'),
-              'percent': _percent(count, maximum)}
-    if warn and maximum and count > FULL_WARNING * maximum:
-        warn('conntrack holds %d of nf_conntrack_max %d entries (%.1f%%): once full, new connections are dropped '
-             '("nf_conntrack: table full"); size it with anycast.edge.conntrack_sizing' % (count, maximum, status['percent']))
-    return status
+    if len(families) == 1:
+        return masks.get(families[0])
+    return dict(('ipv%d' % f, v) for f, v in sorted(masks.items()))
+
+
+def _tags_match(candidate, defaults, chain, tables):
+    try:
+        cfg = validate(dict(defaults, **candidate))
+    except ParamError:
+        return False
+    specs, _roles = build_plan(cfg, cfg['exempt'])
+    for spec in specs:
+        table = tables.get((spec.family, spec.table))
+        chains = table.chains if table else {}
+        if not spec.present:
+            if spec.table == 'filter' and chain in chains:
+                return False
+            continue
+        if [r.tag for r in chains.get(spec.name, [])] != [r.tag for r in spec.rules]:
+            return False
+        for jump in spec.jumps:
+            if jump.rule.tag not in [r.tag for r in chains.get(jump.from_chain, [])]:
+                return False
+    return True
+
+
+def _tidy(params, defaults):
+    """Leave out what equals the module's default."""
+    out = dict((k, v) for k, v in params.items() if v is not None and defaults.get(k, object()) != v)
+    if params.get('protocol') == 'all' and defaults.get('protocol') is None:
+        out.pop('protocol', None)
+    if defaults.get('log') is True and params.get('log') == DEFAULT_LOG:
+        out.pop('log', None)
+    out['chain'] = params['chain']
+    return out
 
 
 # --------------------------------------------------------------------------
-# python-iptables: the hashlimit commit bug.
-#
-# libxt_hashlimit keeps the rate's unit in a per-extension scratch buffer
-# (udata) between parsing and the final check, which derives the default
-# htable-expire from it. python-iptables allocates that buffer as a local in
-# Match.reset() and lets it be freed on return, and its final_check() resets
-# and re-parses the saved match; the check then reads freed memory and the
-# kernel refuses the rule (EINVAL). Each hashlimit Match below owns a buffer
-# for its whole life, and the rule always carries an explicit expire, so the
-# committed rule is byte for byte the one the iptables CLI writes.
+# The domain.
 
-_PATCHED = []
+class Hashlimit(Domain):
+    name = 'hashlimit'
 
+    def validate(self):
+        cfg = validate(self.params)
+        self.cfg = cfg
+        self.exempt = list(cfg['exempt'])
+        self.ssh_exempt = None
+        if cfg['ssh_guard'] != 'ignore' and self.params['state'] not in ('gathered', 'rendered'):
+            exposed = ssh_exposure(cfg, parse_ssh_connection(os.environ.get('SSH_CONNECTION')))
+            if exposed is not None and cfg['ssh_guard'] == 'fail':
+                raise ParamError('exempt', 'this scope would rate-limit the SSH connection Ansible is using (from %s); '
+                                 'add %s to exempt, narrow ports/destinations, or set ssh_guard: exempt (exempt it '
+                                 'automatically) or ssh_guard: ignore' % (exposed.network_address, exposed))
+            if exposed is not None:
+                self.exempt.append(exposed)
+                self.ssh_exempt = str(exposed)
+        self.specs, self.roles = build_plan(cfg, self.exempt)
+        self.driver = None
+        self.apply_warnings = []
 
-def _keep_udata_alive():
-    if _PATCHED:
-        return
-    iptc = _xtables.iptc
-    if iptc is None:   # the driver imports python-iptables lazily in some versions
-        import iptc  # pylint: disable=import-outside-toplevel
-    match_cls = iptc.Match
-    original_reset = match_cls.reset
+    def open(self):
+        self.driver = _xtables.select_driver(self.module, self.params['driver'])
 
-    def reset(self):
-        original_reset(self)
-        size = getattr(self._module, 'udata_size', 0)
-        if size and self._name == 'hashlimit':
-            keep = self.__dict__.get('_ae_udata')
-            if keep is None or len(keep) < size:
-                keep = (ctypes.c_ubyte * size)()
-                object.__setattr__(self, '_ae_udata', keep)
-            ctypes.memset(ctypes.byref(keep), 0, size)
-            self._module.udata = ctypes.cast(ctypes.byref(keep), ctypes.c_void_p)
+    def read(self):
+        keys = [(family, table) for family in (4, 6) for table in ('filter', 'raw')]
+        live = dict((family, table_entries(family, self.cfg['name']) is not None) for family in (4, 6))
+        return HashlimitState(_xtables.read_tables(self.driver, keys), live)
 
-    match_cls.reset = reset
-    _PATCHED.append(original_reset)
+    def empty(self):
+        return HashlimitState(_xtables.empty_states(self.specs), {})
 
+    def plan(self, state):
+        return make_plan(self.cfg, self.specs, state, self.driver.name if self.driver else self.params['driver'])
 
-def iptc_hashlimit_fixup(match, options):
-    """IPTC_FIXUPS entry: parse the options again with the buffer in place."""
-    _keep_udata_alive()
-    match.reset()
-    for opt, value in options.items():
-        match.set_parameter(opt, '' if value is None else str(value))
+    def apply(self, plan):
+        if len(plan.phases) > 1:
+            _xtables.apply_chains(self.driver, plan.phases[0])
+            for family in plan.rebuild:
+                if not wait_table_gone(family, self.cfg['name']):
+                    self.apply_warnings.append(
+                        'hashlimit table %s (IPv%d) is still used by another rule, so it keeps its old settings; '
+                        'give this chain a table name of its own' % (self.cfg['name'], family))
+        _xtables.apply_chains(self.driver, plan.final)
 
+    def _gathered(self, tables):
+        defaults = dict((key, spec.get('default')) for key, spec in self.module.argument_spec.items())
+        defaults['state'] = 'present'
+        params, problems = gather_params(self.cfg['chain'], tables, defaults, self.cfg)
+        for problem in problems:
+            self.warn('chain %s: %s' % (self.cfg['chain'], problem))
+        return params
 
-def register_iptc_fixup(driver):
-    """Install the fix when the python-iptables driver is used, before its workers fork."""
-    if getattr(driver, 'name', None) != 'python-iptables':
-        return
-    _keep_udata_alive()
-    _xtables.IPTC_FIXUPS['hashlimit'] = iptc_hashlimit_fixup
+    def gather(self, state):
+        return self._gathered(state.tables)
+
+    def expected(self, state, plan):
+        tables = dict(state.tables)
+        tables.update(plan.final.predicted())
+        return self._gathered(tables)
+
+    def diff(self, state, plan):
+        before, after = plan.phases[0].before_lines(), plan.final.after_lines()
+        return ('\n'.join(before) + ('\n' if before else ''), '\n'.join(after) + ('\n' if after else ''))
+
+    def result(self, state, plan, after):
+        cfg = self.cfg
+        for family in plan.shared:
+            self.warn('hashlimit table %s (IPv%d) already exists for a rule outside chain %s: the new rule shares it '
+                      'and its settings, whatever this task asks; give this chain a table name of its own'
+                      % (cfg['name'], family, cfg['chain']))
+        for warning in self.apply_warnings:
+            self.warn(warning)
+        notes = ['IPv%d filter: hashlimit table %s is rebuilt (its rule changed): chain %s emptied first, '
+                 'then written' % (family, cfg['name'], cfg['chain']) for family in plan.rebuild]
+        result = {'actions': notes + plan.final.actions, 'driver': self.driver.name, 'ssh_exempt': self.ssh_exempt,
+                  'rules': dict(('ipv%d' % s.family, len(s.rules) if s.present else 0)
+                                for s in self.specs if s.table == 'filter')}
+        if cfg['state'] == 'present':
+            result['counters'] = collect_counters(cfg, self.roles, (after or state).tables)
+            result['hashlimit_table'] = collect_tables(cfg, self.warn)
+        result['conntrack'] = conntrack_status(self.warn)
+        return result
+
+    def records(self, state, plan):
+        if self.cfg['state'] != 'present':
+            return Record(self.cfg['chain'], None)
+        recorded = self.recordable()
+        if self.ssh_exempt:
+            # At boot there is no SSH connection to detect: record the exemption it got.
+            recorded['exempt'] = list(recorded['exempt']) + [self.ssh_exempt]
+        return Record(self.cfg['chain'], recorded)

@@ -10,18 +10,28 @@ import fcntl
 import os
 import time
 
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 
-class LockTimeout(Exception):
-    """The lock stayed taken for longer than the timeout; the text is for the user."""
+# One collection module applies at a time on a host (two playbooks at once
+# cannot interleave their read-plan-apply); commit-confirm rollbacks take it too.
+HOST_LOCK_PATH = '/run/anycast-edge.lock'
+HOST_LOCK_TIMEOUT = 120
+# The lock iptables itself takes (libiptc does not).
+XTABLES_LOCK_PATH = '/run/xtables.lock'
+XTABLES_LOCK_TIMEOUT = 30
 
 
 class FileLock(object):
-    """Exclusive flock on PATH, polled until TIMEOUT seconds have passed."""
+    """Exclusive flock on PATH, polled until TIMEOUT seconds have passed.
 
-    def __init__(self, path, timeout, holder):
+    A lock that stays taken raises EdgeError saying who else takes it.
+    """
+
+    def __init__(self, path, timeout, holder, prefix=''):
         self.path = path
         self.timeout = timeout
         self.holder = holder  # who else takes it, for the error message
+        self.prefix = prefix
         self.fd = None
 
     def __enter__(self):
@@ -35,9 +45,18 @@ class FileLock(object):
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK) or time.monotonic() > deadline:
                     os.close(self.fd)
-                    raise LockTimeout('%s held %s for more than %ds (%s)'
-                                      % (self.holder, self.path, self.timeout, exc.strerror))
+                    raise EdgeError('%s%s held %s for more than %ds (%s)'
+                                    % (self.prefix, self.holder, self.path, self.timeout, exc.strerror))
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
         os.close(self.fd)
+
+
+def host_lock():
+    """flock(/run/anycast-edge.lock), failing with 'nothing was changed'."""
+    return FileLock(HOST_LOCK_PATH, HOST_LOCK_TIMEOUT, 'another anycast.edge run', prefix='nothing was changed: ')
+
+
+def xtables_lock():
+    return FileLock(XTABLES_LOCK_PATH, XTABLES_LOCK_TIMEOUT, 'another iptables user')

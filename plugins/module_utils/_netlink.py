@@ -1,32 +1,29 @@
 # -*- coding: utf-8 -*-
 # Copyright: anycast.edge contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Netlink through pyroute2, for both 0.7.x (Debian 12) and 0.9.x (PyPI).
+"""Raw rtnetlink: the socket, batched route changes, and the decoders every reader uses.
 
-Only the small API surface that behaves the same in both series is used:
-``IPRoute()`` without ``netns=`` (the process has already entered its
-namespace, see _netns), ``route``/``link``/``addr``/``rule`` with explicit
-numeric fields, and ``get_attr`` on the returned messages.
+Every read of links, addresses, routes, rules and namespace ids in the
+collection goes through :class:`RawRtnl` (one dump per kind, parsed with
+``struct``): pyroute2 spends 0.3-1 ms of Python per message, which is seconds
+for tens of thousands of AnyIP routes or hundreds of tenant namespaces. Bulk
+route changes go here too, hundreds of requests per ``sendmsg()``, acks matched
+by sequence number. Other writes (veth pairs, GRE devices, rules, addresses)
+go through pyroute2 (``_iproute.py``).
+
+A socket belongs to the network namespace of the thread that creates it
+(``_netns.in_netns``).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
+import struct
 
-try:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError  # noqa: F401  pylint: disable=unused-import
-    HAS_PYROUTE2 = True
-    PYROUTE2_IMPORT_ERROR = None
-except ImportError as _exc:  # reported by require_pyroute2()
-    HAS_PYROUTE2 = False
-    PYROUTE2_IMPORT_ERROR = _exc
-    IPRoute = None
-
-    class NetlinkError(Exception):  # type: ignore[no-redef]
-        code = 0
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 
 # Ownership tag: every route (and policy rule) the collection creates carries
 # this routing protocol number, so a purge never removes anybody else's.
@@ -40,30 +37,49 @@ RTN_LOCAL = 2
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_HOST = 254
+IFF_UP = 0x1
+LO_INDEX = 1
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
+# linux/netlink.h, rtnetlink.h, if_link.h, if_addr.h, fib_rules.h, net_namespace.h, if_tunnel.h
+NETLINK_ROUTE = 0
+NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
+SOL_NETLINK = 270
+RTM_GETLINK = 18
+RTM_GETADDR = 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_GETRULE = 34
+RTM_NEWNSID, RTM_GETNSID = 88, 90
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
+IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID = 3, 4, 5, 18, 20, 37
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_GRE_IFLAGS, IFLA_GRE_OFLAGS, IFLA_GRE_IKEY, IFLA_GRE_OKEY = 2, 3, 4, 5
+IFLA_GRE_LOCAL, IFLA_GRE_REMOTE, IFLA_GRE_TTL = 6, 7, 8
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 6, 10, 15, 16, 21
+NETNSA_NSID, NETNSA_FD = 1, 3
+GRE_KEY = 0x2000            # the K bit of the GRE flags
+GRE_KINDS = ('gre', 'ip6gre')
+
+_NLMSGHDR = struct.Struct('=IHHII')
+_RTMSG = struct.Struct('=BBBBBBBBI')
+_RTNEXTHOP = struct.Struct('=HBBi')
+_IFINFOMSG = struct.Struct('=BxHiII')
+_IFADDRMSG = struct.Struct('=BBBBI')
+_FIBRULEHDR = struct.Struct('=BBBBBBBBI')
+_RTATTR = struct.Struct('=HH')
+_BATCH = 256
 
 
-class NetlinkFailure(Exception):
-    """A kernel refusal, already phrased as a sentence for the user."""
-
-
-def require_pyroute2(module):
-    if not HAS_PYROUTE2:
-        module.fail_json(msg='this module needs the Python library pyroute2 on the managed host '
-                             '(Debian/Ubuntu: apt install python3-pyroute2; or pip install pyroute2): %s'
-                             % PYROUTE2_IMPORT_ERROR)
-
-
-def open_iproute():
-    """An IPRoute socket in the current namespace, with readable kernel errors."""
-    for kwargs in ({'ext_ack': True, 'strict_check': True}, {'ext_ack': True}, {}):
-        try:
-            return IPRoute(**kwargs)
-        except TypeError:
-            continue
-    return IPRoute()
-
+# --------------------------------------------------------------------------
+# Errors as sentences
 
 def kernel_says(exc):
     """'File exists (errno 17)' from a NetlinkError or OSError."""
@@ -80,88 +96,35 @@ def kernel_says(exc):
 
 
 def failure(what, exc, hint=None):
-    """Build a NetlinkFailure naming the object and what the kernel said."""
+    """An EdgeError naming the object and what the kernel said."""
     msg = '%s: the kernel refused: %s' % (what, kernel_says(exc))
-    code = getattr(exc, 'code', None)
+    code = getattr(exc, 'code', None) or getattr(exc, 'errno', None)
     if hint is None and code == errno.EOPNOTSUPP:
         hint = 'the running kernel lacks the feature this object needs'
     if hint:
         msg += '; %s' % hint
-    return NetlinkFailure(msg)
-
-
-def get_attr(msg, name, default=None):
-    value = msg.get_attr(name)
-    return default if value is None else value
-
-
-def link_index(ipr, name):
-    """Interface index by name in the current namespace, or None."""
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def link_names(ipr):
-    return {msg['index']: get_attr(msg, 'IFLA_IFNAME') for msg in ipr.get_links()}
-
-
-def dump_routes(ipr, family, table, proto=None):
-    """All routes of one family and table (optionally one protocol), as dicts.
-
-    pyroute2 0.9 returns generators; both series accept these filters.
-    """
-    found = []
-    for msg in ipr.route('dump', family=FAMILY[family], table=table):
-        if get_attr(msg, 'RTA_TABLE', msg['table']) != table:
-            continue
-        if proto is not None and msg['proto'] != proto:
-            continue
-        found.append({
-            'family': family,
-            'dst': get_attr(msg, 'RTA_DST', '0.0.0.0' if family == 4 else '::'),
-            'dst_len': msg['dst_len'],
-            'type': msg['type'],
-            'scope': msg['scope'],
-            'proto': msg['proto'],
-            'oif': get_attr(msg, 'RTA_OIF'),
-            'prefsrc': get_attr(msg, 'RTA_PREFSRC'),
-            'gateway': get_attr(msg, 'RTA_GATEWAY'),
-            'priority': get_attr(msg, 'RTA_PRIORITY'),
-            'table': table,
-        })
-    return found
+    return EdgeError(msg)
 
 
 # --------------------------------------------------------------------------
-# Bulk route dumps and changes over a raw rtnetlink socket.
-#
-# pyroute2 spends 0.3-1 ms of Python per route message (0.9 runs an asyncio
-# loop iteration per message). For tens of thousands of AnyIP routes we
-# build and parse the fixed-layout route messages ourselves, send hundreds
-# per sendmsg() and match the kernel's acks to requests by sequence number.
-
-import struct  # noqa: E402
-
-NETLINK_ROUTE = 0
-NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
-SOL_NETLINK = 270
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
-_NLMSGHDR = struct.Struct('=IHHII')
-_RTNEXTHOP = struct.Struct('=HBBi')
-_RTMSG = struct.Struct('=BBBBBBBBI')
-_RTATTR = struct.Struct('=HH')
-_BATCH = 256
-
+# Decoding
 
 def _attr(kind, payload):
     length = _RTATTR.size + len(payload)
     return _RTATTR.pack(length, kind) + payload + b'\0' * ((4 - length % 4) % 4)
+
+
+def parse_attrs(data, offset, end=None):
+    """{type: raw payload} of the rtattrs in DATA[OFFSET:END] (nested flag masked)."""
+    end = len(data) if end is None else end
+    attrs = {}
+    while offset + 4 <= end:
+        length, kind = _RTATTR.unpack_from(data, offset)
+        if length < 4:
+            break
+        attrs[kind & 0x3FFF] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return attrs
 
 
 def multipath_gateways(payload, af):
@@ -179,23 +142,108 @@ def multipath_gateways(payload, af):
     return gateways
 
 
-def parse_attrs(data, offset, end=None):
-    """{type: raw payload} of the rtattrs in DATA[OFFSET:END] (nested flag masked)."""
-    end = len(data) if end is None else end
-    attrs = {}
-    while offset + 4 <= end:
-        length, kind = _RTATTR.unpack_from(data, offset)
-        if length < 4:
-            break
-        attrs[kind & 0x3FFF] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return attrs
+def _text(raw):
+    return raw.split(b'\0', 1)[0].decode('utf-8', 'replace') if raw is not None else None
 
+
+def _u32(raw, default=None):
+    return struct.unpack('=I', raw[:4])[0] if raw is not None else default
+
+
+def _s32(raw, default=None):
+    return struct.unpack('=i', raw[:4])[0] if raw is not None else default
+
+
+def _ip(raw, af):
+    return socket.inet_ntop(af, raw) if raw is not None else None
+
+
+class Link(object):
+    """One network interface as the kernel reports it."""
+
+    __slots__ = ('index', 'name', 'alias', 'up', 'kind', 'peer', 'mtu', 'link_nsid', 'tunnel')
+
+    def __init__(self, index, name, alias, up, kind, peer, mtu, link_nsid, tunnel):
+        self.index = index
+        self.name = name
+        self.alias = alias          # IFLA_IFALIAS, or None
+        self.up = up
+        self.kind = kind            # 'veth', 'gre', 'ip6gre', ... or None
+        self.peer = peer            # IFLA_LINK: a veth's peer index
+        self.mtu = mtu
+        self.link_nsid = link_nsid  # where the underlay / peer lives, or None (this namespace)
+        self.tunnel = tunnel        # GreParams for gre/ip6gre, else None
+
+
+class GreParams(object):
+    """The tunnel attributes of a gre or ip6gre device (IFLA_GRE_*, the same numbers for both)."""
+
+    __slots__ = ('family', 'local', 'remote', 'ttl', 'ikey', 'okey')
+
+    def __init__(self, family, local, remote, ttl, ikey, okey):
+        self.family = family
+        self.local = local
+        self.remote = remote
+        self.ttl = ttl
+        self.ikey = ikey            # None without the key flag
+        self.okey = okey
+
+
+def _gre_params(kind, data):
+    family = 6 if kind == 'ip6gre' else 4
+    attrs = parse_attrs(data, 0)
+    af = FAMILY[family]
+
+    def flags(attr):
+        raw = attrs.get(attr)
+        return struct.unpack('>H', raw[:2])[0] if raw is not None else 0
+
+    def key(attr, flag_attr):
+        raw = attrs.get(attr)
+        if raw is None or not flags(flag_attr) & GRE_KEY:
+            return None
+        return struct.unpack('>I', raw[:4])[0]
+
+    ttl = attrs.get(IFLA_GRE_TTL)
+    return GreParams(family, _ip(attrs.get(IFLA_GRE_LOCAL), af), _ip(attrs.get(IFLA_GRE_REMOTE), af),
+                     ttl[0] if ttl else None, key(IFLA_GRE_IKEY, IFLA_GRE_IFLAGS), key(IFLA_GRE_OKEY, IFLA_GRE_OFLAGS))
+
+
+def decode_link(msg):
+    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(msg)
+    attrs = parse_attrs(msg, _IFINFOMSG.size)
+    kind = data = None
+    if IFLA_LINKINFO in attrs:
+        info = parse_attrs(attrs[IFLA_LINKINFO], 0)
+        kind = _text(info.get(IFLA_INFO_KIND))
+        data = info.get(IFLA_INFO_DATA)
+    tunnel = _gre_params(kind, data) if kind in GRE_KINDS and data is not None else None
+    return Link(index, _text(attrs.get(IFLA_IFNAME)), _text(attrs.get(IFLA_IFALIAS)) or None, bool(flags & IFF_UP),
+                kind, _u32(attrs.get(IFLA_LINK)), _u32(attrs.get(IFLA_MTU)), _s32(attrs.get(IFLA_LINK_NETNSID)),
+                tunnel)
+
+
+class Address(object):
+    __slots__ = ('index', 'family', 'prefixlen', 'scope', 'address')
+
+    def __init__(self, index, family, prefixlen, scope, address):
+        self.index = index
+        self.family = family        # 4 or 6
+        self.prefixlen = prefixlen
+        self.scope = scope
+        self.address = address
+
+    @property
+    def interface(self):
+        """'192.0.2.1/24' (normalised as ipaddress prints it)."""
+        return str(ipaddress.ip_interface('%s/%d' % (self.address, self.prefixlen)))
+
+
+# --------------------------------------------------------------------------
+# The socket
 
 class RawRtnl(object):
-    """A plain rtnetlink socket in the namespace of the creating thread: dumps of any kind, and
-    batched route changes. Reads of every kind and bulk route work go through here; other writes
-    go through pyroute2."""
+    """A plain rtnetlink socket in the namespace of the creating thread."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
@@ -233,14 +281,13 @@ class RawRtnl(object):
             yield kind, flags, seq, data, offset, offset + length
             offset += (length + 3) & ~3
 
-    def dump(self, msg_type, body):
-        """[payload] of every message a dump request of MSG_TYPE returns (what follows the netlink header)."""
+    def _exchange(self, msg_type, flags, body):
+        """Send one request; return [payload] of its answers (a dump's messages, or one reply)."""
         seq = self._next_seq()
-        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-                       + body)
+        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body)
         found = []
         while True:
-            for kind, _flags, mseq, data, start, end in self._messages():
+            for kind, mflags, mseq, data, start, end in self._messages():
                 if mseq != seq:
                     continue
                 if kind == NLMSG_DONE:
@@ -251,35 +298,121 @@ class RawRtnl(object):
                         raise OSError(code, os.strerror(code))
                     return found
                 found.append(data[start + _NLMSGHDR.size:end])
+                if not mflags & NLM_F_MULTI and not flags & NLM_F_DUMP:
+                    return found
+
+    def dump(self, msg_type, body):
+        """[payload] of every message a dump request of MSG_TYPE returns (what follows the netlink header)."""
+        return self._exchange(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body)
+
+    # -- readers ---------------------------------------------------------
+    def links(self):
+        """{name: Link} of the namespace."""
+        return dict((link.name, link) for link in
+                    (decode_link(msg) for msg in self.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))))
+
+    def addresses(self):
+        """[Address] of every interface of the namespace, both families."""
+        found = []
+        for msg in self.dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            af, plen, _flags, scope, index = _IFADDRMSG.unpack_from(msg)
+            if af not in VERSION:
+                continue
+            attrs = parse_attrs(msg, _IFADDRMSG.size)
+            raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
+            if raw is not None:
+                found.append(Address(index, VERSION[af], plen, scope, _ip(raw, af)))
+        return found
 
     def routes(self, family, table):
-        """[dict] of every route of one family in one table (filtered by the kernel when it can)."""
+        """[dict] of every route of one family in one table (filtered by the kernel when it can).
+
+        A namespace that never had a route in TABLE has no such table: no routes.
+        """
         af = FAMILY[family]
         body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
+        try:
+            messages = self.dump(RTM_GETROUTE, body)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return []
         routes = []
-        for msg in self.dump(RTM_GETROUTE, body):
+        for msg in messages:
             (rfamily, dst_len, _src_len, _tos, rtable, proto, scope, rtype, _rflags) = _RTMSG.unpack_from(msg)
             attrs = parse_attrs(msg, _RTMSG.size)
             if RTA_TABLE in attrs:
-                rtable = struct.unpack('=I', attrs[RTA_TABLE][:4])[0]
+                rtable = _u32(attrs[RTA_TABLE])
             if rtable != table or rfamily != af:
                 continue
             dst = attrs.get(RTA_DST)
             routes.append({
                 'family': family,
-                'dst': socket.inet_ntop(af, dst) if dst else ('0.0.0.0' if family == 4 else '::'),
+                'dst': _ip(dst, af) if dst else ('0.0.0.0' if family == 4 else '::'),
                 'dst_len': dst_len, 'type': rtype, 'scope': scope, 'proto': proto, 'table': rtable,
-                'oif': struct.unpack('=I', attrs[RTA_OIF][:4])[0] if RTA_OIF in attrs else None,
-                'prefsrc': socket.inet_ntop(af, attrs[RTA_PREFSRC]) if RTA_PREFSRC in attrs else None,
-                'gateway': socket.inet_ntop(af, attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else None,
-                'priority': struct.unpack('=I', attrs[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attrs else None,
+                'oif': _u32(attrs.get(RTA_OIF)),
+                'prefsrc': _ip(attrs.get(RTA_PREFSRC), af),
+                'gateway': _ip(attrs.get(RTA_GATEWAY), af),
+                'priority': _u32(attrs.get(RTA_PRIORITY)),
                 'multipath': multipath_gateways(attrs[RTA_MULTIPATH], af) if RTA_MULTIPATH in attrs else [],
             })
         return routes
 
+    def all_routes(self, family):
+        """Routes of every table of one family (no table filter)."""
+        af = FAMILY[family]
+        found = []
+        for msg in self.dump(RTM_GETROUTE, _RTMSG.pack(af, 0, 0, 0, 0, 0, 0, 0, 0)):
+            (rfamily, dst_len, _src, _tos, rtable, proto, scope, rtype, _flags) = _RTMSG.unpack_from(msg)
+            if rfamily != af:
+                continue
+            attrs = parse_attrs(msg, _RTMSG.size)
+            dst = attrs.get(RTA_DST)
+            found.append({
+                'family': family,
+                'dst': _ip(dst, af) if dst else ('0.0.0.0' if family == 4 else '::'),
+                'dst_len': dst_len, 'type': rtype, 'scope': scope, 'proto': proto,
+                'table': _u32(attrs.get(RTA_TABLE), rtable),
+                'oif': _u32(attrs.get(RTA_OIF)),
+                'gateway': _ip(attrs.get(RTA_GATEWAY), af),
+                'priority': _u32(attrs.get(RTA_PRIORITY), 0),
+            })
+        return found
+
+    def rules(self, family):
+        """[dict] of the policy rules of one family."""
+        found = []
+        for msg in self.dump(RTM_GETRULE, _FIBRULEHDR.pack(FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
+            table = _FIBRULEHDR.unpack_from(msg)[4]
+            attrs = parse_attrs(msg, _FIBRULEHDR.size)
+            proto = attrs.get(FRA_PROTOCOL)
+            found.append({
+                'family': family,
+                'priority': _u32(attrs.get(FRA_PRIORITY), 0),
+                'fwmark': _u32(attrs.get(FRA_FWMARK)),
+                'fwmask': _u32(attrs.get(FRA_FWMASK), 0xFFFFFFFF),
+                'table': _u32(attrs.get(FRA_TABLE), table),
+                'proto': proto[0] if proto else 0,
+            })
+        return found
+
+    def nsid_of(self, fd):
+        """The id under which this socket's namespace knows the namespace of FD, or None."""
+        body = struct.pack('=Bxxx', socket.AF_UNSPEC) + _attr(NETNSA_FD, struct.pack('=I', fd))
+        try:
+            replies = self._exchange(RTM_GETNSID, NLM_F_REQUEST, body)
+        except OSError:
+            return None
+        for msg in replies:
+            nsid = _s32(parse_attrs(msg, 4).get(NETNSA_NSID))
+            if nsid is not None and 0 <= nsid < 0x7FFFFFFF:
+                return nsid
+        return None
+
+    # -- bulk route changes -------------------------------------------------
     @staticmethod
     def encode(op, route, seq):
-        """One RTM_NEWROUTE/RTM_DELROUTE request for a route dict (as dump() returns)."""
+        """One RTM_NEWROUTE/RTM_DELROUTE request for a route dict (as routes() returns)."""
         family = route['family']
         af = FAMILY[family]
         kind = RTM_DELROUTE if op == 'del' else RTM_NEWROUTE

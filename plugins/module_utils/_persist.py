@@ -19,8 +19,8 @@ re-applies it when the timeout passes, unless ``anycast.edge.confirm`` (run by
 the controller as the next task, so only if it can still reach the host) has
 confirmed the change. Only a confirmed change replaces the persisted record.
 
-Lock: ``/run/anycast-edge.lock`` serialises the read-diff-apply of every
-module on a host (two playbooks at once cannot interleave).
+The restore program itself is ``_restore.py`` (a module_utils every payload
+carries), copied next to the records.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ import tempfile
 import time
 import uuid
 
-from ansible_collections.anycast.edge.plugins.module_utils._lock import FileLock, LockTimeout
+from ansible_collections.anycast.edge.plugins.module_utils import _restore
+from ansible_collections.anycast.edge.plugins.module_utils._errors import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._restore import DEFAULT_STATE_DIR, PROGRAM_NAME
 
-DEFAULT_STATE_DIR = '/etc/anycast-edge/state'
 PENDING_DIR = '/run/anycast-edge/pending'
-LOCK_PATH = '/run/anycast-edge.lock'
-LOCK_TIMEOUT = 120
 
 # Boot order: later entries may depend on earlier ones (AnyIP before TPROXY,
 # tenants' namespaces before their tunnels).
@@ -52,23 +51,6 @@ PERSIST_ARGUMENT_SPEC = dict(
     confirm_timeout=dict(type='int', default=0),
 )
 CONTROL_KEYS = tuple(PERSIST_ARGUMENT_SPEC)
-
-
-class HostLock(FileLock):
-    """flock(/run/anycast-edge.lock): one collection module applies at a time on a host.
-
-    A module that cannot take it fails cleanly, naming the lock.
-    """
-
-    def __init__(self, module):
-        super().__init__(LOCK_PATH, LOCK_TIMEOUT, 'another anycast.edge run')
-        self.module = module
-
-    def __enter__(self):
-        try:
-            return super().__enter__()
-        except LockTimeout as exc:
-            self.module.fail_json(msg='nothing was changed: %s' % exc)
 
 
 def _atomic_write(path, data, mode=0o600):
@@ -98,8 +80,10 @@ def current_payload():
     return None
 
 
-def module_dotted_name(name):
-    return 'ansible_collections.anycast.edge.plugins.modules.%s' % name
+def program_source():
+    """The restore program's source, read through the loader that imported it (a payload zip or a file)."""
+    data = _restore.__loader__.get_data(_restore.__file__)
+    return b'#!/usr/bin/python3\n' + data
 
 
 class Persistence(object):
@@ -119,10 +103,10 @@ class Persistence(object):
 
     def validate(self):
         if self.confirm_timeout < 0 or self.confirm_timeout > 3600:
-            self.module.fail_json(msg='confirm_timeout: %d is out of range 0-3600 seconds' % self.confirm_timeout)
+            raise ParamError('confirm_timeout', '%d is out of range 0-3600 seconds' % self.confirm_timeout)
         if self.confirm_timeout and not self.enabled:
-            self.module.fail_json(msg='confirm_timeout: needs persist=true (the rollback re-applies the '
-                                      'previous recorded state)')
+            raise ParamError('confirm_timeout', 'needs persist=true (the rollback re-applies the previous '
+                                                'recorded state)')
 
     def params(self):
         return {k: v for k, v in self.module.params.items() if k not in CONTROL_KEYS}
@@ -159,8 +143,8 @@ class Persistence(object):
         return True
 
     def _store_runner(self):
-        target = os.path.join(self.state_dir, 'anycast-edge-restore')
-        data = RUNNER_SOURCE.encode()
+        target = os.path.join(self.state_dir, PROGRAM_NAME)
+        data = program_source()
         try:
             with open(target, 'rb') as handle:
                 if handle.read() == data:
@@ -220,32 +204,11 @@ class Persistence(object):
         }
         path = os.path.join(PENDING_DIR, self.key + '.json')
         _atomic_write(path, json.dumps(pending).encode())
-        runner = os.path.join(self.state_dir, 'anycast-edge-restore')
+        runner = os.path.join(self.state_dir, PROGRAM_NAME)
         subprocess.Popen([sys.executable, runner, 'watch', path], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
                          start_new_session=True)
         return {'confirm_token': token, 'confirm_deadline': pending['deadline']}
-
-
-def save_per_object(module, name, list_param, key_of, removed, changed):
-    """One record per listed object (a tenant, a tunnel), so that several calls add up.
-
-    ``removed``: keys of objects the run removed (absent or purged) whose
-    records must go too. Returns the result keys to merge.
-    """
-    shared = dict((k, v) for k, v in Persistence(module, name).params().items() if k not in (list_param, 'purge'))
-    persisted = {}
-    for item in module.params[list_param]:
-        key = key_of(item)
-        record = dict(shared, purge=False)
-        record[list_param] = [item]
-        saved = Persistence(module, name, key).save(item.get('state') != 'absent', changed, params=record)
-        persisted[key] = saved.get('persisted')
-    for key in removed:
-        if key not in persisted:
-            Persistence(module, name, key).save(False, changed)
-            persisted[key] = None
-    return {'persisted': persisted} if module.params['persist'] and not module.check_mode else {}
 
 
 def list_pending():
@@ -292,118 +255,3 @@ def confirm_pending(tokens=None):
         os.unlink(path)
         confirmed.append(pending['key'])
     return confirmed
-
-
-# The restore script, written next to the records. Standard library only: it
-# runs at boot without Ansible, and from the commit-confirm watchdog.
-RUNNER_SOURCE = r'''#!/usr/bin/python3
-"""anycast-edge-restore: re-apply what anycast.edge modules recorded.
-
-  anycast-edge-restore restore [STATE_DIR]   apply every record, in order (boot)
-  anycast-edge-restore check [STATE_DIR]     check mode for every record; JSON of drift
-  anycast-edge-restore watch PENDING_FILE    commit-confirm watchdog (internal)
-Written by the anycast.edge collection; do not edit.
-"""
-import json
-import os
-import subprocess
-import sys
-import time
-
-DEFAULT_STATE_DIR = '/etc/anycast-edge/state'
-BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
-        "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
-
-
-def records(state_dir):
-    found = []
-    for name in sorted(os.listdir(state_dir)):
-        if name.endswith('.json') and not name.startswith('.'):
-            with open(os.path.join(state_dir, name)) as handle:
-                found.append(json.load(handle))
-    return sorted(found, key=lambda r: (r.get('order', 90), r['key']))
-
-
-def run(state_dir, record, check=False, persist=False):
-    params = dict(record['params'])
-    params['persist'] = persist
-    params['state_dir'] = state_dir
-    params['confirm_timeout'] = 0
-    params['_ansible_check_mode'] = check
-    params['_ansible_diff'] = check
-    payload = os.path.join(state_dir, record['payload'])
-    python = record.get('python') if os.path.exists(record.get('python') or '') else sys.executable
-    module = 'ansible_collections.anycast.edge.plugins.modules.' + record['module']
-    proc = subprocess.run([python, '-c', BOOT, payload, module], input=json.dumps({'ANSIBLE_MODULE_ARGS': params}),
-                          capture_output=True, text=True, timeout=600)
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        return {'failed': True, 'msg': 'no result (rc %d): %s' % (proc.returncode, (proc.stderr or proc.stdout)[-2000:])}
-
-
-def restore(state_dir):
-    failed = 0
-    for record in records(state_dir):
-        result = run(state_dir, record)
-        status = 'FAILED: ' + result.get('msg', '') if result.get('failed') else ('changed' if result.get('changed') else 'ok')
-        print('%s: %s' % (record['key'], status), flush=True)
-        failed += bool(result.get('failed'))
-    return 1 if failed else 0
-
-
-def check(state_dir):
-    report = {}
-    for record in records(state_dir):
-        result = run(state_dir, record, check=True)
-        report[record['key']] = {'module': record['module'], 'drifted': bool(result.get('changed')),
-                                 'failed': bool(result.get('failed')), 'msg': result.get('msg'),
-                                 'diff': result.get('diff')}
-    print(json.dumps(report))
-    return 0
-
-
-def watch(path):
-    with open(path) as handle:
-        pending = json.load(handle)
-    while time.time() < pending['deadline']:
-        time.sleep(min(0.2, max(0.0, pending['deadline'] - time.time())))
-        if not os.path.exists(path):
-            return 0  # confirmed
-    # Whoever renames the pending file first wins: the rollback or a confirm.
-    claimed = path + '.rolling'
-    try:
-        os.rename(path, claimed)
-    except FileNotFoundError:
-        return 0
-    with open(claimed) as handle:
-        if json.load(handle).get('token') != pending['token']:
-            os.rename(claimed, path)  # superseded by a newer change with its own watchdog
-            return 0
-    path = claimed
-    result = run(pending['state_dir'], pending['rollback'], persist=not pending['rollback'].get('absent'))
-    if pending['rollback'].get('absent'):
-        record_path = os.path.join(pending['state_dir'], pending['key'] + '.json')
-        if os.path.exists(record_path):
-            os.unlink(record_path)
-    os.unlink(path)
-    print('%s: rolled back: %s' % (pending['key'], 'FAILED ' + result.get('msg', '') if result.get('failed') else 'ok'))
-    return 1 if result.get('failed') else 0
-
-
-def main():
-    command = sys.argv[1] if len(sys.argv) > 1 else 'restore'
-    arg = sys.argv[2] if len(sys.argv) > 2 else DEFAULT_STATE_DIR
-    if command == 'restore':
-        return restore(arg) if os.path.isdir(arg) else 0
-    if command == 'check':
-        return check(arg) if os.path.isdir(arg) else print('{}') or 0
-    if command == 'watch':
-        return watch(arg)
-    sys.stderr.write(__doc__)
-    return 2
-
-
-if __name__ == '__main__':
-    sys.exit(main())
-'''

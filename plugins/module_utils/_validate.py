@@ -13,19 +13,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ansible_collections.anycast.edge.plugins.module_utils._errors import ParamError
+
 IFNAMSIZ_CHARS = 15         # IFNAMSIZ (16) less the terminating NUL
 XT_CHAIN_MAXLEN = 28        # XT_EXTENSION_MAXNAMELEN (29) less the NUL
 BUILTIN_CHAINS = frozenset(('PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'))
 XT_VERDICTS = frozenset(('ACCEPT', 'DROP', 'RETURN', 'QUEUE'))
-
-
-class ParamError(ValueError):
-    """Bad input; the message names the parameter."""
-
-    def __init__(self, param, problem):
-        self.param = param
-        self.problem = problem
-        super().__init__('%s: %s' % (param, problem))
 
 
 def parse_prefix(value, param, family=None):

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: anycast.edge contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One xtables rule model, two drivers.
+"""One xtables rule model; its planning; the iptables command-line driver.
 
 The collection owns whole chains (``ANYCAST-TPROXY``, ``RATE-LIMIT``, ...) and
 the jumps into them. Every rule it writes carries a comment
@@ -9,16 +9,19 @@ the jumps into them. Every rule it writes carries a comment
 specification, so the state of a chain is compared as a list of digests: no
 need to predict how each extension prints itself, identical for both drivers.
 
+The run: :func:`read_tables` reads every (family, table) a module needs, one
+``iptables-save`` per family; :func:`plan_chains` (pure) orders the changes per
+table; :func:`apply_chains` writes each table in one transaction and, if a
+later table fails, rolls back the earlier ones. The engine re-plans after the
+read-back: the plan must come out empty.
+
 Drivers:
 
-* ``iptables``: the host's own ``iptables-save`` / ``iptables-restore
+* ``iptables`` (here): the host's own ``iptables-save`` / ``iptables-restore
   --noflush --wait``; follows whichever variant (nf_tables or legacy) the host
-  uses. One save and one restore per address family and table: each restore is
-  one kernel transaction.
-* ``python-iptables``: libiptc through the python-iptables library, legacy
-  tables only. Holds ``/run/xtables.lock`` while it reads, modifies and commits,
-  commits explicitly (the library's autocommit swallows errors) and retries on
-  EAGAIN. One libiptc commit per table is atomic.
+  uses. Each restore is one kernel transaction.
+* ``python-iptables`` (``_iptc.py``): libiptc, legacy tables only, one commit
+  per table.
 
 ``driver: auto`` looks at ``iptables -V`` and never writes into the variant the
 host does not use.
@@ -27,22 +30,16 @@ host does not use.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import pickle
 import re
 
-from ansible_collections.anycast.edge.plugins.module_utils._lock import FileLock, LockTimeout
+from ansible_collections.anycast.edge.plugins.module_utils._engine import Plan
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 
 OWNER = 'anycast.edge'
 TAG_RE = re.compile(r'^anycast\.edge ([0-9a-f]{12})$')
-XTABLES_LOCK = '/run/xtables.lock'
-LOCK_TIMEOUT = 30.0
 DRIVERS = ('auto', 'python-iptables', 'iptables')
-
-
-class XtablesError(Exception):
-    """A failure already phrased for the user."""
+FAMILY_NAME = {4: 'IPv4', 6: 'IPv6'}
 
 
 def _quote(value):
@@ -61,22 +58,13 @@ def _option(opt, value):
     return ['--' + opt, str(value)]
 
 
-def _iptc_value(value):
-    if value is None:
-        return ''
-    if isinstance(value, tuple):
-        return [str(v) for v in value]
-    return str(value)
-
-
 class Rule(object):
     """A rule of an owned chain (or a jump into one), independent of the driver.
 
     ``matches`` is a sequence of ``(extension, ((option, value or None), ...))``
     and ``target_options`` a sequence of ``(option, value or None)``; a value
-    that is a tuple gives the option several words. Option
-    names are written without the leading dashes, exactly as the iptables CLI
-    spells them.
+    that is a tuple gives the option several words. Option names are written
+    without the leading dashes, exactly as the iptables CLI spells them.
     """
 
     def __init__(self, family, target, target_options=(), src=None, dst=None, protocol=None,
@@ -90,6 +78,7 @@ class Rule(object):
         self.matches = tuple((name, tuple(opts)) for name, opts in matches)
         self.target = target
         self.target_options = tuple(target_options)
+        self._tag = None
 
     def _args(self, with_comment):
         args = []
@@ -110,8 +99,10 @@ class Rule(object):
 
     @property
     def tag(self):
-        spec = 'v%d %s' % (self.family, ' '.join(self._args(False)))
-        return '%s %s' % (OWNER, hashlib.sha1(spec.encode()).hexdigest()[:12])
+        if self._tag is None:   # a Rule does not change once made; planning asks for its tag often
+            spec = 'v%d %s' % (self.family, ' '.join(self._args(False)))
+            self._tag = '%s %s' % (OWNER, hashlib.sha1(spec.encode()).hexdigest()[:12])
+        return self._tag
 
     def restore_text(self):
         return ' '.join(_quote(a) for a in self._args(True))
@@ -141,7 +132,7 @@ class ChainSpec(object):
 
 
 class SavedRule(object):
-    """A rule as read from the kernel."""
+    """A rule as read from the kernel (or as a plan predicts it)."""
 
     def __init__(self, chain, text, target, tag, packets=0, bytes_=0):
         self.chain = chain
@@ -169,9 +160,36 @@ class TableState(object):
     def rules_jumping_to(self, chain):
         return [r for rules in self.chains.values() for r in rules if r.target == chain]
 
+    def applied(self, ops):
+        """The TableState these operations lead to (what a plan predicts)."""
+        chains = dict((name, list(rules)) for name, rules in self.chains.items())
+        for kind, chain, payload in ops:
+            if kind == 'replace_chain':
+                chains[chain] = [_predicted(chain, rule) for rule in payload]
+            elif kind == 'insert':
+                chains.setdefault(chain, []).insert(0, _predicted(chain, payload))
+            elif kind == 'delete':
+                rules = chains.get(chain, [])
+                for index, saved in enumerate(rules):
+                    if saved.text == payload.text:
+                        del rules[index]
+                        break
+            else:
+                chains.pop(chain, None)
+        return TableState(self.family, self.table, chains, self.policies)
+
+
+def _predicted(chain, rule):
+    if isinstance(rule, SavedRule):
+        return SavedRule(chain, rule.text, rule.target, rule.tag)
+    return SavedRule(chain, rule.restore_text(), rule.target, rule.tag)
+
 
 # --------------------------------------------------------------------------
 # Planning: compare tags, produce per-table operation lists.
+
+_ORDER = {'delete': 0, 'replace_chain': 1, 'insert': 2, 'delete_chain': 3}
+
 
 def _plan_table(state, specs):
     ops = []
@@ -208,8 +226,7 @@ def _plan_table(state, specs):
                 ops.append(('delete_chain', spec.name, None))
     # deletions of jumps first, then chain (re)creation, then inserts, then drops:
     # a jump never points at a missing chain inside the transaction.
-    order = {'delete': 0, 'replace_chain': 1, 'insert': 2, 'delete_chain': 3}
-    ops.sort(key=lambda op: order[op[0]])
+    ops.sort(key=lambda op: _ORDER[op[0]])
     return ops
 
 
@@ -249,7 +266,7 @@ def render_planned(state, specs):
 def describe_ops(family, table, ops):
     out = []
     for kind, chain, payload in ops:
-        where = 'IPv%d %s' % (family, table)
+        where = '%s %s' % (FAMILY_NAME[family], table)
         if kind == 'replace_chain':
             out.append('%s: write chain %s (%d rules)' % (where, chain, len(payload)))
         elif kind == 'insert':
@@ -261,49 +278,134 @@ def describe_ops(family, table, ops):
     return out
 
 
-def sync_chains(driver, specs, check_mode):
-    """Make the owned chains in ``specs`` match; return a result dict.
+def restore_payload(table, ops):
+    """The iptables-restore --noflush input of one table's operations (one transaction)."""
+    lines = ['*%s' % table]
+    for kind, chain, payload in ops:
+        if kind == 'replace_chain':
+            # Declaring a chain in --noflush mode creates it or flushes it.
+            lines.append(':%s - [0:0]' % chain)
+            lines += ['-A %s %s' % (chain, rule.restore_text()) for rule in payload]  # Rule or SavedRule
+        elif kind == 'insert':
+            lines.append('-I %s 1 %s' % (chain, payload.restore_text()))
+        elif kind == 'delete':
+            lines.append('-D %s %s' % (chain, payload.text))
+        elif kind == 'delete_chain':
+            lines += ['-F %s' % chain, '-X %s' % chain]
+    lines.append('COMMIT')
+    return '\n'.join(lines) + '\n'
 
-    Reads each (family, table) once, plans, applies one transaction per table
-    unless in check mode, reads back and verifies.
+
+class TablePlan(object):
+    """The operations on one (family, table), and the state they start from."""
+
+    def __init__(self, family, table, specs, state, ops):
+        self.family = family
+        self.table = table
+        self.specs = specs
+        self.state = state
+        self.ops = ops
+
+
+class XtPlan(Plan):
+    """Per table, the operations of one transaction; commands are the restore inputs.
+
+    ``where``: the namespace the tables live in, for commands (None: the module's).
     """
+
+    def __init__(self, tables, driver_name='iptables', where=None):
+        self.tables = tables
+        self.where = where
+        super().__init__([restore_command(driver_name, t.family, t.table, t.ops, where) for t in tables if t.ops])
+
+    @property
+    def actions(self):
+        out = []
+        for table in self.tables:
+            out += describe_ops(table.family, table.table, table.ops)
+        return out
+
+    def before_lines(self):
+        out = []
+        for table in self.tables:
+            prefix = 'v%d %s: ' % (table.family, table.table)
+            out += [prefix + line for line in render_state(table.state, table.specs)]
+        return out
+
+    def after_lines(self):
+        out = []
+        for table in self.tables:
+            prefix = 'v%d %s: ' % (table.family, table.table)
+            out += [prefix + line for line in render_planned(table.state, table.specs)]
+        return out
+
+    def predicted(self):
+        """{(family, table): TableState} after the plan."""
+        return dict(((t.family, t.table), t.state.applied(t.ops)) for t in self.tables)
+
+
+def restore_command(driver_name, family, table, ops, where=None):
+    """What a driver sends for one table, as a shell command with the transaction as its input."""
+    base = 'ip6tables' if family == 6 else 'iptables'
+    payload = restore_payload(table, ops)
+    if driver_name == 'python-iptables':
+        command = '%s-legacy-restore --noflush' % base
+        payload = '# one libiptc commit (python-iptables) of the same changes\n' + payload
+    else:
+        command = '%s-restore --noflush --wait' % base
+    if where:
+        command = 'ip netns exec %s %s' % (where, command)
+    return "%s <<'EOF'\n%sEOF" % (command, payload)
+
+
+def spec_keys(specs):
+    return sorted(set((spec.family, spec.table) for spec in specs))
+
+
+def read_tables(driver, keys):
+    """{(family, table): TableState} for KEYS, one driver read per family."""
+    tables = {}
+    for family in sorted(set(f for f, _t in keys)):
+        names = sorted(t for f, t in keys if f == family)
+        for name, state in driver.read(family, names).items():
+            tables[(family, name)] = state
+    return tables
+
+
+def plan_chains(states, specs, driver_name='iptables', where=None):
+    """The XtPlan that makes the owned chains of SPECS as they say; pure."""
     groups = {}
     for spec in specs:
         groups.setdefault((spec.family, spec.table), []).append(spec)
-    before, after, actions, plans = [], [], [], []
+    tables = []
     for (family, table), group in sorted(groups.items()):
-        state = driver.read(family, table)
-        ops = _plan_table(state, group)
-        prefix = 'v%d %s: ' % (family, table)
-        before += [prefix + line for line in render_state(state, group)]
-        after += [prefix + line for line in render_planned(state, group)]
-        actions += describe_ops(family, table, ops)
-        plans.append((family, table, group, ops, state))
-    changed = any(ops for _f, _t, _g, ops, _s in plans)
-    if changed and not check_mode:
-        done = []
-        for family, table, group, ops, state in plans:
-            if not ops:
-                continue
-            try:
-                driver.apply(family, table, ops)
-            except XtablesError as exc:
-                raise XtablesError('%s%s' % (exc, _roll_back(driver, done)))
-            done.append((family, table, group, state))
-        for family, table, group, _state in done:
-            state = driver.read(family, table)
-            leftover = _plan_table(state, group)
-            if leftover:
-                raise XtablesError('read-back after writing %s (IPv%d) does not match: still to do: %s'
-                                   % (table, family, '; '.join(describe_ops(family, table, leftover))))
-            if not any(spec.present for spec in group) and state.is_pristine():
-                driver.drop_unused_table(family, table)
-    return {
-        'changed': changed,
-        'actions': actions,
-        'diff': {'before': '\n'.join(before) + ('\n' if before else ''),
-                 'after': '\n'.join(after) + ('\n' if after else '')},
-    }
+        state = states.get((family, table)) or TableState(family, table, {})
+        tables.append(TablePlan(family, table, group, state, _plan_table(state, group)))
+    return XtPlan(tables, driver_name, where)
+
+
+def empty_states(specs):
+    return dict(((s.family, s.table), TableState(s.family, s.table, {})) for s in specs)
+
+
+def apply_chains(driver, plan):
+    """One transaction per table; a failure rolls back the tables already written."""
+    done = []
+    for table in plan.tables:
+        if not table.ops:
+            continue
+        try:
+            driver.apply(table.family, table.table, table.ops)
+        except EdgeError as exc:
+            raise EdgeError('%s%s' % (exc, _roll_back(driver, done)))
+        done.append(table)
+    for table in done:
+        if not any(spec.present for spec in table.specs):
+            # iptables-nft creates a whole nftables table on first use; when we
+            # were its only user, remove it so that state=absent leaves no trace.
+            state = driver.read(table.family, [table.table])[table.table]
+            if state.is_pristine():
+                driver.drop_unused_table(table.family, table.table)
 
 
 def _restore_ops(current, before, specs):
@@ -318,8 +420,7 @@ def _restore_ops(current, before, specs):
                 ops.append(('insert', saved.chain, saved))
         elif spec.name in current.chains:
             ops.append(('delete_chain', spec.name, None))
-    order = {'delete': 0, 'replace_chain': 1, 'insert': 2, 'delete_chain': 3}
-    ops.sort(key=lambda op: order[op[0]])
+    ops.sort(key=lambda op: _ORDER[op[0]])
     return ops
 
 
@@ -328,20 +429,15 @@ def _roll_back(driver, done):
     if not done:
         return ''
     names = []
-    for family, table, group, before in reversed(done):
-        where = 'IPv%d %s' % (family, table)
+    for table in reversed(done):
+        where = '%s %s' % (FAMILY_NAME[table.family], table.table)
         try:
-            driver.apply(family, table, _restore_ops(driver.read(family, table), before, group))
+            current = driver.read(table.family, [table.table])[table.table]
+            driver.apply(table.family, table.table, _restore_ops(current, table.state, table.specs))
             names.append(where)
-        except XtablesError as exc:
+        except EdgeError as exc:
             return '; undoing the change already made to %s FAILED too: %s' % (where, exc)
     return '; the change already made to %s was rolled back' % ', '.join(names)
-
-
-def read_chain_counters(driver, family, table, chain):
-    """[(tag, packets, bytes, text)] for the rules of one chain, in order."""
-    state = driver.read(family, table)
-    return [(r.tag, r.packets, r.bytes, r.text) for r in state.chains.get(chain, []) or []]
 
 
 # --------------------------------------------------------------------------
@@ -351,32 +447,31 @@ def host_variant(module):
     """'nf_tables' or 'legacy', from the host's ``iptables -V``."""
     binary = module.get_bin_path('iptables')
     if not binary:
-        raise XtablesError('the iptables command is not installed on this host (package iptables); '
-                           'it is needed to tell which iptables variant the host uses')
+        raise EdgeError('the iptables command is not installed on this host (package iptables); '
+                        'it is needed to tell which iptables variant the host uses')
     rc, out, err = module.run_command([binary, '-V'])
     text = (out or '') + (err or '')
     if rc != 0:
-        raise XtablesError('iptables -V failed: %s' % text.strip())
+        raise EdgeError('iptables -V failed: %s' % text.strip())
     return 'nf_tables' if 'nf_tables' in text else 'legacy'
 
 
 def select_driver(module, requested):
     """Return a driver object for ``requested`` ('auto' or a driver name)."""
+    from ansible_collections.anycast.edge.plugins.module_utils import _iptc  # pylint: disable=import-outside-toplevel
     variant = host_variant(module)
     if requested == 'auto':
-        if variant == 'legacy' and HAS_IPTC:
-            requested = 'python-iptables'
-        else:
-            requested = 'iptables'
+        requested = 'python-iptables' if variant == 'legacy' and _iptc.HAS_IPTC else 'iptables'
     if requested == 'python-iptables':
         if variant != 'legacy':
-            raise XtablesError("driver: python-iptables writes the legacy xtables, but this host's iptables "
-                               "is the %s variant; rules written there would be invisible to the host's "
-                               "tools. Use driver=iptables or driver=auto." % variant)
-        if not HAS_IPTC:
-            raise XtablesError('driver: python-iptables needs the python-iptables library on the managed host '
-                               '(apt install python3-iptables, or pip install python-iptables): %s' % IPTC_IMPORT_ERROR)
-        return PythonIptablesDriver(module)
+            raise EdgeError("driver: python-iptables writes the legacy xtables, but this host's iptables "
+                            "is the %s variant; rules written there would be invisible to the host's "
+                            "tools. Use driver=iptables or driver=auto." % variant)
+        if not _iptc.HAS_IPTC:
+            raise EdgeError('driver: python-iptables needs the python-iptables library on the managed host '
+                            '(apt install python3-iptables, or pip install python-iptables): %s'
+                            % _iptc.IPTC_IMPORT_ERROR)
+        return _iptc.PythonIptablesDriver(module)
     return IptablesCliDriver(module, variant)
 
 
@@ -384,8 +479,6 @@ def select_driver(module, requested):
 # The iptables CLI driver.
 
 _COUNTERS = re.compile(r'^\[(\d+):(\d+)\]\s+')
-
-
 _TARGET_RE = re.compile(r'(?:^|\s)-[jg]\s+(\S+)')
 _OUR_COMMENT_RE = re.compile(r'--comment "?(anycast\.edge [0-9a-f]{12})"?(?:\s|$)')
 
@@ -402,7 +495,7 @@ def _parse_rule_text(text):
 
 
 def parse_save(text, family, table):
-    """Parse ``iptables-save -c -t TABLE`` output into a TableState."""
+    """Parse ``iptables-save -c [-t TABLE]`` output into the TableState of TABLE."""
     chains = {}
     policies = {}
     in_table = False
@@ -448,34 +541,19 @@ class IptablesCliDriver(object):
                 return path
         path = self.module.get_bin_path(name)
         if not path:
-            raise XtablesError('%s is not installed on this host (package iptables)' % name)
+            raise EdgeError('%s is not installed on this host (package iptables)' % name)
         return path
 
-    def read(self, family, table):
-        rc, out, err = self.module.run_command([self._bin(family, '-save'), '-c', '-t', table])
+    def read(self, family, tables):
+        """{table: TableState} of TABLES, from one iptables-save (every table when several)."""
+        save = self._bin(family, '-save')
+        args = [save, '-c'] + (['-t', tables[0]] if len(tables) == 1 else [])
+        rc, out, err = self.module.run_command(args)
         if rc != 0:
-            raise XtablesError('%s -t %s failed: %s' % (self._bin(family, '-save'), table, (err or out).strip()))
-        return parse_save(out, family, table)
-
-    def restore_payload(self, table, ops):
-        lines = ['*%s' % table]
-        for kind, chain, payload in ops:
-            if kind == 'replace_chain':
-                # Declaring a chain in --noflush mode creates it or flushes it.
-                lines.append(':%s - [0:0]' % chain)
-                lines += ['-A %s %s' % (chain, rule.restore_text()) for rule in payload]  # Rule or SavedRule
-            elif kind == 'insert':
-                lines.append('-I %s 1 %s' % (chain, payload.restore_text()))
-            elif kind == 'delete':
-                lines.append('-D %s %s' % (chain, payload.text))
-            elif kind == 'delete_chain':
-                lines += ['-F %s' % chain, '-X %s' % chain]
-        lines.append('COMMIT')
-        return '\n'.join(lines) + '\n'
+            raise EdgeError('%s failed: %s' % (' '.join([os.path.basename(save)] + args[1:]), (err or out).strip()))
+        return dict((table, parse_save(out, family, table)) for table in tables)
 
     def drop_unused_table(self, family, table):
-        """iptables-nft creates a whole nftables table on first use; when we were
-        its only user, remove it so that state=absent leaves no trace."""
         nft = self.module.get_bin_path('nft')
         if self.variant != 'nf_tables' or not nft:
             return
@@ -483,239 +561,84 @@ class IptablesCliDriver(object):
 
     def apply(self, family, table, ops):
         restore = self._bin(family, '-restore')
-        payload = self.restore_payload(table, ops)
-        rc, out, err = self.module.run_command([restore, '--noflush', '--wait'], data=payload,
+        rc, out, err = self.module.run_command([restore, '--noflush', '--wait'], data=restore_payload(table, ops),
                                                binary_data=True)
         if rc != 0:
             detail = (err or out).strip()
-            raise XtablesError('%s refused the change to table %s (nothing was applied, the '
-                               'transaction is atomic): %s' % (os.path.basename(restore), table, detail))
+            raise EdgeError('%s refused the change to table %s (nothing was applied, the '
+                            'transaction is atomic): %s' % (os.path.basename(restore), table, detail))
 
 
 # --------------------------------------------------------------------------
-# The python-iptables (libiptc) driver.
+# Reading rules back into their parts (for state=gathered).
 
-# python-iptables is imported only when its driver is used: the import alone
-# costs about half a second (it pulls in distutils to find libxtables).
-iptc = None
-HAS_IPTC = importlib.util.find_spec('iptc') is not None
-IPTC_IMPORT_ERROR = None if HAS_IPTC else 'No module named iptc'
-
-
-def _load_iptc():
-    global iptc
-    if iptc is None:
-        try:
-            import iptc as loaded  # pylint: disable=import-outside-toplevel
-        except Exception as exc:  # ImportError, or XTablesError when libxtables is missing
-            raise XtablesError('driver: python-iptables could not be loaded on the managed host: %s' % exc)
-        iptc = loaded
-    return iptc
-
-
-class _XtablesLock(FileLock):
-    """flock on /run/xtables.lock, the lock iptables itself takes."""
+class ParsedRule(object):
+    """One rule of iptables-save (or libiptc) text, split into its parts."""
 
     def __init__(self):
-        super().__init__(XTABLES_LOCK, LOCK_TIMEOUT, 'another iptables user')
+        self.src = self.dst = self.in_iface = self.out_iface = self.protocol = None
+        self.matches = []           # [(name, {option: [values]})], in order
+        self.target = None
+        self.target_options = {}    # option -> [values]
 
-    def __enter__(self):
-        try:
-            return super().__enter__()
-        except LockTimeout as exc:
-            raise XtablesError(str(exc))
-
-
-def _prefix_len(mask):
-    try:
-        import ipaddress
-        return ipaddress.ip_network('0.0.0.0/%s' % mask).prefixlen if '.' in mask else \
-            ipaddress.ip_network('::/%s' % mask).prefixlen
-    except ValueError:
-        return mask
-
-
-def _addr_text(value):
-    """libiptc's 'addr/netmask' -> 'addr/len'; None for 'any'."""
-    if not value:
+    def match(self, name):
+        for found, options in self.matches:
+            if found == name:
+                return options
         return None
-    addr, _sep, mask = value.partition('/')
-    if addr in ('0.0.0.0', '::') and mask in ('0.0.0.0', '::', '0'):
+
+
+def parse_rule(text):
+    """A ParsedRule of one rule body (without '-A CHAIN'); options keep their values as words."""
+    import shlex  # pylint: disable=import-outside-toplevel
+    words = shlex.split(text)
+    rule = ParsedRule()
+    current = None
+    index = 0
+    flags = {'-s': 'src', '-d': 'dst', '-i': 'in_iface', '-o': 'out_iface', '-p': 'protocol'}
+    while index < len(words):
+        word = words[index]
+        if word in flags:
+            setattr(rule, flags[word], words[index + 1])
+            index += 2
+        elif word == '-m':
+            current = {}
+            rule.matches.append((words[index + 1], current))
+            index += 2
+        elif word in ('-j', '-g'):
+            rule.target = words[index + 1]
+            current = rule.target_options
+            index += 2
+        elif word.startswith('--') and current is not None:
+            values = []
+            index += 1
+            while index < len(words) and not words[index].startswith('-'):
+                values.append(words[index])
+                index += 1
+            current[word[2:]] = values
+        else:
+            index += 1
+    return rule
+
+
+def parse_ports(rule, direction='d'):
+    """'first:last' strings of a rule's --dport/--dports (or source), or None for every port."""
+    multi = rule.match('multiport')
+    if multi and multi.get('%sports' % direction):
+        return multi['%sports' % direction][0].split(',')
+    for name in ('tcp', 'udp'):
+        options = rule.match(name)
+        if options and options.get('%sport' % direction):
+            return [options['%sport' % direction][0]]
+    return None
+
+
+def port_items(words):
+    """['80', '8000:8100'] -> [80, '8000-8100'] (the modules' input spelling)."""
+    if words is None:
         return None
-    if not mask:
-        return addr
-    length = _prefix_len(mask)
-    full = 32 if '.' in addr else 128
-    return addr if length == full else '%s/%s' % (addr, length)
-
-
-def iptc_rule_text(rule):
-    """A python-iptables Rule in iptables-save syntax (for display and tags)."""
-    parts = []
-    for flag, value in (('-s', _addr_text(rule.src)), ('-d', _addr_text(rule.dst)),
-                        ('-i', rule.in_interface), ('-o', rule.out_interface)):
-        if value:
-            parts += [flag, value]
-    if rule.protocol and rule.protocol not in ('ip', 'all', '0'):
-        parts += ['-p', rule.protocol]
-    tag = None
-    for match in rule.matches:
-        parts += ['-m', match.name]
-        for key, values in match.get_all_parameters().items():
-            parts.append('--' + key)
-            parts += [_quote(v) for v in values]
-            if key == 'comment' and values and TAG_RE.match(values[0]):
-                tag = values[0]
-    target = rule.target.name if rule.target else None
-    if target:
-        parts += ['-j', target]
-        for key, values in rule.target.get_all_parameters().items():
-            parts.append('--' + key)
-            parts += [_quote(v) for v in values]
-    return ' '.join(parts), target, tag
-
-
-def _run_forked(func, *args):
-    """Run func(*args) in a forked child and return its (picklable) result.
-
-    libxtables registers an extension only for the address family that is
-    current when its shared object is first loaded, and never loads it again:
-    once IPv4 used TPROXY (or multiport, hashlimit, ...) in a process, IPv6
-    cannot. Each family's libiptc work therefore runs in a child of its own,
-    forked from a parent that never loads extensions.
-    """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        status = 0
-        try:
-            os.close(read_fd)
-            payload = ('ok', func(*args))
-        except XtablesError as exc:
-            payload = ('error', str(exc))
-        except BaseException as exc:  # report anything, never return into the parent's code
-            payload = ('error', '%s: %s' % (type(exc).__name__, exc))
-        try:
-            with os.fdopen(write_fd, 'wb') as handle:
-                handle.write(pickle.dumps(payload))
-        except BaseException:
-            status = 1
-        os._exit(status)
-    os.close(write_fd)
-    with os.fdopen(read_fd, 'rb') as handle:
-        data = handle.read()
-    os.waitpid(pid, 0)
-    if not data:
-        raise XtablesError('the libiptc worker process died without an answer')
-    kind, value = pickle.loads(data)
-    if kind == 'error':
-        raise XtablesError(value)
-    return value
-
-
-def _iptc_table(family, table):
-    cls = iptc.Table6 if family == 6 else iptc.Table
-    tbl = cls(table, autocommit=False)
-    tbl.refresh()
-    return tbl
-
-
-def _iptc_read(family, table):
-    with _XtablesLock():
-        tbl = _iptc_table(family, table)
-        chains = {}
-        for chain in tbl.chains:
-            saved = []
-            for rule in chain.rules:
-                text, target, tag = iptc_rule_text(rule)
-                packets, bytes_ = rule.get_counters()
-                saved.append(SavedRule(chain.name, text, target, tag, packets, bytes_))
-            chains[chain.name] = saved
-        return TableState(family, table, chains)
-
-
-def iptc_build(family, rule):
-    """Turn a model Rule into a python-iptables rule (in the worker process)."""
-    built = iptc.Rule6() if family == 6 else iptc.Rule()
-    if rule.src:
-        built.src = rule.src
-    if rule.dst:
-        built.dst = rule.dst
-    if rule.protocol:
-        built.protocol = rule.protocol
-    if rule.in_iface:
-        built.in_interface = rule.in_iface
-    if rule.out_iface:
-        built.out_interface = rule.out_iface
-    for name, opts in rule.matches:
-        match = built.create_match(name)
-        for opt, value in opts:
-            match.set_parameter(opt, _iptc_value(value))
-        if name in IPTC_FIXUPS:
-            IPTC_FIXUPS[name](match, dict(opts))
-    comment = built.create_match('comment')
-    comment.comment = rule.tag
-    target = built.create_target(rule.target)
-    for opt, value in rule.target_options:
-        target.set_parameter(opt, _iptc_value(value))
-    if rule.target in IPTC_FIXUPS:
-        IPTC_FIXUPS[rule.target](target, dict(rule.target_options))
-    return built
-
-
-# Extensions whose python-iptables objects need a fix-up before commit:
-# name -> callable(match_or_target, options dict). See the hashlimit module.
-IPTC_FIXUPS = {}
-
-
-def _iptc_apply(family, table, ops):
-    with _XtablesLock():
-        tbl = _iptc_table(family, table)
-        try:
-            for kind, chain_name, payload in ops:
-                if kind == 'replace_chain':
-                    if not tbl.is_chain(chain_name):
-                        tbl.create_chain(chain_name)
-                    chain = iptc.Chain(tbl, chain_name)
-                    chain.flush()
-                    for rule in payload:
-                        chain.append_rule(iptc_build(family, rule))
-                elif kind == 'insert':
-                    iptc.Chain(tbl, chain_name).insert_rule(iptc_build(family, payload))
-                elif kind == 'delete':
-                    chain = iptc.Chain(tbl, chain_name)
-                    for rule in chain.rules:
-                        if iptc_rule_text(rule)[0] == payload.text:
-                            chain.delete_rule(rule)
-                            break
-                elif kind == 'delete_chain':
-                    chain = iptc.Chain(tbl, chain_name)
-                    chain.flush()
-                    tbl.delete_chain(chain_name)
-            tbl.commit()
-        except Exception as exc:  # iptc.IPTCError, XTablesError, ValueError from extensions
-            raise XtablesError('libiptc refused the change to the %s %s table (nothing was applied, '
-                               'a commit is atomic): %s' % ('IPv6' if family == 6 else 'IPv4', table, exc))
-    return True
-
-
-class PythonIptablesDriver(object):
-    name = 'python-iptables'
-
-    def __init__(self, module=None):
-        self.module = module
-        _load_iptc()  # in the parent, so the forked workers share the import
-
-    def drop_unused_table(self, family, table):
-        """Legacy tables always exist: nothing to remove."""
-
-    def read(self, family, table):
-        return _run_forked(_iptc_read, family, table)
-
-    def apply(self, family, table, ops):
-        if any(isinstance(payload, SavedRule) or (kind == 'replace_chain' and any(
-                isinstance(r, SavedRule) for r in payload)) for kind, _c, payload in ops):
-            # Rules read back from the kernel (a rollback) exist only as text;
-            # the legacy CLI restores them into the same legacy tables.
-            return IptablesCliDriver(self.module, 'legacy', legacy_names=True).apply(family, table, ops)
-        return _run_forked(_iptc_apply, family, table, ops)
+    items = []
+    for word in words:
+        first, _sep, last = word.partition(':')
+        items.append(int(first) if not last else '%s-%s' % (first, last))
+    return items

@@ -24,8 +24,6 @@ description:
     that has one is already local, is left to the kernel and reported in RV(kernel_routes).
 author:
   - anycast.edge developers (@anycast-edge)
-requirements:
-  - pyroute2 (0.7 or later) on the managed host
 options:
   prefixes:
     description:
@@ -42,8 +40,12 @@ options:
   state:
     description:
       - V(present) makes the listed prefixes local; V(absent) removes the listed prefixes' routes.
+      - V(gathered) changes nothing and returns under RV(gathered) the AnyIP routes the collection owns on the
+        host, as this module's input (given back as input, it changes nothing).
+      - V(rendered) returns under RV(rendered) the commands this input would send to a host without any AnyIP
+        route, without reading or touching any host or namespace (works without root).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, gathered, rendered]
     default: present
   purge:
     description:
@@ -91,7 +93,9 @@ attributes:
     support: full
     description: Shows the owned AnyIP routes before and after.
 notes:
-  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)), and C(CAP_SYS_ADMIN) to enter O(netns).
+  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)), and C(CAP_SYS_ADMIN) to enter O(netns); O(state=rendered)
+    needs neither.
+  - Routes are read and written over one raw rtnetlink socket, in batches (no pyroute2 needed).
 seealso:
   - module: anycast.edge.tproxy_rule
 '''
@@ -117,9 +121,41 @@ EXAMPLES = r'''
   anycast.edge.anyip_route:
     prefixes: [198.51.100.0/24]
     state: absent
+
+- name: What does this host have? (feed it back to another host to copy it)
+  anycast.edge.anyip_route:
+    state: gathered
+  register: anyip_now
 '''
 
 RETURN = r'''
+before:
+  description: The owned AnyIP routes before the run, in this module's input shape.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {prefixes: [192.0.2.0/24], device: lo, src: 127.0.0.1}
+after:
+  description: The owned AnyIP routes after the run (predicted in check mode), in this module's input shape.
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {prefixes: [192.0.2.0/24, "2001:db8:100::/64"], device: lo, src: 127.0.0.1}
+commands:
+  description: The route changes sent to the kernel (in check mode, that would be sent), as C(ip route) lines.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+  sample: ["ip route add local 2001:db8:100::/64 dev lo table local proto 172 scope host"]
+gathered:
+  description: With O(state=gathered), the owned AnyIP routes as this module's input.
+  returned: when O(state=gathered)
+  type: dict
+  sample: {prefixes: [192.0.2.0/24], device: lo, src: 127.0.0.1}
+rendered:
+  description: With O(state=rendered), the commands the input would send to a host without AnyIP routes.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
+  sample: ["ip route add local 192.0.2.0/24 dev lo table local proto 172 scope host src 127.0.0.1"]
 persisted:
   description: The record re-applied at boot (null when the run removed it).
   returned: when O(persist=true) and not in check mode
@@ -131,165 +167,60 @@ confirm_token:
   type: str
 added:
   description: Prefixes whose route was added (or would be, in check mode).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: [192.0.2.0/24]
 removed:
   description: Prefixes whose owned route was removed.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: [198.51.100.0/24]
 updated:
   description: Prefixes whose owned route was replaced because its device or source differed.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
 adopted:
   description: Listed prefixes whose existing, untagged local route was taken over.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
 kernel_routes:
   description: Listed prefixes that have the kernel's own local route (an address of an interface); left as they are.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: [198.51.100.10/32]
 prefixes:
   description: All AnyIP prefixes the collection owns after the run (predicted in check mode).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: [192.0.2.0/24, 2001:db8:100::/64]
 '''
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    NetlinkFailure, ROUTE_PROTO, RawRtnl, open_iproute, require_pyroute2)
-from ansible_collections.anycast.edge.plugins.module_utils._validate import (
-    ParamError, check_ifname, check_unicast_prefix, parse_address, parse_prefix, require_unique, ssh_client_address)
-from ansible_collections.anycast.edge.plugins.module_utils import _anyip
-
-
-def validate(params):
-    networks = [check_unicast_prefix(parse_prefix(p, 'prefixes[%d]' % i), 'prefixes[%d]' % i)
-                for i, p in enumerate(params['prefixes'])]
-    require_unique([str(n) for n in networks], 'prefixes', 'prefix')
-    src = parse_address(params['src'], 'src', family=4)
-    check_ifname(params['device'], 'device')
-    return networks, str(src)
+from ansible_collections.anycast.edge.plugins.module_utils._anyip import AnyipRoutes
+from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=persisted(dict(
             prefixes=dict(type='list', elements='str', default=[]),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            state=dict(type='str', choices=states('present', 'absent'), default='present'),
             purge=dict(type='bool', default=False),
             src=dict(type='str', default='127.0.0.1'),
             device=dict(type='str', default='lo'),
             lockout_guard=dict(type='bool', default=True),
             netns=dict(type='str'),
-            **PERSIST_ARGUMENT_SPEC
-        ),
+        )),
         supports_check_mode=True,
     )
-    try:
-        networks, src = validate(module.params)
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    persistence = Persistence(module, 'anyip_route')
-    persistence.validate()
-    require_pyroute2(module)
-    enter_module_netns(module)
-    # The record is written under the same lock as the change: a concurrent
-    # run cannot record an older set after a newer one.
-    with HostLock(module):
-        result, owned_before, owned_after = sync(module, networks, src)
-        # What is recorded (and rolled back to) is the whole owned set, not this
-        # call's list: several calls without purge each add to it.
-        # The recorded prefixes passed the lockout guard (or were let through) when applied; at
-        # boot there is no SSH client to check, and a rollback restores what was there.
-        recorded = dict(persistence.params(), prefixes=owned_after, purge=True, state='present',
-                        lockout_guard=False)
-        previous = dict(recorded, prefixes=owned_before)
-        result.update(persistence.save(bool(owned_after), result['changed'], params=recorded,
-                                       rollback_params=previous))
-    module.exit_json(**result)
-
-
-def sync(module, networks, src):
-    """Read, diff, apply unless check mode, read back. Returns (result, owned before, owned after)."""
-    present = module.params['state'] == 'present'
-    with open_iproute() as ipr, RawRtnl() as raw:
-        oif = _anyip.link_index(ipr, module.params['device'])
-        if oif is None:
-            module.fail_json(msg="device: interface '%s' does not exist%s" % (
-                module.params['device'],
-                " in network namespace '%s'" % module.params['netns'] if module.params['netns'] else ''))
-        desired = [_anyip.AnyipRoute(net, oif, src if net.version == 4 else None) for net in networks]
-        names = _anyip.link_names(ipr)
-        current = _anyip.read_local_routes(raw)
-        if present and module.params['lockout_guard']:
-            netns = module.params['netns']
-            try:
-                _anyip.check_lockout(networks, ssh_client_address(os.environ), _anyip.default_gateways(raw),
-                                     " of network namespace '%s'" % netns if netns else ' of this host')
-            except ParamError as exc:
-                module.fail_json(msg=str(exc))
-        add, replace, remove, adopt = _anyip.plan(current, desired, present, module.params['purge'])
-        kernel = _anyip.kernel_held(current, desired) if present else []
-
-        owned_before = {k: r for k, r in current.items() if r.proto == ROUTE_PROTO}
-        owned_after = dict(owned_before)
-        for route in remove:
-            owned_after.pop(route.key, None)
-        for route in add + [new for new, _old in replace]:
-            owned_after[route.key] = route
-
-        changed = bool(add or replace or remove)
-        if changed and not module.check_mode:
-            try:
-                _anyip.apply(raw, add, replace, remove)
-            except NetlinkFailure as exc:
-                module.fail_json(msg='%s (changes made by this run were undone)' % exc)
-            readback = _anyip.read_local_routes(raw)
-            wrong = [str(r.network) for r in add + [n for n, _o in replace]
-                     if r.key not in readback or not r.same(readback[r.key])]
-            wrong += [str(r.network) for r in remove if r.key in readback and readback[r.key].proto == ROUTE_PROTO]
-            if wrong:
-                module.fail_json(msg='read-back after writing does not match for: %s' % ', '.join(wrong))
-
-        result = dict(
-            changed=changed,
-            added=[str(r.network) for r in add],
-            removed=[str(r.network) for r in remove],
-            updated=[str(n.network) for n, old in replace if old.proto == ROUTE_PROTO],
-            adopted=[str(r.network) for r in adopt],
-            kernel_routes=[str(r.network) for r in kernel],
-            prefixes=[key[1] for key in sorted(owned_after, key=_anyip._sort_key)],
-        )
-        if adopt:
-            module.warn('took over existing local routes not created by this collection: %s'
-                        % ', '.join(result['adopted']))
-        if kernel:
-            module.warn("left to the kernel: %s already local through the kernel's own route (an address of an "
-                        'interface); it is neither taken over nor recorded' % ', '.join(result['kernel_routes']))
-        if module._diff:
-            before = _anyip.render(owned_before, names)
-            after = _anyip.render(owned_after, names)
-            result['diff'] = dict(before='\n'.join(before) + ('\n' if before else ''),
-                                  after='\n'.join(after) + ('\n' if after else ''))
-    ordered = sorted(owned_before, key=_anyip._sort_key)
-    return result, [k[1] for k in ordered], result['prefixes']
+    run_module(module, AnyipRoutes)
 
 
 if __name__ == '__main__':

@@ -49,6 +49,22 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+before:
+  description: The changes pending before the run (their keys).
+  returned: always
+  type: dict
+  sample: {pending: ["hashlimit@host@RATE-LIMIT"]}
+after:
+  description: The changes still pending after the run (predicted in check mode).
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {pending: []}
+commands:
+  description: One line per change confirmed (in check mode, that would be confirmed).
+  returned: always
+  type: list
+  elements: str
+  sample: ["confirm hashlimit@host@RATE-LIMIT: keep the change, cancel its rollback"]
 confirmed:
   description: Keys (module@namespace[@instance]) of the changes confirmed.
   returned: always
@@ -64,7 +80,8 @@ pending:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._persist import confirm_pending, list_pending
+from ansible_collections.anycast.edge.plugins.module_utils._confirm import Confirm
+from ansible_collections.anycast.edge.plugins.module_utils._engine import run_module
 
 
 def main():
@@ -72,13 +89,7 @@ def main():
         argument_spec=dict(tokens=dict(type='list', elements='str', default=[], no_log=False)),
         supports_check_mode=True,
     )
-    tokens = set(module.params['tokens'])
-    pending = list_pending()
-    wanted = [p['key'] for p in pending if not tokens or p.get('token') in tokens]
-    if module.check_mode:
-        module.exit_json(changed=bool(wanted), confirmed=wanted, pending=[p['key'] for p in pending])
-    confirmed = confirm_pending(tokens or None)
-    module.exit_json(changed=bool(confirmed), confirmed=confirmed, pending=[p['key'] for p in pending])
+    run_module(module, Confirm)
 
 
 if __name__ == '__main__':

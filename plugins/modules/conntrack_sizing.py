@@ -29,7 +29,9 @@ author:
   - anycast.edge developers (@anycast-edge)
 options:
   expected_connections:
-    description: Concurrent connections the host is expected to track at peak (required with O(state=present)).
+    description:
+      - Concurrent connections the host is expected to track at peak (required with O(state=present) and
+        O(state=rendered)).
     type: int
   headroom:
     description: Factor applied to O(expected_connections), at least 1.
@@ -44,9 +46,15 @@ options:
     type: bool
     default: true
   state:
-    description: V(absent) removes O(sysctl_file); running values are left as they are.
+    description:
+      - V(present) writes O(sysctl_file) and sets the running values; V(absent) removes O(sysctl_file) (running values
+        are left as they are).
+      - V(gathered) changes nothing and returns under RV(gathered) the sizing O(sysctl_file) holds, as this module's
+        parameters (given back as input, they change nothing).
+      - V(rendered) returns under RV(rendered) the commands these parameters would run on a host without the file,
+        without reading or touching any host or namespace (works without root).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, gathered, rendered]
     default: present
   netns:
     description: Network namespace whose values are read and set; it must exist and is never created.
@@ -73,6 +81,32 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+before:
+  description: The sizing O(sysctl_file) held before the run, as this module's parameters.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {expected_connections: 100000, headroom: 2.0, sysctl_file: /etc/sysctl.d/90-anycast-edge-conntrack.conf}
+after:
+  description: The sizing after the run (predicted in check mode), as this module's parameters.
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {expected_connections: 500000, headroom: 2.0, sysctl_file: /etc/sysctl.d/90-anycast-edge-conntrack.conf}
+commands:
+  description: What was done (in check mode, would be done), as shell commands.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+  sample: ["sysctl -w net.netfilter.nf_conntrack_buckets=250880"]
+gathered:
+  description: With O(state=gathered), the sizing O(sysctl_file) holds, as this module's parameters.
+  returned: when O(state=gathered)
+  type: dict
+  sample: {expected_connections: 500000, headroom: 2.0, sysctl_file: /etc/sysctl.d/90-anycast-edge-conntrack.conf}
+rendered:
+  description: With O(state=rendered), the commands these parameters would run on a host without the file.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
 nf_conntrack_max:
   description: The computed maximum.
   returned: when state is present
@@ -85,7 +119,7 @@ nf_conntrack_buckets:
   sample: 250880
 sysctl_file:
   description: Path of the persisted settings.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
   sample: /etc/sysctl.d/90-anycast-edge-conntrack.conf
 runtime:
@@ -102,100 +136,15 @@ loaded_nf_conntrack:
   sample: true
 conntrack:
   description: Entries tracked in this namespace against the running maximum.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: dict
   sample: {count: 12, max: 262144, buckets: 262144, percent: 0.0}
 '''
 
-import math
-import os
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import conntrack_status
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-
-PROC = '/proc/sys/net/netfilter/'
-BUCKETS_PER_PAGE = 512      # PAGE_SIZE / sizeof(struct hlist_nulls_head)
-ENTRIES_PER_BUCKET = 4
-
-
-def compute(expected, headroom):
-    buckets = int(math.ceil(expected * headroom / ENTRIES_PER_BUCKET))
-    buckets = int(math.ceil(buckets / float(BUCKETS_PER_PAGE))) * BUCKETS_PER_PAGE
-    return buckets * ENTRIES_PER_BUCKET, buckets
-
-
-def file_text(expected, headroom, maximum, buckets):
-    return ('# Managed by anycast.edge.conntrack_sizing: %d expected connections x headroom %s.\n'
-            '# Buckets first: the maximum is four entries per bucket.\n'
-            'net.netfilter.nf_conntrack_buckets = %d\n'
-            'net.netfilter.nf_conntrack_max = %d\n' % (expected, headroom, buckets, maximum))
-
-
-def read_file(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def write_file(module, path, text):
-    directory = os.path.dirname(path) or '.'
-    if not os.path.isdir(directory):
-        module.fail_json(msg='sysctl_file: directory %s does not exist' % directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.conntrack-sizing.')
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        module.fail_json(msg='sysctl_file: cannot write %s: %s' % (path, exc.strerror))
-
-
-def read_value(key):
-    try:
-        with open(PROC + key) as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def writable(key):
-    try:
-        return bool(os.stat(PROC + key).st_mode & 0o200)
-    except OSError:
-        return False
-
-
-def set_runtime(module, wanted):
-    """Set what the namespace lets us set; return the per-key report and whether anything changed."""
-    report, changed = {}, False
-    for key in ('nf_conntrack_buckets', 'nf_conntrack_max'):   # buckets first: max is sized on them
-        before = read_value(key)
-        entry = {'before': before, 'after': before, 'wanted': wanted[key], 'writable': writable(key)}
-        if before is None:
-            entry['writable'] = False
-        elif before != wanted[key] and entry['writable'] and module.params['runtime']:
-            changed = True
-            if not module.check_mode:
-                try:
-                    with open(PROC + key, 'w') as handle:
-                        handle.write('%d\n' % wanted[key])
-                except OSError as exc:
-                    module.fail_json(msg='the kernel refused net.netfilter.%s = %d: %s'
-                                     % (key, wanted[key], exc.strerror))
-                entry['after'] = read_value(key)
-            else:
-                entry['after'] = wanted[key]
-        entry['applied'] = entry['after'] == wanted[key]
-        report[key] = entry
-    return report, changed
+from ansible_collections.anycast.edge.plugins.module_utils._conntrack import ConntrackSizing
+from ansible_collections.anycast.edge.plugins.module_utils._engine import run_module, states
 
 
 def main():
@@ -205,63 +154,14 @@ def main():
             headroom=dict(type='float', default=2.0),
             sysctl_file=dict(type='path', default='/etc/sysctl.d/90-anycast-edge-conntrack.conf'),
             runtime=dict(type='bool', default=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            state=dict(type='str', choices=states('present', 'absent'), default='present'),
             netns=dict(type='str'),
         ),
-        required_if=[('state', 'present', ('expected_connections',))],
+        required_if=[('state', 'present', ('expected_connections',)),
+                     ('state', 'rendered', ('expected_connections',))],
         supports_check_mode=True,
     )
-    params = module.params
-    path = params['sysctl_file']
-    result = {'changed': False, 'sysctl_file': path}
-    if params['state'] == 'present':
-        if params['expected_connections'] < 1:
-            module.fail_json(msg='expected_connections: must be at least 1, got %d' % params['expected_connections'])
-        if not params['headroom'] >= 1.0:
-            module.fail_json(msg='headroom: must be at least 1 (a factor above the expected peak), got %s'
-                             % params['headroom'])
-        maximum, buckets = compute(params['expected_connections'], params['headroom'])
-        if maximum > 2 ** 31 - 1:
-            module.fail_json(msg='expected_connections: %d x headroom %s needs nf_conntrack_max %d, more than the '
-                                 'kernel accepts' % (params['expected_connections'], params['headroom'], maximum))
-    enter_module_netns(module)
-
-    before = read_file(path)
-    after = None
-    if params['state'] == 'present':
-        after = file_text(params['expected_connections'], params['headroom'], maximum, buckets)
-        result.update(nf_conntrack_max=maximum, nf_conntrack_buckets=buckets)
-    if before != after:
-        result['changed'] = True
-        if not module.check_mode:
-            if after is None:
-                os.unlink(path)
-            else:
-                write_file(module, path, after)
-    if params['state'] == 'present' and params['runtime'] and read_value('nf_conntrack_max') is None:
-        # conntrack built as a module and not loaded yet: nothing to size until it is
-        modprobe = module.get_bin_path('modprobe')
-        if modprobe and not module.check_mode:
-            rc, _out, err = module.run_command([modprobe, 'nf_conntrack'])
-            if rc != 0:
-                module.warn('conntrack is not loaded and modprobe nf_conntrack failed: %s' % err.strip())
-            else:
-                result['changed'] = True
-                result['loaded_nf_conntrack'] = True
-    if params['state'] == 'present':
-        report, runtime_changed = set_runtime(module, {'nf_conntrack_max': maximum, 'nf_conntrack_buckets': buckets})
-        result['changed'] = result['changed'] or runtime_changed
-        result['runtime'] = report
-        current_max = report['nf_conntrack_max']['after']
-        if current_max is not None and current_max < maximum and not report['nf_conntrack_max']['writable']:
-            module.warn('nf_conntrack_max is %d here, below the %d computed for %d connections, and this network '
-                        'namespace cannot change it (the kernel keeps one global value, set in the initial '
-                        'namespace): apply %s on the host' % (current_max, maximum, params['expected_connections'], path))
-    result['conntrack'] = conntrack_status(module.warn)
-    if module._diff:
-        result['diff'] = {'before': before or '', 'after': after or '',
-                          'before_header': path, 'after_header': path}
-    module.exit_json(**result)
+    run_module(module, ConntrackSizing)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,8 @@ description:
     persisted records, changes waiting for confirmation, whether the kernel drifted from the records, and whether
     systemd-networkd would delete the collection's routes and rules.
   - Returns O(ignore:warnings) for tables more than 80% full and for records the kernel drifted from.
+  - GRE tunnels are read as M(anycast.edge.gre_tunnel) reads them (IPv6 endpoints of C(ip6gre) included), and
+    only those whose underlay is this host namespace are reported.
 author:
   - anycast.edge developers (@anycast-edge)
 options:
@@ -92,7 +94,9 @@ tenants:
   type: list
   elements: dict
 tunnels:
-  description: GRE tunnels the collection owns, where they live and their endpoints.
+  description:
+    - GRE tunnels the collection owns whose underlay is this host namespace, where they live, their endpoints,
+      key and addresses.
   returned: always
   type: list
   elements: dict
@@ -162,56 +166,23 @@ networkd:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils import _edge_info as info
-from ansible_collections.anycast.edge.plugins.module_utils import _networkd
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._persist import list_pending
-from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
+from ansible_collections.anycast.edge.plugins.module_utils._edge_info import read_all
+from ansible_collections.anycast.edge.plugins.module_utils._engine import run_reader
+from ansible_collections.anycast.edge.plugins.module_utils._restore import DEFAULT_STATE_DIR
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             netns=dict(type='str'),
-            state_dir=dict(type='path', default='/etc/anycast-edge/state'),
+            state_dir=dict(type='path', default=DEFAULT_STATE_DIR),
             drift=dict(type='bool', default=True),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
         ),
         supports_check_mode=True,
     )
-    require_pyroute2(module)
-    host_netns = enter_module_netns(module)
-    warnings = []
-    try:
-        chains = info.owned_chains(select_driver(module, module.params['driver']))
-    except XtablesError as exc:
-        module.fail_json(msg=str(exc))
-    tenants, tunnels = info.tenants_and_tunnels(host_netns)
-    networkd, networkd_warnings = _networkd.report(module.run_command)
-    warnings += networkd_warnings
-    drift = info.drift(module.params['state_dir']) if module.params['drift'] else {}
-    for key, report in sorted(drift.items()):
-        if report.get('drifted'):
-            warnings.append('%s: the kernel drifted from the persisted state (see drift.%s.diff)' % (key, key))
-        elif report.get('failed'):
-            warnings.append('%s: could not be checked against the kernel: %s' % (key, report.get('msg')))
-    result = dict(
-        changed=False,
-        anyip=info.anyip_prefixes(),
-        xtables=chains,
-        hashlimit_tables=info.hashlimit_tables(chains, warnings),
-        conntrack=info.conntrack(warnings),
-        tenants=tenants,
-        tunnels=tunnels,
-        records=info.records(module.params['state_dir']),
-        drift=drift,
-        pending=[{'key': p['key'], 'deadline': p['deadline']} for p in list_pending()],
-        networkd=networkd,
-    )
-    for warning in warnings:
-        module.warn(warning)
-    module.exit_json(**result)
+    run_reader(module, read_all)
 
 
 if __name__ == '__main__':

@@ -106,6 +106,17 @@ options:
         listed, in any named network namespace.
     type: bool
     default: false
+  state:
+    description:
+      - V(merged) applies each listed tunnel as its O(tunnels[].state) says (with O(purge), also removes the
+        unlisted ones).
+      - V(gathered) changes nothing and returns under RV(gathered) every tunnel of this collection whose underlay
+        is this host namespace, as this module's input (given back as input, it changes nothing).
+      - V(rendered) returns under RV(rendered) the commands the listed tunnels would take on a host without any,
+        without reading or touching any host or namespace (works without root, and without a GRE kernel).
+    type: str
+    choices: [merged, gathered, rendered]
+    default: merged
   netns:
     description:
       - Name of a network namespace (as in C(ip netns list)) that stands for the host's, where the tunnels
@@ -127,7 +138,8 @@ attributes:
     support: full
     description: Shows the tunnels (parameters, addresses, routes) and MSS rules before and after.
 notes:
-  - Needs C(CAP_NET_ADMIN) and C(CAP_SYS_ADMIN) (entering namespaces) on the managed host (C(become)).
+  - Needs C(CAP_NET_ADMIN) and C(CAP_SYS_ADMIN) (entering namespaces) on the managed host (C(become));
+    O(state=rendered) needs neither.
   - Forwarding inside the tenant namespace and the route back to the internet belong to
     M(anycast.edge.tenant).
 seealso:
@@ -162,6 +174,35 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+before:
+  description: Every tunnel of this collection on this host namespace before the run, as this module's input.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {tunnels: [{name: gre-acme, netns: acme, local: 192.0.2.1, remote: 198.51.100.2, key: 42}]}
+after:
+  description: The same after the run (predicted in check mode), as this module's input.
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {tunnels: [{name: gre-acme, netns: acme, local: 192.0.2.1, remote: 198.51.100.2, key: 42}]}
+commands:
+  description:
+    - What was sent (in check mode, would be sent), as C(ip) lines and, per namespace and family, the
+      C(iptables-restore) transaction of the MSS chains. A new tunnel is created under a temporary name in the
+      host namespace and moved into its namespace under its own name.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+gathered:
+  description: With O(state=gathered), every tunnel of this collection on this host namespace, as this module's input.
+  returned: when O(state=gathered)
+  type: dict
+  sample: {tunnels: [{name: gre-acme, netns: acme, local: 192.0.2.1, remote: 198.51.100.2, key: 42,
+           address: 10.255.0.1/30, routes: [203.0.113.0/24]}]}
+rendered:
+  description: With O(state=rendered), the commands the listed tunnels would take on a host without any.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
 persisted:
   description: Per tunnel (C(netns/name)), the record re-applied at boot (null when the run removed it).
   returned: when O(persist=true) and not in check mode
@@ -173,12 +214,12 @@ confirm_token:
   type: str
 removed:
   description: Tunnels (C(netns/name)) this run removed (state absent or purge).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
 tunnels:
   description: The listed tunnels as requested (after the run, or predicted in check mode).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: dict
   sample:
@@ -196,75 +237,53 @@ tunnels:
       state: present
 actions:
   description: What was done (or would be, in check mode), one sentence each.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: ["create tunnel 'gre-acme' in namespace 'acme' (gre local 192.0.2.1 remote 198.51.100.2)"]
 corrected:
   description: Tunnels whose read-back differed from the request after writing and were written again.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
 driver:
   description: The xtables driver used for the MSS clamping rules, or null when none was needed.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence, save_per_object)
-
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
+from ansible_collections.anycast.edge.plugins.module_utils._gre import GreTunnels
+from ansible_collections.anycast.edge.plugins.module_utils._gre_spec import DEFAULT_MTU, DEFAULT_TTL
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
-from ansible_collections.anycast.edge.plugins.module_utils import _gre
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=persisted(dict(
             tunnels=dict(type='list', elements='dict', default=[], options=dict(
                 name=dict(type='str', required=True),
                 netns=dict(type='str', required=True),
                 local=dict(type='str'),
                 remote=dict(type='str'),
-                ttl=dict(type='int', default=64),
+                ttl=dict(type='int', default=DEFAULT_TTL),
                 key=dict(type='int', no_log=False),
-                mtu=dict(type='int', default=1476),
+                mtu=dict(type='int', default=DEFAULT_MTU),
                 address=dict(type='str'),
                 routes=dict(type='list', elements='str', default=[]),
                 mss_clamp=dict(type='bool', default=True),
                 state=dict(type='str', choices=['present', 'absent'], default='present'),
             )),
             purge=dict(type='bool', default=False),
+            state=dict(type='str', choices=states('merged'), default='merged'),
             netns=dict(type='str'),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
-            **PERSIST_ARGUMENT_SPEC
-        ),
+        )),
         supports_check_mode=True,
     )
-    try:
-        tunnels = _gre.validate(module.params)
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    Persistence(module, 'gre_tunnel').validate()
-    require_pyroute2(module)
-    enter_module_netns(module)
-
-    namespaces = _gre.Namespaces()
-    try:
-        with HostLock(module):  # the records are written under the lock too
-            result = _gre.run(module, namespaces, tunnels, module.params['purge'], module.params['driver'])
-            result.update(save_per_object(module, 'gre_tunnel', 'tunnels', lambda t: '%s/%s' % (t['netns'], t['name']),
-                                          result['removed'], result['changed']))
-    except _gre.GreError as exc:
-        module.fail_json(msg=str(exc))
-    finally:
-        namespaces.close()
-    module.exit_json(**result)
+    run_module(module, GreTunnels)
 
 
 if __name__ == '__main__':

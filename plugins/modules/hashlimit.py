@@ -98,13 +98,7 @@ options:
     type: list
     elements: str
   exempt:
-    description:
-      - Source prefixes that are never limited (accepted before the hashlimit rule).
-      - Prefixes that together cover every source of a family the chain is configured for (C(0.0.0.0/0), C(::/0),
-        or C(0.0.0.0/1) with C(128.0.0.0/1)) are refused, naming the prefix that completed the cover, since that
-        chain would limit nobody. O(destinations) do not narrow this, since exempt rules match sources whatever the
-        destination; to leave a family unlimited, leave it out with O(family). Exempt prefixes of a family
-        without a chain are accepted and unused.
+    description: Source prefixes that are never limited (accepted before the hashlimit rule).
     type: list
     elements: str
     default: []
@@ -159,9 +153,15 @@ options:
     choices: [fail, exempt, ignore]
     default: fail
   state:
-    description: V(absent) removes the chains (filter and raw) and the jumps into them, for both families.
+    description:
+      - V(present) writes the chains; V(absent) removes the chains (filter and raw) and the jumps into them, for
+        both families.
+      - V(gathered) changes nothing and returns under RV(gathered) the limit the chain O(chain) holds, as this
+        module's parameters (given back as input, they change nothing).
+      - V(rendered) returns under RV(rendered) the iptables-restore transactions these parameters would send to a
+        host without the chain, without reading or touching any host or namespace (works without root).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, gathered, rendered]
     default: present
   driver:
     description:
@@ -216,6 +216,35 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+before:
+  description: The limit the chain held before the run, as this module's parameters (defaults left out).
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {chain: RATE-LIMIT, rate: 50/sec, protocol: tcp, ports: [80, 443]}
+after:
+  description: The limit the chain holds after the run (predicted in check mode), as this module's parameters.
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {chain: RATE-LIMIT, rate: 100/sec, protocol: tcp, ports: [80, 443]}
+commands:
+  description:
+    - The transactions sent (in check mode, that would be sent), per family and table one C(iptables-restore
+      --noflush) input, written as a shell here-document (two for a table whose hashlimit table is rebuilt). With
+      the python-iptables driver the same changes are one libiptc commit, shown as the equivalent
+      C(iptables-legacy-restore) input.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+gathered:
+  description: With O(state=gathered), the chain's limit as this module's parameters (V(state=absent) without it).
+  returned: when O(state=gathered)
+  type: dict
+  sample: {chain: RATE-LIMIT, rate: 3000/min, burst: 50}
+rendered:
+  description: With O(state=rendered), the transactions the parameters would send to a host without the chains.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
 persisted:
   description: The record re-applied at boot (null when the run removed it).
   returned: when O(persist=true) and not in check mode
@@ -227,23 +256,23 @@ confirm_token:
   type: str
 driver:
   description: The driver that was used.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
   sample: iptables
 actions:
   description: What was (or in check mode would be) done, one line per change.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: ["IPv4 filter: write chain RATE-LIMIT (4 rules)", "IPv4 filter: insert jump INPUT -> RATE-LIMIT"]
 rules:
   description: Number of rules of the filter chain per family after the run.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: dict
   sample: {ipv4: 5, ipv6: 5}
 ssh_exempt:
   description: The SSH client's prefix exempted by O(ssh_guard=exempt), else null.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
   sample: 192.0.2.10/32
 counters:
@@ -263,26 +292,22 @@ hashlimit_table:
            htable_max: 65536, htable_size: 16384, percent: 0.0}}
 conntrack:
   description: Conntrack entries in the namespace against nf_conntrack_max (a warning is added above 80%).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: dict
   sample: {count: 120, max: 262144, buckets: 65536, percent: 0.0}
 '''
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils import _hashlimit
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_ssh_connection
-from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
+from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
+from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
+    DEFAULT_GCINTERVAL, DEFAULT_HTABLE_MAX, Hashlimit)
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=persisted(dict(
             name=dict(type='str', default='conn_rate_limit'),
             chain=dict(type='str', default='RATE-LIMIT'),
             rate=dict(type='str', default='50/sec'),
@@ -297,65 +322,19 @@ def main():
             exempt=dict(type='list', elements='str', default=[]),
             log=dict(type='raw', default=True),
             action=dict(type='str', choices=['reject', 'reject-icmp', 'drop'], default='reject'),
-            htable_max=dict(type='int', default=65536),
+            htable_max=dict(type='int', default=DEFAULT_HTABLE_MAX),
             htable_size=dict(type='int'),
             htable_expire=dict(type='int'),
-            htable_gcinterval=dict(type='int', default=1000),
+            htable_gcinterval=dict(type='int', default=DEFAULT_GCINTERVAL),
             family=dict(type='str', choices=['ipv4', 'ipv6', 'both'], default='both'),
             ssh_guard=dict(type='str', choices=['fail', 'exempt', 'ignore'], default='fail'),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            state=dict(type='str', choices=states('present', 'absent'), default='present'),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
             netns=dict(type='str'),
-            **PERSIST_ARGUMENT_SPEC
-        ),
+        )),
         supports_check_mode=True,
     )
-    try:
-        cfg = _hashlimit.validate(module.params)
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    persistence = Persistence(module, 'hashlimit', cfg['chain'])
-    persistence.validate()
-
-    exempt = list(cfg['exempt'])
-    ssh_exempt = None
-    if cfg['ssh_guard'] != 'ignore':
-        exposed = _hashlimit.ssh_exposure(cfg, parse_ssh_connection(os.environ.get('SSH_CONNECTION')))
-        if exposed is not None and cfg['ssh_guard'] == 'fail':
-            module.fail_json(msg='exempt: this scope would rate-limit the SSH connection Ansible is using (from %s); '
-                                 'add %s to exempt, narrow ports/destinations, or set ssh_guard: exempt (exempt it '
-                                 'automatically) or ssh_guard: ignore' % (exposed.network_address, exposed))
-        if exposed is not None:
-            exempt.append(exposed)
-            ssh_exempt = str(exposed)
-
-    enter_module_netns(module)
-    specs, roles = _hashlimit.build_plan(cfg, exempt)
-    try:
-        driver = select_driver(module, module.params['driver'])
-        _hashlimit.register_iptc_fixup(driver)
-        # At boot there is no SSH connection to detect: record the exemption it got.
-        recorded = persistence.params()
-        if ssh_exempt:
-            recorded['exempt'] = list(recorded.get('exempt') or []) + [ssh_exempt]
-        with HostLock(module):  # the record is written under the lock too
-            result, warnings = _hashlimit.apply(driver, cfg, specs, module.check_mode)
-            result.update(persistence.save(cfg['state'] == 'present', result['changed'], params=recorded))
-        for warning in warnings:
-            module.warn(warning)
-        if cfg['state'] == 'present':
-            result['counters'] = _hashlimit.collect_counters(driver, cfg, roles)
-            result['hashlimit_table'] = _hashlimit.collect_tables(cfg, module.warn)
-    except XtablesError as exc:
-        module.fail_json(msg=str(exc))
-    result['conntrack'] = _hashlimit.conntrack_status(module.warn)
-    result['driver'] = driver.name
-    result['ssh_exempt'] = ssh_exempt
-    result['rules'] = dict(('ipv%d' % s.family, len(s.rules) if s.present else 0)
-                           for s in specs if s.table == 'filter')
-    if not module._diff:
-        result.pop('diff')
-    module.exit_json(**result)
+    run_module(module, Hashlimit)
 
 
 if __name__ == '__main__':

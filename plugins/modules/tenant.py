@@ -36,7 +36,7 @@ author:
   - anycast.edge developers (@anycast-edge)
 requirements:
   - pyroute2 (0.7 or later) on the managed host
-  - libnftables (Debian package libnftables1) or the nft command
+  - the nftables Python binding on the managed host (Debian package python3-nftables)
   - iptables on the managed host
 options:
   tenants:
@@ -132,6 +132,18 @@ options:
       - Also remove every tenant of this host's namespace that this module created and that is not listed.
     type: bool
     default: false
+  state:
+    description:
+      - V(merged) applies each listed tenant as its O(tenants[].state) says (with O(purge), also removes the
+        unlisted ones).
+      - V(gathered) changes nothing and returns under RV(gathered) every tenant of this host's namespace that
+        this module created, as this module's input (given back as input, it changes nothing).
+      - V(rendered) returns under RV(rendered) the commands the listed tenants would take on a host without any,
+        without reading or touching any host or namespace (works without root). The ownership marker names the
+        host's namespace with a shell substitution there.
+    type: str
+    choices: [merged, gathered, rendered]
+    default: merged
   netns_prefix:
     description: Prefix of the default namespace names.
     type: str
@@ -169,7 +181,7 @@ attributes:
     support: full
     description: Shows each tenant's namespace, links, addresses, rules, routes and firewall before and after.
 notes:
-  - Needs C(CAP_NET_ADMIN) and C(CAP_SYS_ADMIN) on the managed host (C(become)).
+  - Needs C(CAP_NET_ADMIN) and C(CAP_SYS_ADMIN) on the managed host (C(become)); O(state=rendered) needs neither.
   - Forwarding sysctls are switched on, never off. Enabling IPv6 forwarding on a host that configures itself
     from router advertisements needs C(accept_ra=2) on its uplink.
   - A host whose C(net.ipv4.conf.all.rp_filter) is 1 (strict) drops the tenants' replies; use 2 (loose).
@@ -202,9 +214,45 @@ EXAMPLES = r'''
     tenants:
       - name: oldco
         state: absent
+
+- name: Every tenant of this host, as this module's input
+  anycast.edge.tenant:
+    state: gathered
+  register: tenants_now
 '''
 
 RETURN = r'''
+before:
+  description:
+    - The tenants this run is about (the listed ones; with O(purge), every tenant of this host) before the run,
+      as this module's input.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {tenants: [{name: acme, netns: tenant-acme, prefixes: [203.0.113.0/24], mark: "0x100", table: 100}]}
+after:
+  description: The same tenants after the run (predicted in check mode), as this module's input.
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {tenants: [{name: acme, netns: tenant-acme, prefixes: [203.0.113.0/24], mark: "0x100", table: 100}]}
+commands:
+  description:
+    - What was sent (in check mode, would be sent), as C(ip) / C(sysctl) lines, C(nft -f) transactions and
+      C(iptables-restore) transactions, in order. A firewall is written twice; the second transaction carries the
+      digest of nft's listing of the first (shown as a placeholder in check mode).
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+gathered:
+  description: With O(state=gathered), every tenant of this host's namespace as this module's input.
+  returned: when O(state=gathered)
+  type: dict
+  sample: {tenants: [{name: acme, netns: tenant-acme, prefixes: [203.0.113.0/24], mark: "0x100", table: 100,
+           firewall: {policy: drop, rules: ["ip daddr 203.0.113.100 tcp dport 20-21 accept"]}}]}
+rendered:
+  description: With O(state=rendered), the commands the listed tenants would take on a host without any.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
 persisted:
   description: Per tenant, the record re-applied at boot (null when the run removed it).
   returned: when O(persist=true) and not in check mode
@@ -216,7 +264,7 @@ confirm_token:
   type: str
 tenants:
   description: Each listed tenant as configured (predicted in check mode).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: dict
   contains:
@@ -266,36 +314,32 @@ tenants:
       firewall_policy: drop
 purged:
   description: Names of tenants removed because O(purge) was set and they were not listed.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
 actions:
   description: What was (or in check mode would be) done, one line per change.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: ["tenant acme: create network namespace 'tenant-acme'", "tenant acme: route 203.0.113.0/24 via 169.254.0.201 in table 100"]
 driver:
   description: The xtables driver that wrote the mark rules.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._netns import NetnsError, enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import NetlinkFailure, require_pyroute2
-from ansible_collections.anycast.edge.plugins.module_utils._nftables import NftError
-from ansible_collections.anycast.edge.plugins.module_utils._tenant import Run, TenantError, validate
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
-from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
-from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence, save_per_object)
+from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
+from ansible_collections.anycast.edge.plugins.module_utils._tenant import Tenants
+from ansible_collections.anycast.edge.plugins.module_utils._tenant_spec import DEFAULT_POOL_V4, DEFAULT_POOL_V6
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=persisted(dict(
             tenants=dict(type='list', elements='dict', default=[], options=dict(
                 name=dict(type='str', required=True),
                 netns=dict(type='str'),
@@ -317,47 +361,17 @@ def main():
                 )),
             )),
             purge=dict(type='bool', default=False),
+            state=dict(type='str', choices=states('merged'), default='merged'),
             netns_prefix=dict(type='str', default='tenant-'),
-            link_pool_ipv4=dict(type='str', default='169.254.0.0/17'),
-            link_pool_ipv6=dict(type='str', default='fdac:ed6e:7e4a::/64'),
+            link_pool_ipv4=dict(type='str', default=DEFAULT_POOL_V4),
+            link_pool_ipv6=dict(type='str', default=DEFAULT_POOL_V6),
             rule_priority=dict(type='int', default=1000),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
             netns=dict(type='str'),
-            **PERSIST_ARGUMENT_SPEC
-        ),
+        )),
         supports_check_mode=True,
     )
-    try:
-        tenants, settings = validate(module.params)
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    Persistence(module, 'tenant').validate()
-    require_pyroute2(module)
-    enter_module_netns(module)
-
-    try:
-        driver = select_driver(module, module.params['driver'])
-        run = Run(tenants, settings, module.params['purge'], driver, module.check_mode)
-    except XtablesError as exc:
-        module.fail_json(msg=str(exc))
-    try:
-        with HostLock(module):  # the records are written under the lock too
-            changed, actions, xt = run.execute()
-            purged = sorted(set(t.name for t in run.purged) - set(t.name for t in tenants))
-            persisted = save_per_object(module, 'tenant', 'tenants', lambda t: t['name'], purged, changed)
-        result = dict(changed=changed, actions=actions, tenants=run.result(), driver=driver.name, purged=purged)
-        if module._diff:
-            before, after = run.diff()
-            before += xt['diff']['before'].splitlines()
-            after += xt['diff']['after'].splitlines()
-            result['diff'] = dict(before='\n'.join(before) + ('\n' if before else ''),
-                                  after='\n'.join(after) + ('\n' if after else ''))
-    except (TenantError, XtablesError, NetlinkFailure, NetnsError, NftError) as exc:
-        module.fail_json(msg=str(exc))
-    finally:
-        run.close()
-    result.update(persisted)
-    module.exit_json(**result)
+    run_module(module, Tenants)
 
 
 if __name__ == '__main__':

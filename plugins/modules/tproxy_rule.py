@@ -61,9 +61,15 @@ options:
     type: str
     default: ANYCAST-TPROXY
   state:
-    description: V(absent) removes the chain and the jump into it, for both families.
+    description:
+      - V(present) makes the chain hold exactly O(rules); V(absent) removes the chain and the jump into it, for
+        both families.
+      - V(gathered) changes nothing and returns under RV(gathered) the rules the chain holds, as this module's
+        input (given back as input, it changes nothing).
+      - V(rendered) returns under RV(rendered) the iptables-restore transactions this input would send to a host
+        without the chain, without reading or touching any host or namespace (works without root).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, gathered, rendered]
     default: present
   driver:
     description:
@@ -87,7 +93,7 @@ attributes:
     support: full
     description: Shows the chain and its jump before and after, in iptables-save syntax.
 notes:
-  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)).
+  - Needs C(CAP_NET_ADMIN) on the managed host (C(become)); O(state=rendered) does not.
 seealso:
   - module: anycast.edge.anyip_route
 '''
@@ -111,9 +117,43 @@ EXAMPLES = r'''
 - name: Remove the chain and its jump
   anycast.edge.tproxy_rule:
     state: absent
+
+- name: The transactions these rules would take, without touching any host
+  anycast.edge.tproxy_rule:
+    rules: [{destination: 192.0.2.0/24, on_port: 1234}]
+    state: rendered
+  delegate_to: localhost
 '''
 
 RETURN = r'''
+before:
+  description: The chain's rules before the run, in this module's input shape.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {chain: ANYCAST-TPROXY, rules: [{destination: 192.0.2.0/24, protocol: tcp, on_port: 1234}]}
+after:
+  description: The chain's rules after the run (predicted in check mode), in this module's input shape.
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+  sample: {chain: ANYCAST-TPROXY, rules: [{destination: 192.0.2.0/24, protocol: tcp, on_port: 1234}]}
+commands:
+  description:
+    - The transactions sent (in check mode, that would be sent), per family and table one C(iptables-restore
+      --noflush) input, written as a shell here-document. With the python-iptables driver the same changes are
+      one libiptc commit, shown as the equivalent C(iptables-legacy-restore) input.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+gathered:
+  description: With O(state=gathered), the chain and its rules as this module's input.
+  returned: when O(state=gathered)
+  type: dict
+  sample: {chain: ANYCAST-TPROXY, rules: [{destination: 192.0.2.0/24, protocol: tcp, on_port: 1234}]}
+rendered:
+  description: With O(state=rendered), the transactions the input would send to a host without the chain.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
 persisted:
   description: The record re-applied at boot (null when the run removed it).
   returned: when O(persist=true) and not in check mode
@@ -125,36 +165,32 @@ confirm_token:
   type: str
 driver:
   description: The driver that was used.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
   sample: iptables
 actions:
   description: What was (or in check mode would be) done, one line per change.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: ["iptables -t mangle: write chain ANYCAST-TPROXY (2 rules)", "iptables -t mangle: insert jump PREROUTING -> ANYCAST-TPROXY"]
 rules:
   description: Number of rules per family after the run.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: dict
   sample: {ipv4: 2, ipv6: 1}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    PERSIST_ARGUMENT_SPEC, HostLock, Persistence)
-from ansible_collections.anycast.edge.plugins.module_utils._tproxy import build_specs, validate_rules
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, check_chain_name
-from ansible_collections.anycast.edge.plugins.module_utils._xtables import (
-    DRIVERS, XtablesError, select_driver, sync_chains)
+from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
+from ansible_collections.anycast.edge.plugins.module_utils._tproxy import TproxyRules
+from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=persisted(dict(
             rules=dict(type='list', elements='dict', default=[], options=dict(
                 destination=dict(type='str', required=True),
                 protocol=dict(type='str', choices=['tcp', 'udp'], default='tcp'),
@@ -164,36 +200,13 @@ def main():
                 mark=dict(type='str'),
             )),
             chain=dict(type='str', default='ANYCAST-TPROXY'),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            state=dict(type='str', choices=states('present', 'absent'), default='present'),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
             netns=dict(type='str'),
-            **PERSIST_ARGUMENT_SPEC
-        ),
+        )),
         supports_check_mode=True,
     )
-    try:
-        check_chain_name(module.params['chain'], 'chain')
-        rules = validate_rules(module.params['rules'])
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    persistence = Persistence(module, 'tproxy_rule', module.params['chain'])
-    persistence.validate()
-    enter_module_netns(module)
-
-    present = module.params['state'] == 'present'
-    specs = build_specs(rules, module.params['chain'], present)
-    try:
-        driver = select_driver(module, module.params['driver'])
-        with HostLock(module):  # the record is written under the lock too
-            result = sync_chains(driver, specs, module.check_mode)
-            result.update(persistence.save(present, result['changed']))
-    except XtablesError as exc:
-        module.fail_json(msg=str(exc))
-    result['driver'] = driver.name
-    result['rules'] = {'ipv%d' % s.family: len(s.rules) if s.present else 0 for s in specs}
-    if not module._diff:
-        result.pop('diff')
-    module.exit_json(**result)
+    run_module(module, TproxyRules)
 
 
 if __name__ == '__main__':

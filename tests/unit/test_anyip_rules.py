@@ -76,23 +76,30 @@ def local_route(prefix, proto):
     return _anyip.AnyipRoute(net(prefix), 1, '127.0.0.1' if ':' not in prefix else None, proto)
 
 
+def plan(current, desired, present, purge):
+    """plan_routes over a state holding CURRENT; its (add, replace, remove, adopt)."""
+    made = _anyip.plan_routes(_anyip.AnyipState(current, None), desired, present, purge)
+    return made.add, made.replace, made.remove, made.adopt
+
+
 def test_plan_never_adopts_or_removes_the_kernels_own_routes():
     current = {r.key: r for r in (local_route('127.0.0.0/8', 2), local_route('192.0.2.10/32', 2),
                                   local_route('198.51.100.0/24', ROUTE_PROTO))}
     desired = [local_route('192.0.2.10/32', ROUTE_PROTO), local_route('203.0.113.0/24', ROUTE_PROTO)]
-    add, replace, remove, adopt = _anyip.plan(current, desired, present=True, purge=True)
+    add, replace, remove, adopt = plan(current, desired, present=True, purge=True)
     assert [str(r.network) for r in add] == ['203.0.113.0/24']
     assert replace == [] and adopt == []
     # purge removes only what the collection owns: never 127.0.0.0/8 or an interface's address
     assert [str(r.network) for r in remove] == ['198.51.100.0/24']
-    assert [str(r.network) for r in _anyip.kernel_held(current, desired)] == ['192.0.2.10/32']
+    made = _anyip.plan_routes(_anyip.AnyipState(current, None), desired, True, True)
+    assert [str(r.network) for r in made.kernel] == ['192.0.2.10/32']
     # an empty list with purge: still only ours
-    assert [str(r.network) for r in _anyip.plan(current, [], True, True)[2]] == ['198.51.100.0/24']
+    assert [str(r.network) for r in plan(current, [], True, True)[2]] == ['198.51.100.0/24']
     # state absent of a kernel-held prefix removes nothing
-    assert _anyip.plan(current, [local_route('192.0.2.10/32', ROUTE_PROTO)], False, False)[2] == []
+    assert plan(current, [local_route('192.0.2.10/32', ROUTE_PROTO)], False, False)[2] == []
 
 
 def test_plan_still_adopts_a_route_someone_added_by_hand():
     current = {r.key: r for r in (local_route('192.0.2.0/24', 3),)}   # proto boot: `ip route add` by hand
-    add, replace, _remove, adopt = _anyip.plan(current, [local_route('192.0.2.0/24', ROUTE_PROTO)], True, False)
+    add, replace, _remove, adopt = plan(current, [local_route('192.0.2.0/24', ROUTE_PROTO)], True, False)
     assert add == [] and [str(n.network) for n, _o in replace] == ['192.0.2.0/24'] and len(adopt) == 1

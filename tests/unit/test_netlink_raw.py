@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    NLMSG_DONE, RTM_GETROUTE, RTM_NEWROUTE, RawRtnl)
+    NLMSG_DONE, RTM_GETROUTE, RTM_NEWROUTE, RawRtnl, decode_link)
 
 HEADER = struct.Struct('=IHHII')
 
@@ -46,3 +46,31 @@ def test_a_malformed_message_is_an_error(rtnl, length):
     with pytest.raises(OSError) as caught:
         raw.dump(RTM_GETROUTE, b'')
     assert caught.value.errno == errno.EPROTO and 'malformed netlink message' in str(caught.value)
+
+
+def _attr(kind, payload):
+    length = 4 + len(payload)
+    return struct.pack('=HH', length, kind) + payload + b'\0' * ((4 - length % 4) % 4)
+
+
+def gre_link(kind, local, remote, key):
+    """An RTM_NEWLINK payload as the kernel sends it for a gre / ip6gre device (same IFLA_GRE_* numbers)."""
+    family = socket.AF_INET6 if kind == 'ip6gre' else socket.AF_INET
+    data = (_attr(2, struct.pack('>H', 0x2000)) + _attr(3, struct.pack('>H', 0x2000)) +   # i/oflags: key
+            _attr(4, struct.pack('>I', key)) + _attr(5, struct.pack('>I', key)) +
+            _attr(6, socket.inet_pton(family, local)) + _attr(7, socket.inet_pton(family, remote)) +
+            _attr(8, struct.pack('=B', 64)))
+    info = _attr(1, kind.encode() + b'\0') + _attr(2, data)
+    return (struct.pack('=BxHiII', 0, 778, 7, 1, 0) + _attr(3, b'gre-acme\0') + _attr(4, struct.pack('=I', 1448))
+            + _attr(18, info) + _attr(20, b'anycast.edge gre\0') + _attr(37, struct.pack('=i', 0)))
+
+
+@pytest.mark.parametrize('kind, local, remote', [('gre', '192.0.2.1', '198.51.100.2'),
+                                                 ('ip6gre', '2001:db8:a::1', '2001:db8:b::2')])
+def test_the_link_reader_decodes_gre_and_ip6gre_endpoints_alike(kind, local, remote):
+    link = decode_link(gre_link(kind, local, remote, 42))
+    assert (link.name, link.kind, link.mtu, link.alias, link.up, link.link_nsid) == \
+        ('gre-acme', kind, 1448, 'anycast.edge gre', True, 0)
+    tunnel = link.tunnel
+    assert (tunnel.family, tunnel.local, tunnel.remote, tunnel.ttl, tunnel.ikey, tunnel.okey) == \
+        (6 if kind == 'ip6gre' else 4, local, remote, 64, 42, 42)

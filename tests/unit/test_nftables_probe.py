@@ -1,54 +1,47 @@
-"""_nftables uses libnftables only where two live contexts can both be freed.
+"""_nftables uses the python3-nftables binding only where two live contexts can both be freed.
 
 Debian 11's libnftables 0.9.8 aborts the process with a double free when the second of two
 contexts is freed (seen in molecule on Debian 11: the tenant module died after applying). The
-probe runs that sequence in a forked child; here a stand-in library that aborts the same way,
-one that does not, and this machine's real library.
+probe runs that sequence in a forked child; here a stand-in binding that aborts the same way,
+one that does not, and this machine's real binding.
 """
 
-import ctypes
 import os
+import subprocess
 
 from ansible_collections.anycast.edge.plugins.module_utils import _nftables
 
 
-class StandInLibrary(object):
-    def __init__(self, abort_on_second_free):
-        self.abort_on_second_free = abort_on_second_free
-        self.contexts = 0
-        self.freed = 0
+def stand_in_binding(abort_on_second_free):
+    freed = []
 
-    def nft_ctx_new(self, _flags):
-        self.contexts += 1
-        return self.contexts
+    class Nftables(object):
+        def cmd(self, _commands):
+            return 0, '', ''
 
-    def nft_ctx_buffer_output(self, _ctx):
-        return 0
+        def __del__(self):
+            freed.append(self)
+            if abort_on_second_free and len(freed) == 2:
+                os.abort()  # what glibc does on a double free
 
-    nft_ctx_buffer_error = nft_ctx_buffer_output
-
-    def nft_run_cmd_from_buffer(self, _ctx, _buffer):
-        return 0
-
-    def nft_ctx_free(self, _ctx):
-        self.freed += 1
-        if self.abort_on_second_free and self.freed == 2:
-            os.abort()  # what glibc does on a double free
+    return Nftables
 
 
-def test_a_library_that_aborts_on_the_second_free_is_not_used():
-    assert _nftables._contexts_coexist(StandInLibrary(abort_on_second_free=True)) is False
+def test_a_binding_that_aborts_on_the_second_free_is_not_used():
+    assert _nftables._contexts_coexist(stand_in_binding(abort_on_second_free=True)) is False
 
 
-def test_a_library_that_frees_both_is_used():
-    assert _nftables._contexts_coexist(StandInLibrary(abort_on_second_free=False)) is True
+def test_a_binding_that_frees_both_is_used():
+    assert _nftables._contexts_coexist(stand_in_binding(abort_on_second_free=False)) is True
 
 
-def test_this_machines_libnftables_passes_the_probe():
-    lib = ctypes.CDLL('libnftables.so.1')  # libnftables1 is in scripts/apt-packages.txt
-    lib.nft_ctx_new.restype = ctypes.c_void_p
-    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    assert _nftables._contexts_coexist(lib) is True
+def test_this_machines_binding_passes_the_probe_and_is_used():
+    # python3-nftables (scripts/apt-packages.txt) is importable by the system's Python, which runs the
+    # modules on a managed host, not by the test venv
+    collections = os.path.join(os.path.dirname(__file__), '..', '..', 'build', 'collections')
+    probe = ('from nftables import Nftables\n'
+             'from ansible_collections.anycast.edge.plugins.module_utils import _nftables\n'
+             'print(_nftables._contexts_coexist(Nftables), _nftables.Nft().backend)\n')
+    out = subprocess.run(['/usr/bin/python3', '-c', probe], env=dict(os.environ, PYTHONPATH=collections),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ['True', 'python3-nftables']

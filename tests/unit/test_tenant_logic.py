@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _tenant as t
+from ansible_collections.anycast.edge.plugins.module_utils import _tenant_firewall as fw
+from ansible_collections.anycast.edge.plugins.module_utils import _tenant_spec as spec
+from ansible_collections.anycast.edge.plugins.module_utils import _tenant_view as view
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 
 
@@ -22,7 +25,7 @@ def tenant(name='acme', mark='0x10', table=100, prefixes=('203.0.113.0/24',), **
 
 
 def test_defaults_are_derived_from_name_and_table():
-    tenants, _settings = t.validate(params(tenant(prefixes=['203.0.113.0/24', '2001:db8:ac3e::/48'])))
+    tenants, _settings = spec.validate(params(tenant(prefixes=['203.0.113.0/24', '2001:db8:ac3e::/48'])))
     acme = tenants[0]
     assert (acme.netns, acme.host_if, acme.tenant_if) == ('tenant-acme', 'ae-acme', 'ae-acme-t')
     assert [str(i) for i in acme.link4] == ['169.254.0.200/31', '169.254.0.201/31']
@@ -31,14 +34,14 @@ def test_defaults_are_derived_from_name_and_table():
 
 
 def test_ipv4_only_tenant_gets_no_ipv6_link():
-    tenants, _settings = t.validate(params(tenant()))
+    tenants, _settings = spec.validate(params(tenant()))
     assert tenants[0].link6 is None
-    assert t.desired_view(tenants[0], {'rule_priority': 1000}, 1).host_ipv6_off == '1'
+    assert view.desired_view(tenants[0], {'rule_priority': 1000}, 1).host_ipv6_off == '1'
 
 
 def test_derived_links_never_collide_between_distinct_tables_of_the_pool():
     items = [tenant('t%d' % n, mark=str(n + 1), table=n + 1, prefixes=['10.%d.0.0/16' % n]) for n in range(200)]
-    tenants, _settings = t.validate(params(*items))
+    tenants, _settings = spec.validate(params(*items))
     addresses = [str(p.ip) for tn in tenants for p in tn.link4]
     assert len(addresses) == len(set(addresses)) == 400
 
@@ -46,19 +49,19 @@ def test_derived_links_never_collide_between_distinct_tables_of_the_pool():
 def test_derived_link_collision_is_reported_with_the_fix():
     # table 1 and table 1 + 16384 share the /31 of a /17 pool
     with pytest.raises(ParamError) as err:
-        t.validate(params(tenant('a', '1', 1, ['192.0.2.0/24']), tenant('b', '2', 16385, ['198.51.100.0/24'])))
+        spec.validate(params(tenant('a', '1', 1, ['192.0.2.0/24']), tenant('b', '2', 16385, ['198.51.100.0/24'])))
     assert str(err.value).startswith('tenants[1].link:')
     assert 'set link.host_ipv4 and link.tenant_ipv4' in str(err.value)
 
 
 def test_explicit_link_addresses_are_checked():
     good = tenant(link={'host_ipv4': '10.9.0.0/31', 'tenant_ipv4': '10.9.0.1/31'})
-    tenants, _settings = t.validate(params(good))
+    tenants, _settings = spec.validate(params(good))
     assert [str(i) for i in tenants[0].link4] == ['10.9.0.0/31', '10.9.0.1/31']
     with pytest.raises(ParamError, match=r'^tenants\[0\]\.link\.tenant_ipv4: give both'):
-        t.validate(params(tenant(link={'host_ipv4': '10.9.0.0/31'})))
+        spec.validate(params(tenant(link={'host_ipv4': '10.9.0.0/31'})))
     with pytest.raises(ParamError, match=r'^tenants\[0\]\.link\.tenant_ipv4: .* not in the same subnet'):
-        t.validate(params(tenant(link={'host_ipv4': '10.9.0.0/31', 'tenant_ipv4': '10.9.0.3/31'})))
+        spec.validate(params(tenant(link={'host_ipv4': '10.9.0.0/31', 'tenant_ipv4': '10.9.0.3/31'})))
 
 
 @pytest.mark.parametrize('item, param, problem', [
@@ -79,7 +82,7 @@ def test_explicit_link_addresses_are_checked():
 ])
 def test_bad_tenant_names_the_parameter(item, param, problem):
     with pytest.raises(ParamError) as err:
-        t.validate(params(item))
+        spec.validate(params(item))
     assert str(err.value).startswith(param + ':'), str(err.value)
     assert problem in str(err.value)
 
@@ -92,54 +95,54 @@ def test_pairs_of_tenants_must_differ():
                          (tenant('b', '0x2', 102, ['192.0.2.64/26']), 'tenants[1].prefixes[0]'),
                          (tenant('b', '0x2', 102, ['198.51.100.0/24'], netns='tenant-a'), 'tenants[1].netns')):
         with pytest.raises(ParamError) as err:
-            t.validate(params(a, other))
+            spec.validate(params(a, other))
         assert str(err.value).startswith(param + ':'), str(err.value)
 
 
 def test_absent_tenants_need_only_a_name_and_do_not_compete():
-    tenants, _settings = t.validate(params(tenant('a', '0x1', 101, ['192.0.2.0/24']),
-                                           {'name': 'b', 'state': 'absent', 'prefixes': ['192.0.2.0/24']}))
+    tenants, _settings = spec.validate(params(tenant('a', '0x1', 101, ['192.0.2.0/24']),
+                                              {'name': 'b', 'state': 'absent', 'prefixes': ['192.0.2.0/24']}))
     assert [x.state for x in tenants] == ['present', 'absent']
 
 
 def test_quoted_semicolons_are_part_of_a_rule():
-    assert t._nft_rule_problem('tcp dport 22 accept comment "ssh; admins only"') is None
-    assert t._nft_rule_problem('tcp dport 22 accept; flush ruleset') is not None
+    assert spec._nft_rule_problem('tcp dport 22 accept comment "ssh; admins only"') is None
+    assert spec._nft_rule_problem('tcp dport 22 accept; flush ruleset') is not None
 
 
 def test_nft_script_is_one_table_replacement_and_its_digest_ignores_the_comment():
-    tenants, _settings = t.validate(params(tenant(firewall={'policy': 'drop', 'rules': ['tcp dport 21 accept']})))
-    script = t.nft_script(tenants[0])
+    tenants, _settings = spec.validate(params(tenant(firewall={'policy': 'drop', 'rules': ['tcp dport 21 accept']})))
+    script = fw.nft_script(tenants[0])
     lines = script.splitlines()
     assert lines[:3] == ['add table inet anycast_edge', 'delete table inet anycast_edge', 'table inet anycast_edge {']
     assert 'policy drop;' in script and '\t\ttcp dport 21 accept' in lines
     listing = script.split('\n', 2)[2]
-    comment, digest, body = t.parse_listing(listing)
-    assert comment == ('acme', t.input_digest(tenants[0]), 'pending')
-    assert digest == t._listing_digest(listing.replace('kernel=pending', 'kernel=0123456789abcdef'))
-    assert body == t.desired_firewall_lines(tenants[0])
+    comment, digest, body = fw.parse_listing(listing)
+    assert comment == ('acme', fw.input_digest(tenants[0]), 'pending')
+    assert digest == fw.listing_digest(listing.replace('kernel=pending', 'kernel=0123456789abcdef'))
+    assert body == fw.desired_lines(tenants[0])
 
 
 def test_input_digest_follows_rules_policy_and_interface():
     base = tenant(firewall={'policy': 'drop', 'rules': ['tcp dport 21 accept']})
-    digest = t.input_digest(t.validate(params(base))[0][0])
+    digest = fw.input_digest(spec.validate(params(base))[0][0])
     for change in ({'firewall': {'policy': 'accept', 'rules': ['tcp dport 21 accept']}},
                    {'firewall': {'policy': 'drop', 'rules': ['tcp dport 22 accept']}},
                    {'link': {'tenant_if': 'eth9'}}):
         changed = dict(base, **change)
-        assert t.input_digest(t.validate(params(changed))[0][0]) != digest
+        assert fw.input_digest(spec.validate(params(changed))[0][0]) != digest
 
 
 def test_marker_round_trip():
-    tenants, _settings = t.validate(params(tenant()))
-    assert t.parse_marker(tenants[0].marker(4026531840)) == {
+    tenants, _settings = spec.validate(params(tenant()))
+    assert spec.parse_marker(tenants[0].marker(4026531840)) == {
         'name': 'acme', 'host': 4026531840, 'mark': 0x10, 'mask': 0xFFFFFFFF, 'table': 100}
-    assert t.parse_marker('anycast.edge tenant acme') is None
-    assert t.parse_marker(None) is None
+    assert spec.parse_marker('anycast.edge tenant acme') is None
+    assert spec.parse_marker(None) is None
 
 
 def test_mark_chains_per_family():
-    tenants, _settings = t.validate(params(tenant(prefixes=['203.0.113.0/24', '198.51.100.0/24'])))
+    tenants, _settings = spec.validate(params(tenant(prefixes=['203.0.113.0/24', '198.51.100.0/24'])))
     v4, v6 = t.xt_specs(tenants[0])
     assert (v4.family, v4.name, v4.present, len(v4.rules)) == (4, 'AE-TENANT-acme', True, 2)
     assert '-d 203.0.113.0/24' in v4.rules[0].restore_text()

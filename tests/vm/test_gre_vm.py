@@ -374,6 +374,36 @@ def test_ipv6_underlay(lab):
     assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 ip6tables-save -t mangle').stdout
 
 
+def test_edge_info_and_gathered_read_an_ipv6_tunnel_as_gre_tunnel_wrote_it(lab):
+    """edge_info reads tunnels with gre_tunnel's own reader: an ip6gre tunnel's IPv6 endpoints and key (it
+    once read the IPv4 attributes for every tunnel), and only tunnels whose underlay is this host namespace
+    (srv2's tunnels are not srv1's). gathered, given back as input, changes nothing."""
+    ensure_acme(lab)
+    lab.run('ip -n aeg-srv1 -6 route replace local 2001:db8:a::/64 dev lo')
+    gre6 = {'name': 'gre6-info', 'netns': 'aeg-ten1', 'local': '2001:db8:a::1', 'remote': '2001:db8:b::2',
+            'key': 9, 'mtu': 1448, 'address': '2001:db8:ffff::1/64', 'routes': ['2001:db8:cafe::/48']}
+    try:
+        made, info, gathered = vm_playbook(lab, [
+            task(1, [gre6]),
+            {'anycast.edge.edge_info': {'netns': 'aeg-srv1', 'drift': False}},
+            {'anycast.edge.gre_tunnel': {'netns': 'aeg-srv1', 'state': 'gathered'}},
+        ])
+        ok(made)
+        by_name = dict(((t['netns'], t['name']), t) for t in ok(info)['tunnels'])
+        tunnel = by_name[('aeg-ten1', 'gre6-info')]
+        assert (tunnel['kind'], tunnel['local'], tunnel['remote'], tunnel['key'], tunnel['mtu']) == \
+            ('ip6gre', '2001:db8:a::1', '2001:db8:b::2', 9, 1448), tunnel
+        assert tunnel['addresses'] == ['2001:db8:ffff::1/64']
+        assert by_name[('aeg-ten1', 'gre-acme')]['local'] == ANYCAST
+        assert ('aeg-ten2', 'gre-acme') not in by_name          # its underlay is srv2
+        tunnels = ok(gathered)['gathered']['tunnels']
+        assert dict(gre6, ttl=64) in [dict(t, ttl=t.get('ttl', 64)) for t in tunnels], tunnels
+        again = ok(vm_playbook(lab, [task(1, tunnels)])[0])
+        assert again['changed'] is False and again['commands'] == [], again['commands']
+    finally:
+        vm_playbook(lab, [task(1, [{'name': 'gre6-info', 'netns': 'aeg-ten1', 'state': 'absent'}])])
+
+
 def test_tunnel_in_a_tenant_made_by_the_tenant_module(lab):
     """The whole Magic Transit path on a third server: anycast.edge.tenant marks the
     tenant's prefix into its namespace (firewall included), anycast.edge.gre_tunnel

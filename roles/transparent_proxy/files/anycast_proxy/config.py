@@ -111,10 +111,6 @@ class Config:
     def has_udp(self):
         return any(r.protocol == "udp" for r in self.routes)
 
-    @property
-    def has_tcp(self):
-        return any(r.protocol == "tcp" for r in self.routes)
-
 
 def parse_endpoint(text, key, allow_no_port=False):
     """`"1.2.3.4:80"`, `"[::1]:80"`, `"host:80"`; with allow_no_port also bare hosts.
