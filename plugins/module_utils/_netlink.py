@@ -237,16 +237,20 @@ class RawRtnl(object):
                 found.append(data[start + _NLMSGHDR.size:end])
 
     def routes(self, family, table):
-        """[dict] of every route of one family in one table (filtered by the kernel when it can)."""
+        """[dict] of every route of one family in one table, or in every table when TABLE is None
+        (filtered by the kernel when it can)."""
         af = FAMILY[family]
-        body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
+        if table is None:
+            body = _RTMSG.pack(af, 0, 0, 0, 0, 0, 0, 0, 0)
+        else:
+            body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
         routes = []
         for msg in self.dump(RTM_GETROUTE, body):
             (rfamily, dst_len, _src_len, _tos, rtable, proto, scope, rtype, _rflags) = _RTMSG.unpack_from(msg)
             attrs = parse_attrs(msg, _RTMSG.size)
             if RTA_TABLE in attrs:
                 rtable = struct.unpack('=I', attrs[RTA_TABLE][:4])[0]
-            if rtable != table or rfamily != af:
+            if (table is not None and rtable != table) or rfamily != af:
                 continue
             dst = attrs.get(RTA_DST)
             routes.append({
