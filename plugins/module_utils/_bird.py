@@ -200,12 +200,16 @@ def read_health_status(path):
         return None
 
 
-def bgp_state(control_socket, health_status_file):
+def bgp_state(control_socket, health_status_file, warnings):
     """What edge_info reports under ``bgp``: BIRD's BGP sessions, what each one exports, and what
-    the health daemon withholds and why. Never raises: an unreachable BIRD is reported in ``error``."""
+    the health daemon withholds and why; None on a host without either. Never raises: an unreachable
+    BIRD is reported in ``error``. Appends a warning per session down and per prefix withheld for
+    its health (not for a drain) to WARNINGS."""
+    health = read_health_status(health_status_file)
+    if health is None and not os.path.exists(control_socket):
+        return None
     state = {'running': False, 'sessions': [], 'announced': [], 'withheld': [], 'drained': None, 'error': None,
              'health': None}
-    health = read_health_status(health_status_file)
     if health is not None:
         state['drained'] = health.get('drained')
         state['health'] = {'updated': health.get('updated'), 'restore': health.get('restore')}
@@ -214,7 +218,7 @@ def bgp_state(control_socket, health_status_file):
                 for prefix in group.get('prefixes', []):
                     state['withheld'].append({'prefix': prefix, 'group': group.get('name'),
                                               'state': group.get('state'), 'reason': group.get('reason')})
-    elif os.path.exists(os.path.dirname(health_status_file) or '/'):
+    else:
         state['error'] = 'no status from the health daemon (%s)' % health_status_file
     try:
         with BirdControl(control_socket, timeout=10) as bird:
@@ -236,6 +240,16 @@ def bgp_state(control_socket, health_status_file):
             state['announced'] = sorted(announced)
     except BirdError as exc:
         state['error'] = str(exc)
+    for session in state['sessions']:
+        if session['state'] != 'Established':
+            warnings.append('BGP session %s to %s is %s since %s%s' % (
+                session['name'], session['neighbor'], session['state'], session['since'],
+                ' (%s)' % session['last_error'] if session['last_error'] else ''))
+    for item in state['withheld']:
+        if item['reason'] != 'drained' and item['state'] != 'graceful-shutdown':
+            warnings.append('%s (%s) is not announced: %s' % (item['prefix'], item['group'], item['reason']))
+    if state['error']:
+        warnings.append('BGP: %s' % state['error'])
     return state
 
 

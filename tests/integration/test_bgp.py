@@ -317,3 +317,29 @@ def test_no_route_of_the_router_reaches_the_edge_kernel():
         if lab is not None:
             lab.stop()
         factory.cleanup()
+
+
+def test_edge_info_reports_sessions_announced_and_withheld_prefixes(lab):
+    edge1, edge2 = lab.edges
+    args = {'netns': edge1.ns, 'drift': False,
+            'bgp': {'control_socket': edge1.bird.socket, 'health_status': edge1.status_file}}
+    info = helpers.run_module('edge_info', args)
+    bgp = info['bgp']
+    assert bgp['running'] and bgp['error'] is None, bgp
+    assert [(s['name'], s['state'], s['bfd'], s['exported']) for s in bgp['sessions']] == [
+        ('bgp_r4', 'Established', 'Up', 1), ('bgp_r6', 'Established', 'Up', 1)]
+    assert bgp['announced'] == [PREFIX4, PREFIX6] and bgp['withheld'] == [] and bgp['drained'] is None
+    try:
+        edge1.kill_listener()
+        lab.wait_nexthops(PREFIX4, {edge2.address4}, timeout=3)
+        info = helpers.run_module('edge_info', args)
+        assert info['bgp']['announced'] == []
+        assert [(w['prefix'], w['group'], w['state']) for w in info['bgp']['withheld']] == [
+            (PREFIX4, 'proxy', 'withdrawn'), (PREFIX6, 'proxy', 'withdrawn')]
+        assert '127.0.0.1:1234' in info['bgp']['withheld'][0]['reason']
+        assert any(w.startswith('%s (proxy) is not announced: 127.0.0.1:1234' % PREFIX4) for w in info['warnings'])
+    finally:
+        baseline(lab)
+    # A host without BGP: no section at all.
+    assert helpers.run_module('edge_info', dict(args, bgp={'control_socket': '/nonexistent/bird.ctl',
+                                                           'health_status': '/nonexistent/status.json'}))['bgp'] is None

@@ -23,7 +23,7 @@ INVENTORIES = {
 # What site.yml configures; the example inventory must show every one of them.
 FEATURES = ['edge_conntrack', 'edge_rate_limit', 'edge_anyip_prefixes', 'edge_anyip_purge', 'edge_tproxy_rules',
             'edge_tenants', 'edge_tenants_purge', 'edge_gre_tunnels', 'edge_gre_purge', 'transparent_proxy_routes',
-            'transparent_proxy_prefixes', 'edge_xtables_driver']
+            'transparent_proxy_prefixes', 'edge_xtables_driver', 'bgp_local_as', 'bgp_neighbors', 'bgp_router_id']
 
 
 def ansible_env():
@@ -46,7 +46,7 @@ def run(*argv):
 
 
 @pytest.mark.parametrize('inventory', sorted(INVENTORIES))
-@pytest.mark.parametrize('playbook', ['site.yml', 'status.yml'])
+@pytest.mark.parametrize('playbook', ['site.yml', 'status.yml', 'drain.yml', 'undrain.yml'])
 def test_playbook_syntax(playbook, inventory):
     output = run('ansible-playbook', '-i', INVENTORIES[inventory], '--syntax-check',
                  os.path.join('playbooks', playbook))
@@ -84,6 +84,28 @@ def test_example_inventory_shows_every_feature():
     assert len(set(marks)) == len(marks)
     namespaces = {'tenant-' + t['name'] for t in tenants}
     assert {t['netns'] for t in hostvars['edge-fra-1']['edge_gre_tunnels']} <= namespaces
+
+
+@pytest.mark.parametrize('inventory', sorted(INVENTORIES))
+def test_every_host_of_the_inventories_has_a_bgp_plan_without_errors(inventory):
+    from ansible_collections.anycast.edge.plugins.filter.bgp import bgp_plan
+    _data, hostvars = inventory_hosts(inventory)
+    for host, variables in hostvars.items():
+        plan = bgp_plan(variables)
+        assert plan['errors'] == [], (host, plan['errors'])
+        groups = [g['name'] for g in plan['health']['groups']]
+        assert groups[0] == 'proxy' and 'tenant-acme' in groups, (host, groups)
+        sites = {n['address'].rsplit('.', 1)[0] for n in plan['speaker']['neighbors'] if '.' in n['address']}
+        assert len(sites) == 1, (host, sites)         # each host peers with its own site's routers
+
+
+def test_example_sites_peer_with_two_routers_each_with_bfd_and_communities():
+    _data, hostvars = inventory_hosts('example')
+    for host, variables in hostvars.items():
+        v4 = [n for n in variables['bgp_neighbors'] if '.' in n['address']]
+        assert len(v4) == 2 and len(variables['bgp_neighbors']) == 4, host
+        assert variables['bgp_neighbor_defaults']['bfd'] is True and variables['bgp_communities'], host
+    assert hostvars['edge-ams-1']['bgp_prefixes'][0]['communities'] == ['64602:90']
 
 
 def test_lab_inventory_uses_the_podman_connection():
@@ -171,6 +193,8 @@ def test_status_table_renders(tmp_path):
                       'hashlimit@host@EDGE-RATE-LIMIT': {'drifted': False, 'failed': False}},
             'pending': [],
             'warnings': ['conntrack is 85% full'],
+            'bgp': {'sessions': [{'state': 'Established'}, {'state': 'Active'}], 'announced': ['192.0.2.0/24'],
+                    'withheld': [{'prefix': '2001:db8:100::/64'}], 'drained': {'reason': 'maintenance'}},
         },
         'edge_status_shell': {'stdout_lines': ['proxy=active', 'kernel=6.18.0', 'ip_gre=no', 'connections=42']},
         'edge_rate_limit': {'chain': 'EDGE-RATE-LIMIT'},
@@ -194,10 +218,13 @@ def test_status_table_renders(tmp_path):
     assert row_a[:10] == ['edge-a', 'active', '42', '2+1', '1', '158/1042', '3+1', '120/262144', 'acme,globex',
                           'skipped,'], row_a
     assert table[2].rstrip().endswith('1 of 2 records')
+    assert ' 1/2 up ' in table[2] and ' 1/1 drained ' in table[2], table[2]
+    assert header[11:13] == ['BGP', 'PREFIXES']     # 'RATE LIMIT' is two words
     assert row_b[:4] == ['edge-b', 'inactive', '-', 'error']
     notes = table[4:]
     assert 'edge-a: warning: conntrack is 85% full' in notes
     assert 'edge-b: edge_info failed: No module named pyroute2' in notes
+    assert 'edge-a: drained (maintenance); playbooks/undrain.yml announces it again' in notes
     assert any(note.startswith('edge-a: GRE skipped: kernel 6.18.0 has no ip_gre') for note in notes)
 
 
