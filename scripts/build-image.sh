@@ -37,7 +37,10 @@ packages=(
     python3 python3-apt python3-pyroute2 python3-iptables python3-nftables
     procps libcap2-bin netcat-openbsd socat
     ca-certificates
+    bird2
 )
+# An image made from another package list is rebuilt (a label holds the list's digest).
+packages_digest="$(printf '%s\n' "${packages[@]}" | sha256sum | cut -c1-16)"
 
 for tool in debootstrap podman tar; do
     command -v "$tool" >/dev/null || { echo "build-image.sh: '$tool' is not installed" >&2; exit 1; }
@@ -49,8 +52,12 @@ exec 9>"$lock"
 flock 9
 
 if [ "$force" -eq 0 ] && podman image exists "$image"; then
-    echo "build-image.sh: $image exists, nothing to do (--force rebuilds)"
-    exit 0
+    built="$(podman image inspect --format '{{ index .Labels "anycast-edge.packages" }}' "$image" 2>/dev/null || true)"
+    if [ "$built" = "$packages_digest" ]; then
+        echo "build-image.sh: $image exists, nothing to do (--force rebuilds)"
+        exit 0
+    fi
+    echo "build-image.sh: $image was made from another package list: rebuilding"
 fi
 
 rootfs="$(mktemp -d /var/tmp/anycast-edge-rootfs.XXXXXX)"
@@ -81,6 +88,7 @@ tar --numeric-owner --xattrs -C "$rootfs" -c . \
         --change 'CMD ["/sbin/init"]' \
         --change 'STOPSIGNAL SIGRTMIN+3' \
         --change 'ENV container=podman' \
+        --change "LABEL anycast-edge.packages=$packages_digest" \
         --message "anycast.edge test image: debootstrap $suite minbase" \
         - "$image"
 podman image exists "$image"

@@ -370,7 +370,7 @@ class Speaker(object):
                 '  if !(net ~ ANYCAST_PREFIXES%d) then reject;' % family]
         for number, communities in enumerate(sorted(groups)):
             adds = ' '.join('%s.add((%s));' % ('bgp_large_community' if len(c) == 3 else 'bgp_community',
-                                              ', '.join(str(x) for x in c)) for c in communities)
+                                               ', '.join(str(x) for x in c)) for c in communities)
             out.append('  if net ~ ANYCAST_COMMUNITY%d_%d then { %s }' % (family, number + 1, adds))
         out += ['  # Draining: the health daemon turned the route into "unreachable".',
                 '  if dest = RTD_UNREACHABLE then bgp_community.add((%d, %d));' % GRACEFUL_SHUTDOWN,

@@ -103,7 +103,7 @@ def test_a_flapping_service_is_not_announced(lab):
         seen = set()
         while time.monotonic() < deadline:
             edge1.start_listener()
-            for _ in range(8):
+            for _poll in range(8):
                 seen |= lab.nexthops(PREFIX4)
                 time.sleep(0.1)
             edge1.kill_listener()

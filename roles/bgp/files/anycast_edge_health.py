@@ -146,8 +146,8 @@ class Check(object):
         except OSError as exc:
             return False, 'command %s: %s' % (self.argv[0], exc.strerror)
         said = proc.stderr.decode(errors='replace').strip().splitlines()
-        return proc.returncode == 0, 'command %s exited %d%s' % (self.argv[0], proc.returncode,
-                                                                  (': ' + said[-1]) if said else '')
+        last = (': ' + said[-1]) if said else ''
+        return proc.returncode == 0, 'command %s exited %d%s' % (self.argv[0], proc.returncode, last)
 
 
 def _endpoint(address, port):
@@ -620,8 +620,8 @@ def cmd_undrain(config, args):
         status = read_status(config)
         fresh = status is not None and status.get('updated', 0) > started and not status.get('drained')
         groups = status.get('groups', []) if fresh else []
-        pending = [g for g in groups if g['state'] != ANNOUNCED and (g['name'] in args.require or
-                                                                    (not args.require and g['healthy']))]
+        wanted = [g for g in groups if g['name'] in args.require or (not args.require and g['healthy'])]
+        pending = [g for g in wanted if g['state'] != ANNOUNCED]
         if fresh and not pending:
             break
         if time.time() - started > args.timeout:
@@ -657,7 +657,7 @@ def cmd_withdraw(config, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='anycast-edge-health', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='anycast-edge-health', description=__doc__.split('\n', maxsplit=1)[0])
     sub = parser.add_subparsers(dest='command', required=True)
     check = sub.add_parser('check-config')
     check.add_argument('file')
