@@ -14,8 +14,8 @@ Input: a dictionary of the variables the ``anycast.edge.bgp`` role reads - its o
 What the host serves, by group (each prefix belongs to the first group that has it):
 
     proxy          the proxy's AnyIP prefixes: transparent_proxy_prefixes, or the routes'
-                   destinations; healthy while its service is active and every listener
-                   accepts a connection
+                   destinations; healthy while its service is active and each of its
+                   listeners is listening with room in its accept queue
     tenant-NAME    a tenant's prefixes; healthy while its namespace exists and its veth is up
     gre-NAME       an anycast GRE endpoint (a tunnel's local address); healthy while the
                    tunnel's namespace exists
@@ -74,7 +74,7 @@ def served_groups(v):
                 [d for d in destinations if d is not None and d.version == version])]
         port = v.get('transparent_proxy_listen_port', 1234)
         checks = [{'type': 'service', 'unit': '%s.service' % v.get('transparent_proxy_service_name', 'anycast-proxy')}]
-        checks += [{'type': 'tcp', 'address': str(address), 'port': int(port)}
+        checks += [{'type': 'listen', 'address': str(address), 'port': int(port)}
                    for address in v.get('transparent_proxy_listen_addresses', ['127.0.0.1', '::1'])]
         groups.append(('proxy', [n for n in nets if n is not None], checks))
     for tenant in _present(v.get('edge_tenants')):

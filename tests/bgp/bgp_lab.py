@@ -48,7 +48,7 @@ def birdc(socket_path, command, check=True):
     return helpers.sh(['birdc', '-s', socket_path, command], check=check).stdout
 
 
-def router_config(edges, export_default=False):
+def router_config(edges, export_default=False, bfd=True):
     lines = [
         'router id 10.255.0.1;',
         'timeformat protocol "%F %T.%3f";',
@@ -64,12 +64,13 @@ def router_config(edges, export_default=False):
                   'protocol static defaults6 { ipv6; route ::/0 blackhole; }']
     export4 = 'export where proto = "defaults4"' if export_default else 'export none'
     export6 = 'export where proto = "defaults6"' if export_default else 'export none'
+    on = 'on' if bfd else 'off'
     for edge in edges:
         lines += [
-            'protocol bgp %s_v4 { local as %d; neighbor %s as %d; hold time 9; bfd on; direct; error wait time 1, 5;'
-            ' ipv4 { import filter from_edge; %s; }; }' % (edge.name, ROUTER_AS, edge.address4, EDGE_AS, export4),
-            'protocol bgp %s_v6 { local as %d; neighbor %s as %d; hold time 9; bfd on; direct; error wait time 1, 5;'
-            ' ipv6 { import filter from_edge; %s; }; }' % (edge.name, ROUTER_AS, edge.address6, EDGE_AS, export6),
+            'protocol bgp %s_v4 { local as %d; neighbor %s as %d; hold time 9; bfd %s; direct; error wait time 1, 5;'
+            ' ipv4 { import filter from_edge; %s; }; }' % (edge.name, ROUTER_AS, edge.address4, EDGE_AS, on, export4),
+            'protocol bgp %s_v6 { local as %d; neighbor %s as %d; hold time 9; bfd %s; direct; error wait time 1, 5;'
+            ' ipv6 { import filter from_edge; %s; }; }' % (edge.name, ROUTER_AS, edge.address6, EDGE_AS, on, export6),
         ]
     return '\n'.join(lines) + '\n'
 
@@ -124,7 +125,8 @@ class Bird(object):
 
 
 class Edge(object):
-    def __init__(self, name, ns, index, workdir):
+    def __init__(self, name, ns, index, workdir, bfd=True):
+        self.bfd = bfd
         self.name = name
         self.ns = ns
         self.index = index
@@ -141,8 +143,8 @@ class Edge(object):
     def speaker_args(self, **extra):
         args = {
             'local_as': EDGE_AS, 'router_id': self.address4,
-            'neighbors': [{'name': 'r4', 'address': self.router4, 'remote_as': ROUTER_AS},
-                          {'name': 'r6', 'address': self.router6, 'remote_as': ROUTER_AS}],
+            'neighbors': [{'name': 'r4', 'address': self.router4, 'remote_as': ROUTER_AS, 'bfd': self.bfd},
+                          {'name': 'r6', 'address': self.router6, 'remote_as': ROUTER_AS, 'bfd': self.bfd}],
             'prefixes': [PREFIX4, PREFIX6],
             'health_table': HEALTH_TABLE,
             'config_file': self.bird.config, 'control_socket': self.bird.socket, 'netns': self.ns,
@@ -175,13 +177,13 @@ class Edge(object):
             self.listener = None
 
     # -- the health daemon ------------------------------------------------------
-    def write_health_config(self, hold_down=2.0, graceful_shutdown=2.0, port=1234, **extra):
+    def write_health_config(self, hold_down=2.0, graceful_shutdown=2.0, port=1234, check='listen', **extra):
         config = dict({
             'table': HEALTH_TABLE, 'interval': 0.2, 'fall': 2, 'hold_down': hold_down, 'check_timeout': 0.5,
             'graceful_shutdown': graceful_shutdown, 'drain_file': self.drain_file, 'status_file': self.status_file,
             'restore_unit': None,
             'groups': [{'name': 'proxy', 'prefixes': [PREFIX4, PREFIX6],
-                        'checks': [{'type': 'tcp', 'address': '127.0.0.1', 'port': port}]}],
+                        'checks': [{'type': check, 'address': '127.0.0.1', 'port': port}]}],
         }, **extra)
         with open(self.health_config, 'w') as handle:
             json.dump(config, handle)
@@ -220,14 +222,14 @@ class Edge(object):
 class BgpLab(object):
     """Router + two edges, built in namespaces from a NamespaceFactory (which removes them)."""
 
-    def __init__(self, factory, export_default=False):
+    def __init__(self, factory, export_default=False, bfd=True):
         self.factory = factory
         self.workdir = helpers.scratch_dir('bgp-')
         os.chmod(self.workdir, 0o755)
         self.router = factory()
         self.edges = []
         for index in (1, 2):
-            edge = Edge('edge%d' % index, factory(), index, self.workdir)
+            edge = Edge('edge%d' % index, factory(), index, self.workdir, bfd)
             helpers.nsexec(edge.ns, ['ip', 'link', 'add', 'up%d' % index, 'type', 'veth', 'peer', 'name',
                                      'down%d' % index, 'netns', self.router])
             for ns, ifname, v4, v6, link_local in (
@@ -247,7 +249,7 @@ class BgpLab(object):
                                      'net.ipv6.fib_multipath_hash_policy=1'])
         self.router_bird = Bird(self.router, self.workdir, 'router')
         with open(self.router_bird.config, 'w') as handle:
-            handle.write(router_config(self.edges, export_default))
+            handle.write(router_config(self.edges, export_default, bfd))
 
     def start(self, **speaker_args):
         """Configure and start every BIRD; wait until all sessions are up."""

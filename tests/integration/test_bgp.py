@@ -113,6 +113,33 @@ def test_a_flapping_service_is_not_announced(lab):
         baseline(lab)
 
 
+def test_a_reload_withdraws_nothing_and_runs_the_new_checks(lab):
+    """SIGHUP (systemctl reload, the role's handler for a new program or configuration): the daemon
+    re-executes itself and the healthy group stays announced throughout; the new configuration's check
+    (a TCP connect instead of the listener's state) is the one that then decides."""
+    edge1, edge2 = lab.edges
+    try:
+        edge1.write_health_config(check='tcp')
+        pid = edge1.health.pid
+        edge1.health.send_signal(signal.SIGHUP)
+        seen = set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            hops = lab.nexthops(PREFIX4)
+            assert hops == lab.both(4), 'withdrawn during the reload: %s' % hops
+            time.sleep(0.02)
+            seen |= hops
+        status = edge1.status()
+        assert status['pid'] == pid and status['groups'][0]['checks'] == ['tcp 127.0.0.1:1234'], status
+        edge1.kill_listener()
+        lab.wait_nexthops(PREFIX4, {edge2.address4}, timeout=3)
+        assert 'Connection refused' in edge1.status()['groups'][0]['reason']
+    finally:
+        edge1.write_health_config()
+        edge1.health.send_signal(signal.SIGHUP)
+        baseline(lab)
+
+
 def test_bfd_withdraws_a_frozen_edge_within_about_a_second(lab):
     edge1, edge2 = lab.edges
     pid = edge1.bird.pid
@@ -337,9 +364,35 @@ def test_edge_info_reports_sessions_announced_and_withheld_prefixes(lab):
         assert [(w['prefix'], w['group'], w['state']) for w in info['bgp']['withheld']] == [
             (PREFIX4, 'proxy', 'withdrawn'), (PREFIX6, 'proxy', 'withdrawn')]
         assert '127.0.0.1:1234' in info['bgp']['withheld'][0]['reason']
-        assert any(w.startswith('%s (proxy) is not announced: 127.0.0.1:1234' % PREFIX4) for w in info['warnings'])
+        assert any(w.startswith('%s (proxy) is not announced: nothing listens on 127.0.0.1:1234' % PREFIX4)
+                   for w in info['warnings'])
     finally:
         baseline(lab)
     # A host without BGP: no section at all.
     assert helpers.run_module('edge_info', dict(args, bgp={'control_socket': '/nonexistent/bird.ctl',
                                                            'health_status': '/nonexistent/status.json'}))['bgp'] is None
+
+
+def test_the_listen_check_sees_a_missing_listener_and_a_full_accept_queue():
+    """The proxy's listener check asks sock_diag (no connection reaches the proxy): nothing listening,
+    listening with room, and an accept queue the service does not drain."""
+    factory = helpers.NamespaceFactory(NS_PREFIX)
+    try:
+        ns = factory()
+        code = '\n'.join([
+            'import importlib.util, json, socket, time',
+            'spec = importlib.util.spec_from_file_location("h", %r)' % bgp_lab.HEALTH,
+            'h = importlib.util.module_from_spec(spec); spec.loader.exec_module(h)',
+            'check = h.Check({"type": "listen", "address": "127.0.0.1", "port": 4321}, "k", 0.5)',
+            'out = [check.run()]',
+            'server = socket.socket(); server.bind(("127.0.0.1", 4321)); server.listen(2)',
+            'out.append(check.run())',
+            'clients = [socket.create_connection(("127.0.0.1", 4321)) for _ in range(3)]',
+            'time.sleep(0.2)',
+            'out.append(check.run())',
+            'print(json.dumps(out))'])
+        results = json.loads(helpers.nsexec(ns, [bgp_lab.SYSTEM_PYTHON, '-c', code]).stdout)
+        assert results == [[False, 'nothing listens on 127.0.0.1:4321'], [True, ''],
+                           [False, '127.0.0.1:4321: accept queue full (3 of 2)']]
+    finally:
+        factory.cleanup()

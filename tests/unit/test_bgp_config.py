@@ -168,8 +168,8 @@ def test_by_default_everything_served_is_announced_each_with_its_checks():
     groups = dict((g['name'], g) for g in plan['health']['groups'])
     assert groups['proxy']['prefixes'] == ['192.0.2.0/24', '2001:db8:100::/64']   # collapsed destinations
     assert groups['proxy']['checks'] == [{'type': 'service', 'unit': 'anycast-proxy.service'},
-                                         {'type': 'tcp', 'address': '127.0.0.1', 'port': 1234},
-                                         {'type': 'tcp', 'address': '::1', 'port': 1234}]
+                                         {'type': 'listen', 'address': '127.0.0.1', 'port': 1234},
+                                         {'type': 'listen', 'address': '::1', 'port': 1234}]
     assert groups['tenant-acme']['checks'] == [{'type': 'netns', 'name': 'tenant-acme'},
                                                {'type': 'link', 'name': 'ae-acme'}]
     # The GRE endpoint is also an AnyIP prefix: it is gated by its tunnel's namespace, once.
