@@ -20,13 +20,14 @@
       hangs does not slow the others), to random addresses and ports of the prefixes
       in turn, client-first like dial; prints one JSON object per line: when the
       dial started (epoch seconds, the clock the containers share), its outcome and
-      the edge the origin saw it come through.
+      the edge the origin saw it come through. --stop-file F: stop early once F exists.
 """
 
 import argparse
 import errno
 import ipaddress
 import json
+import os
 import random
 import socket
 import sys
@@ -154,7 +155,7 @@ def cmd_timeline(args):
             print(line, flush=True)
 
     index = 0
-    while time.time() - started < args.duration:
+    while time.time() - started < args.duration and not (args.stop_file and os.path.exists(args.stop_file)):
         time.sleep(max(0.0, started + index / args.rate - time.time()))
         thread = threading.Thread(target=one, args=(index, args.prefix[index % len(args.prefix)]))
         thread.start()
@@ -192,6 +193,7 @@ def main():
     timeline.add_argument('--rate', type=float, default=20)
     timeline.add_argument('--duration', type=float, default=10)
     timeline.add_argument('--timeout', type=float, default=3)
+    timeline.add_argument('--stop-file', help='stop dialling once this file exists')
     args = parser.parse_args()
     {'dial': cmd_dial, 'flood': cmd_flood, 'steady': cmd_steady, 'tcp': cmd_tcp,
      'timeline': cmd_timeline}[args.command](args)

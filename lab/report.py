@@ -221,6 +221,21 @@ def check_bgp_undrain(results):
     return ('BGP: undrain', ok, detail)
 
 
+def check_bgp_rolling(results):
+    event = load(os.path.join(results, 'rolling.json'))
+    rows = [r for r in dials(results, 'rolling') if r['t'] <= event['finished']]
+    restarted = [b != a for b, a in zip(event['pids_before'].split(), event['pids_after'].split())]
+    ok = (event['rc'] == 0 and len(rows) >= 200 and not failed(rows) and len(restarted) == 2 and all(restarted)
+          and event['drains'] == 2 and event['undrains'] == 2)
+    detail = ('site.yml with a unit change (LimitNOFILE + 1) restarted the proxy on %d of 2 edges one batch at a time, '
+              'each drained first and announced again once healthy (%d drains, %d undrains), in %.0f s while %d dials '
+              'ran at 20/s: %d failed%s'
+              % (sum(restarted), event['drains'], event['undrains'], event['finished'] - event['started'], len(rows),
+                 len(failed(rows)), (' (%s)' % ', '.join(sorted(set(r['outcome'] for r in failed(rows)))))
+                 if failed(rows) else ''))
+    return ('BGP: rolling restart', ok, detail)
+
+
 def check_status(results):
     path = os.path.join(results, 'status.txt')
     lines = [line for line in open(path).read().splitlines() if line.strip()] if os.path.exists(path) else []
@@ -243,7 +258,7 @@ def main():
     rows = []
     for check in (check_check_mode, check_converge, check_dial, check_banner, check_rate_limit, check_tenants, check_gre,
                   check_bgp_paths, check_bgp_proxy_stop, check_bgp_freeze, check_bgp_drain, check_bgp_undrain,
-                  check_status):
+                  check_bgp_rolling, check_status):
         try:
             result = check(args.results)
         except (OSError, ValueError, KeyError, IndexError, TypeError) as error:

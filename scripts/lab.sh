@@ -393,10 +393,16 @@ now() { date +%s.%N; }
 
 # ael-client dials 20 new connections a second (both families, random addresses and
 # ports) for SECONDS, in the background; one JSON line per dial in results/NAME-dials.jsonl.
-start_dialling() {  # NAME SECONDS
+start_dialling() {  # NAME SECONDS  (stop_dialling NAME ends it earlier)
+    in_ctr ael-client rm -f "/run/ael-stop-$1"
     in_ctr ael-client python3 /opt/ael/probe.py timeline --prefix 192.0.2.0/24 --prefix 2001:db8:100::/64 \
-        --rate 20 --duration "$2" --timeout 2 > "$state/results/$1-dials.jsonl" &
+        --rate 20 --duration "$2" --timeout 2 --stop-file "/run/ael-stop-$1" > "$state/results/$1-dials.jsonl" &
     dialler=$!
+}
+
+stop_dialling() {  # NAME
+    in_ctr ael-client touch "/run/ael-stop-$1"
+    wait "$dialler" || true
 }
 
 prove_bgp_paths() {
@@ -490,6 +496,32 @@ prove_bgp_undrain() {
     printf '{"rc": %d, "started": %s, "back": %s}\n' "$rc" "$started" "$back" | tee "$state/results/undrain.json"
 }
 
+# site.yml's rolling update where the proxy must restart (a unit change: one more open
+# file allowed), while ael-client dials: each batch is drained, restarted, undrained.
+# Then the same again to put the unit back.
+prove_bgp_rolling_restart() {
+    say "BGP: site.yml restarts the proxy on both edges (a unit change), draining each batch, while ael-client dials"
+    wait_paths all 60 11 12 || true
+    local rc=0 started finished log="$state/rolling.log" limit
+    limit=$(( $(in_ctr ael-edge1 systemctl show anycast-proxy --property=LimitNOFILE --value) + 1 ))
+    start_dialling rolling 400
+    local pids_before
+    pids_before=$(for e in ael-edge1 ael-edge2; do in_ctr "$e" systemctl show anycast-proxy --property=MainPID --value; done | paste -sd' ')
+    started=$(now)
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/site.yml -e "transparent_proxy_limit_nofile=$limit") \
+        > "$log" 2>&1 || rc=$?
+    finished=$(now)
+    stop_dialling rolling
+    local pids_after
+    pids_after=$(for e in ael-edge1 ael-edge2; do in_ctr "$e" systemctl show anycast-proxy --property=MainPID --value; done | paste -sd' ')
+    # Put the unit back as the inventory has it (restarts again, drained again).
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/site.yml) > "$state/rolling-back.log" 2>&1 || rc=$?
+    printf '{"rc": %d, "started": %s, "finished": %s, "pids_before": "%s", "pids_after": "%s", "drains": %d, "undrains": %d}\n' \
+        "$rc" "$started" "$finished" "$pids_before" "$pids_after" \
+        "$(grep -c 'ael-edge[12]: drained; withdrawn' "$log" || true)" "$(grep -c 'ael-edge[12]: undrained in' "$log" || true)" \
+        | tee "$state/results/rolling.json"
+}
+
 status_table() {
     say "status: ansible-playbook -i lab/inventory playbooks/status.yml"
     local log="$state/status.log"
@@ -525,6 +557,7 @@ prove() {
     prove_bgp_freeze
     prove_bgp_drain
     prove_bgp_undrain
+    prove_bgp_rolling_restart
     status_table
     say "results"
     python3 "$repo/lab/report.py" --results "$state/results" --seconds $(( $(date +%s) - started ))
