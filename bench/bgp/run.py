@@ -214,7 +214,8 @@ def bench_scale(count):
             assert not result.get('failed'), result
             return time.monotonic() - start, result
 
-        args = edge1.speaker_args(prefixes=[{'prefix': p, 'communities': ['64512:%d' % (i % 7)]}
+        args = edge1.speaker_args(served_prefixes=['10.64.0.0/10'],  # as the role passes them
+                                  prefixes=[{'prefix': p, 'communities': ['64512:%d' % (i % 7)]}
                                             for i, p in enumerate(nets[:count])])
         seconds, result = timed(args)
         out['module: render + validate + configure (first apply)'] = round(seconds, 3)

@@ -229,7 +229,6 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._bgp import Speaker, mask_passwords
 from ansible_collections.anycast.edge.plugins.module_utils._bird import BirdControl, BirdError, BirdUnavailable
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import ROUTE_PROTO, RTN_LOCAL, TABLE_LOCAL, RawRtnl
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._persist import HostLock
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_prefix
@@ -269,6 +268,9 @@ ARGUMENT_SPEC = dict(
 def served_by_kernel():
     """What the kernel of this namespace serves: local routes (AnyIP prefixes, addresses) and the
     collection's own routes (tenants' tables)."""
+    # Imported here: _netlink imports pyroute2 (75 ms), which the role's runs (served_prefixes given) never need.
+    from ansible_collections.anycast.edge.plugins.module_utils._netlink import (  # pylint: disable=import-outside-toplevel
+        ROUTE_PROTO, RTN_LOCAL, TABLE_LOCAL, RawRtnl)
     served = []
     with RawRtnl() as raw:
         for family in (4, 6):
