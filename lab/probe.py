@@ -1,11 +1,12 @@
 """The lab's client side: connects to edges and tenants and prints JSON results.
 
-  probe.py dial  --target EDGE,PREFIX,EDGE_ADDRESS [--target ...] --count N [--pace S]
+  probe.py dial  --target NAME,PREFIX,EDGE_ADDRESS[|EDGE_ADDRESS...] [--target ...] --count N [--pace S]
       N connections per target to random addresses of PREFIX on random ports, each
       sending a line first (client-first, like HTTP)
       (the first target also gets ports 1 and 65535); each must reach the origin,
       which reports (PROXY v2) the client's real address and what was dialled,
-      and sees the connection come from EDGE_ADDRESS (the edge that relayed it).
+      and sees the connection come from one of the EDGE_ADDRESSes (the edge that
+      relayed it: through anycast, whichever the router's ECMP picked).
   probe.py flood --prefix PREFIX --count N --duration S [--rate R]
       new connections as fast as possible or R per second, bounded by N and S seconds; each is
       closed once the handshake is done (the kernel's rate limit acts there).
@@ -14,12 +15,19 @@
   probe.py tcp --address A --port P [--timeout S]
       one connection that only reads (the server speaks first); reports its
       outcome and the answer line.
+  probe.py timeline --prefix PREFIX [--prefix ...] --rate R --duration S [--timeout T]
+      R new connections a second for S seconds, each in its own thread (a dial that
+      hangs does not slow the others), to random addresses and ports of the prefixes
+      in turn, client-first like dial; prints one JSON object per line: when the
+      dial started (epoch seconds, the clock the containers share), its outcome and
+      the edge the origin saw it come through. --stop-file F: stop early once F exists.
 """
 
 import argparse
 import errno
 import ipaddress
 import json
+import os
 import random
 import socket
 import sys
@@ -78,7 +86,8 @@ def cmd_dial(args):
     results = []
     first = True
     for target in args.target:
-        edge, prefix, edge_address = target.split(',', 2)
+        # EDGE_ADDRESS may be several, separated by '|': through anycast any of them may answer.
+        edge, prefix, edge_addresses = target.split(',', 2)
         ports = [random.randint(1, 65535) for dummy in range(args.count)]
         if first:
             ports[:2] = [1, 65535][:len(ports)]
@@ -88,7 +97,7 @@ def cmd_dial(args):
             outcome, answer, own, seconds = connect(address, port, args.timeout, send=b'HELLO\n')
             answer = answer or {}
             good = (outcome == 'ok' and answer.get('client') == own and answer.get('dialled') == address
-                    and answer.get('dialled_port') == port and answer.get('edge') == edge_address)
+                    and answer.get('dialled_port') == port and answer.get('edge') in edge_addresses.split('|'))
             results.append({'edge': edge, 'prefix': prefix, 'address': address, 'port': port,
                             'outcome': outcome, 'own': own, 'answer': answer, 'good': bool(good),
                             'ms': round(seconds * 1000, 1)})
@@ -130,6 +139,32 @@ def cmd_tcp(args):
                       'own': own, 'ms': round(seconds * 1000, 1)}, sort_keys=True))
 
 
+def cmd_timeline(args):
+    import threading
+    lock = threading.Lock()
+    started = time.time()
+    threads = []
+
+    def one(index, prefix):
+        began = time.time()
+        outcome, answer, own, seconds = connect(random_address(prefix), random.randint(1, 65535), args.timeout,
+                                                send=b'HELLO\n')
+        line = json.dumps({'i': index, 't': round(began, 3), 'outcome': outcome, 'ms': round(seconds * 1000, 1),
+                           'edge': (answer or {}).get('edge'), 'prefix': prefix}, sort_keys=True)
+        with lock:
+            print(line, flush=True)
+
+    index = 0
+    while time.time() - started < args.duration and not (args.stop_file and os.path.exists(args.stop_file)):
+        time.sleep(max(0.0, started + index / args.rate - time.time()))
+        thread = threading.Thread(target=one, args=(index, args.prefix[index % len(args.prefix)]))
+        thread.start()
+        threads.append(thread)
+        index += 1
+    for thread in threads:
+        thread.join()
+
+
 def main():
     parser = argparse.ArgumentParser(description='lab client probes')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -153,8 +188,15 @@ def main():
     tcp.add_argument('--address', required=True)
     tcp.add_argument('--port', type=int, required=True)
     tcp.add_argument('--timeout', type=float, default=3)
+    timeline = sub.add_parser('timeline')
+    timeline.add_argument('--prefix', action='append', required=True)
+    timeline.add_argument('--rate', type=float, default=20)
+    timeline.add_argument('--duration', type=float, default=10)
+    timeline.add_argument('--timeout', type=float, default=3)
+    timeline.add_argument('--stop-file', help='stop dialling once this file exists')
     args = parser.parse_args()
-    {'dial': cmd_dial, 'flood': cmd_flood, 'steady': cmd_steady, 'tcp': cmd_tcp}[args.command](args)
+    {'dial': cmd_dial, 'flood': cmd_flood, 'steady': cmd_steady, 'tcp': cmd_tcp,
+     'timeline': cmd_timeline}[args.command](args)
     return 0
 
 

@@ -41,18 +41,22 @@ def check_check_mode(results):
             % (check['predicted'], 'unchanged' if check['unchanged'] else 'CHANGED'))
 
 
+EDGES = {'10.89.77.11': 'ael-edge1', 'fd00:ae1::11': 'ael-edge1', '10.89.77.12': 'ael-edge2',
+         'fd00:ae1::12': 'ael-edge2'}
+
+
 def check_dial(results):
     rows = load(os.path.join(results, 'dial.json'))['results']
     good = [r for r in rows if r['good']]
-    edges = sorted({r['edge'] for r in good})
+    edges = sorted({EDGES.get(r['answer'].get('edge'), r['answer'].get('edge')) for r in good})
     families = sorted({'IPv6' if ':' in r['address'] else 'IPv4' for r in good})
     ports = sorted({r['port'] for r in good})
     clients = sorted({r['answer'].get('client') for r in good})
     ok = len(good) == len(rows) and len(edges) == 2 and len(families) == 2
-    detail = ('%d/%d connections to random AnyIP addresses and ports (%d..%d) of %s over %s reached the origin; '
-              'PROXY v2 gave it the real client %s and the dialled address'
-              % (len(good), len(rows), ports[0] if ports else 0, ports[-1] if ports else 0, ' and '.join(edges),
-                 '/'.join(families), ', '.join(c for c in clients if c)))
+    detail = ('%d/%d connections to random AnyIP addresses and ports (%d..%d) over %s reached the origin, through '
+              'ael-router\'s ECMP route via %s; PROXY v2 gave it the real client %s and the dialled address'
+              % (len(good), len(rows), ports[0] if ports else 0, ports[-1] if ports else 0, '/'.join(families),
+                 ' and '.join(edges), ', '.join(c for c in clients if c)))
     bad = [r for r in rows if not r['good']]
     if bad:
         first = bad[0]
@@ -78,16 +82,17 @@ def check_rate_limit(results):
     accepted = flood['counts'].get('ok', 0)
     refused = sum(v for k, v in flood['counts'].items() if k != 'ok')
     served = steady['counts'].get('ok', 0)
-    # The token bucket admits at most burst + rate x elapsed (+1 for a refill
-    # landing during the last attempt) connections from one source.
+    # Each edge's token bucket admits at most burst + rate x elapsed (+1 for a refill
+    # landing during the last attempt) connections from one source; the router's ECMP
+    # spreads the flood over both edges, each limiting it on its own.
     limit = yaml.safe_load(open(LAB_VARS))['edge_rate_limit']
     count, unit = limit['rate'].split('/')
     per_second = float(count) / {'sec': 1, 'min': 60, 'hour': 3600, 'day': 86400}[unit]
-    bound = int(limit['burst'] + per_second * flood['seconds']) + 1
+    bound = 2 * (int(limit['burst'] + per_second * flood['seconds']) + 1)
     ok = refused > 0 and 0 < accepted <= bound and served == steady['attempts']
     return ('per-source rate limit', ok,
-            'ael-client flood: %d new connections in %.1fs, %d accepted (bound: burst %d + %s x %.1fs = %d), '
-            '%d refused (%s); ael-client2 meanwhile: %d/%d served by the origin'
+            'ael-client flood: %d new connections in %.1fs, %d accepted (bound: 2 edges x (burst %d + %s x %.1fs) '
+            '= %d), %d refused (%s); ael-client2 meanwhile: %d/%d served by the origin'
             % (flood['attempts'], flood['seconds'], accepted, limit['burst'], limit['rate'], flood['seconds'],
                bound, refused,
                ', '.join('%s %d' % kv for kv in sorted(flood['counts'].items()) if kv[0] != 'ok'),
@@ -130,6 +135,107 @@ def check_gre(results):
     return ('GRE', gre['status'] == 'ok', gre['reason'])
 
 
+def jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def dials(results, name):
+    return sorted(jsonl(os.path.join(results, '%s-dials.jsonl' % name)), key=lambda r: r['t'])
+
+
+def failed(rows):
+    return [r for r in rows if r['outcome'] != 'ok']
+
+
+def share(rows, edge):
+    return '%d/%d via %s' % (sum(1 for r in rows if EDGES.get(r['edge']) == edge), len(rows), edge)
+
+
+def check_bgp_paths(results):
+    rows = jsonl(os.path.join(results, 'bgp-paths.jsonl'))
+    wrong = [r for r in rows if r['nexthops'] != r['want']]
+    ok = len(rows) >= 6 and not wrong and any(':' in r['prefix'] for r in rows)
+    detail = ('%d prefixes (IPv4 and IPv6: proxy, tenants, GRE endpoint, anycast DNS) in ael-router\'s kernel as '
+              'ECMP routes over ael-edge1 and ael-edge2 (BGP, BFD, layer-4 hash)' % len(rows))
+    if wrong:
+        detail += '; wrong: ' + ', '.join('%s via [%s]' % (r['prefix'], r['nexthops']) for r in wrong)
+    return ('BGP: both paths', ok, detail)
+
+
+def check_bgp_event(results, name, title, start_key, end_key, what):
+    event = load(os.path.join(results, '%s.json' % name))
+    rows = dials(results, name)
+    start, end = event[start_key], event[end_key]
+    early = [r for r in failed(rows) if r['t'] < start + 3]
+    late = [r for r in failed(rows) if r['t'] >= start + 3]
+    during = [r for r in rows if start + 3 <= r['t'] < end]
+    ok = (len(rows) >= 150 and not late and event['withdrawn'] is not None and event['back'] is not None
+          and during and all(EDGES.get(r['edge']) == 'ael-edge2' for r in during))
+    detail = ('%d dials at 20/s; %s: the router withdrew ael-edge1 after %s s; %d dial(s) failed in the first 3 s (%s), '
+              '%d after; meanwhile %s; both paths back %s s after %s'
+              % (len(rows), what, '%.2f' % (event['withdrawn'] - start) if event['withdrawn'] else 'NEVER',
+                 len(early), ', '.join(sorted(set(r['outcome'] for r in early))) or 'none', len(late),
+                 share(during, 'ael-edge2'), '%.1f' % (event['back'] - end) if event['back'] else 'NEVER',
+                 'the restart' if name == 'proxy-stop' else 'the thaw'))
+    if late:
+        detail += '; first late failure %.2f s after: %s' % (late[0]['t'] - start, late[0]['outcome'])
+    return (title, ok, detail)
+
+
+def check_bgp_proxy_stop(results):
+    return check_bgp_event(results, 'proxy-stop', 'BGP: proxy stopped', 'stopped', 'started',
+                           'systemctl stop anycast-proxy on ael-edge1')
+
+
+def check_bgp_freeze(results):
+    return check_bgp_event(results, 'freeze', 'BGP: host frozen (BFD)', 'frozen', 'thawed',
+                           'podman pause ael-edge1')
+
+
+def check_bgp_drain(results):
+    event = load(os.path.join(results, 'drain.json'))
+    rows = dials(results, 'drain')
+    after = [r for r in rows if r['t'] >= event['finished']]
+    ok = (event['rc'] == 0 and len(rows) >= 300 and not failed(rows) and event['paths_after'] == 'ok'
+          and event['drained'] and event['gshut_seen'] is not None
+          and all(EDGES.get(r['edge']) == 'ael-edge2' for r in after))
+    detail = ('playbooks/drain.yml -l ael-edge1 took %.1f s while %d dials ran at 20/s: %d failed; the router saw '
+              'GRACEFUL_SHUTDOWN (65535:0) %s, then every prefix only via ael-edge2 (%s); afterwards %s; %s'
+              % (event['finished'] - event['started'], len(rows), len(failed(rows)),
+                 '%.1f s in' % (event['gshut_seen'] - event['started']) if event['gshut_seen'] else 'NEVER',
+                 event['paths_after'], share(after, 'ael-edge2'), event['report']))
+    return ('BGP: drain', ok, detail)
+
+
+def check_bgp_undrain(results):
+    event = load(os.path.join(results, 'undrain.json'))
+    rows = dials(results, 'undrain')
+    after = [r for r in rows if event['back'] and r['t'] >= event['back'] + 0.5]
+    edges = sorted(set(EDGES.get(r['edge']) for r in after if r['edge']))
+    ok = event['rc'] == 0 and event['back'] is not None and edges == ['ael-edge1', 'ael-edge2']
+    detail = ('playbooks/undrain.yml -l ael-edge1: every prefix via both edges again %s s after it started; '
+              'dials afterwards reached %s; %d of %d dials failed'
+              % ('%.1f' % (event['back'] - event['started']) if event['back'] else 'NEVER', ' and '.join(edges),
+                 len(failed(rows)), len(rows)))
+    return ('BGP: undrain', ok, detail)
+
+
+def check_bgp_rolling(results):
+    event = load(os.path.join(results, 'rolling.json'))
+    rows = [r for r in dials(results, 'rolling') if r['t'] <= event['finished']]
+    restarted = [b != a for b, a in zip(event['pids_before'].split(), event['pids_after'].split())]
+    ok = (event['rc'] == 0 and len(rows) >= 200 and not failed(rows) and len(restarted) == 2 and all(restarted)
+          and event['drains'] == 2 and event['undrains'] == 2)
+    detail = ('site.yml with a unit change (LimitNOFILE + 1) restarted the proxy on %d of 2 edges one batch at a time, '
+              'each drained first and announced again once healthy (%d drains, %d undrains), in %.0f s while %d dials '
+              'ran at 20/s: %d failed%s'
+              % (sum(restarted), event['drains'], event['undrains'], event['finished'] - event['started'], len(rows),
+                 len(failed(rows)), (' (%s)' % ', '.join(sorted(set(r['outcome'] for r in failed(rows)))))
+                 if failed(rows) else ''))
+    return ('BGP: rolling restart', ok, detail)
+
+
 def check_status(results):
     path = os.path.join(results, 'status.txt')
     lines = [line for line in open(path).read().splitlines() if line.strip()] if os.path.exists(path) else []
@@ -151,10 +257,11 @@ def main():
         return 0
     rows = []
     for check in (check_check_mode, check_converge, check_dial, check_banner, check_rate_limit, check_tenants, check_gre,
-                  check_status):
+                  check_bgp_paths, check_bgp_proxy_stop, check_bgp_freeze, check_bgp_drain, check_bgp_undrain,
+                  check_bgp_rolling, check_status):
         try:
             result = check(args.results)
-        except (OSError, ValueError, KeyError, IndexError) as error:
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
             result = (check.__name__.replace('check_', ''), False, 'no result: %s' % error)
         rows.extend(result if isinstance(result, list) else [result])
     width = max(len(row[0]) for row in rows)

@@ -53,6 +53,7 @@ packages=(
     python3 python3-apt python3-pyroute2 python3-iptables python3-nftables
     procps libcap2-bin netcat-openbsd socat
     ca-certificates
+    bird2
 )
 
 for tool in debootstrap podman tar sha256sum; do

@@ -42,7 +42,8 @@ def main():
         'test used). Every row is a case of `tests/bad_input_cases.py`, run by',
         '`tests/integration/test_bad_input.py`, which also checks that the refusal changed nothing: routes,',
         'rules and nftables of both namespaces, the list of namespaces, and the persisted records are',
-        'the same before and after. This file is generated: `sudo .venv/bin/python scripts/gen_bad_input_doc.py`.',
+        'the same before and after; for `bgp_speaker` also the live BIRD configuration file and the running',
+        'BIRD (its last reconfiguration). This file is generated: `sudo .venv/bin/python scripts/gen_bad_input_doc.py`.',
         '',
         '%d cases across %d modules.' % (len(CASES), len(rows)),
     ]

@@ -10,7 +10,9 @@
 #   ael-edge1, ael-edge2   edge servers (the inventory lab/inventory)
 #   ael-client, ael-client2  clients; ael-client also floods
 #   ael-origin             origin behind the proxies; reads PROXY v2 (lab/origin.py)
-#   ael-router             acme's router, the remote end of its GRE tunnel
+#   ael-router             the edges' upstream: BIRD (lab/router-bird.conf), eBGP to both
+#                          edges, ECMP routes; the clients reach every anycast prefix
+#                          through it. Also acme's router, the remote end of its GRE tunnel.
 # They share the podman network ael-net. Its bridge and NAT rules are created
 # inside the network namespace ael-host (podman runs under nsenter), so the
 # machine's root network namespace is never touched. Results: build/lab/.
@@ -104,12 +106,11 @@ prepare() {
     rm -f "$state"/results/*
 
     say "image $image"
-    if ! podman image exists "$image"; then
-        "$repo/scripts/build-image.sh" --image "$image"
-        touch "$state/image-built-by-lab"
-    else
-        echo "present"
-    fi
+    local existed=no
+    podman image exists "$image" && existed=yes
+    # Also rebuilds an image made from another package list (bird2 is in it now).
+    "$repo/scripts/build-image.sh" --image "$image"
+    [ "$existed" = yes ] || touch "$state/image-built-by-lab"
 }
 
 start_containers() {
@@ -148,25 +149,55 @@ start_containers() {
     done
 }
 
-# Routes of the clients and the router: half of every anycast prefix to each edge.
+# The clients reach every anycast prefix through ael-router, which learns them over
+# BGP from both edges. Clients, router and edges share one segment: the router must
+# not send ICMP redirects (the clients would then bypass it) and the clients ignore them.
 setup_support() {
     say "clients, origin, router"
-    local e1=$subnet4.11 e2=$subnet4.12 e16=${subnet6}:11 e26=${subnet6}:12 client
-    for client in ael-client ael-client2 ael-router; do
+    local router4=$subnet4.40 router6=${subnet6}:40 client
+    for client in ael-client ael-client2; do
         in_ctr "$client" sh -ec "
-            ip route replace 192.0.2.0/25 via $e1
-            ip route replace 192.0.2.128/25 via $e2
-            ip -6 route replace 2001:db8:100::/65 via $e16
-            ip -6 route replace 2001:db8:100:0:8000::/65 via $e26
-            ip route replace 203.0.113.0/25 via $e1
-            ip route replace 203.0.113.128/25 via $e2
-            ip route replace 198.51.100.0/24 via $e1"
+            sysctl -qw net.ipv4.conf.all.accept_redirects=0 net.ipv4.conf.eth0.accept_redirects=0 \
+                       net.ipv6.conf.all.accept_redirects=0 net.ipv6.conf.eth0.accept_redirects=0
+            for prefix in 192.0.2.0/24 203.0.113.0/24 198.51.100.0/24; do
+                ip route flush root \$prefix 2>/dev/null || true
+                ip route add \$prefix via $router4
+            done
+            ip -6 route flush root 2001:db8::/32 2>/dev/null || true
+            ip -6 route add 2001:db8:100::/64 via $router6"
     done
+    setup_router
     podman cp "$repo/lab/origin.py" ael-origin:/opt/ael/origin.py
     if ! in_ctr ael-origin systemctl -q is-active ael-origin; then
         in_ctr ael-origin systemd-run --unit ael-origin --collect /usr/bin/python3 /opt/ael/origin.py --port 8080 >/dev/null
     fi
     echo "origin: $(in_ctr ael-origin systemctl is-active ael-origin) on [::]:8080 (PROXY v2)"
+}
+
+# ael-router runs BIRD with lab/router-bird.conf: eBGP to both edges, ECMP with
+# layer-4 hashing, GRACEFUL_SHUTDOWN honoured.
+setup_router() {
+    in_ctr ael-router sh -ec "
+        sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+                   net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1 \
+                   net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
+        # static routes of an older lab (half of each prefix to each edge) go; BIRD's stay
+        for prefix in 192.0.2.0/24 203.0.113.0/24 198.51.100.0/24; do
+            ip route flush root \$prefix proto boot 2>/dev/null || true
+        done
+        ip -6 route flush root 2001:db8::/32 proto boot 2>/dev/null || true"
+    podman cp "$repo/lab/router-bird.conf" ael-router:/etc/bird/bird.conf.new
+    in_ctr ael-router sh -ec "
+        bird -p -c /etc/bird/bird.conf.new
+        chown bird:bird /etc/bird/bird.conf.new && chmod 0640 /etc/bird/bird.conf.new
+        if cmp -s /etc/bird/bird.conf.new /etc/bird/bird.conf && systemctl -q is-active bird; then
+            rm /etc/bird/bird.conf.new
+        else
+            mv /etc/bird/bird.conf.new /etc/bird/bird.conf
+            systemctl enable -q bird
+            systemctl restart bird
+        fi"
+    echo "router: bird $(in_ctr ael-router systemctl is-active bird), ECMP with layer-4 hashing"
 }
 
 # ---------------------------------------------------------------------------
@@ -241,22 +272,21 @@ start_tenant_services() {
 
 prove_anyip() {
     say "client dials random ports on random AnyIP addresses of both edges"
-    in_ctr ael-client python3 /opt/ael/probe.py dial --count 6 --pace 0.03 \
-        --target "ael-edge1,192.0.2.0/25,$subnet4.11" \
-        --target "ael-edge2,192.0.2.128/25,$subnet4.12" \
-        --target "ael-edge1,2001:db8:100::/65,${subnet6}:11" \
-        --target "ael-edge2,2001:db8:100:0:8000::/65,${subnet6}:12" > "$state/results/dial.json"
+    # Through ael-router: its ECMP route picks the edge per connection (layer-4 hash).
+    in_ctr ael-client python3 /opt/ael/probe.py dial --count 12 --pace 0.03 \
+        --target "anycast,192.0.2.0/24,$subnet4.11|$subnet4.12" \
+        --target "anycast,2001:db8:100::/64,${subnet6}:11|${subnet6}:12" > "$state/results/dial.json"
     python3 -c '
 import json, sys
 for r in json.load(open(sys.argv[1]))["results"]:
     a = r["answer"]
-    print("%-9s %-24s port %-5d %-7s origin saw client %s dialled %s:%s via %s" % (
-        r["edge"], r["address"], r["port"], r["outcome"], a.get("client"), a.get("dialled"),
+    print("%-24s port %-5d %-7s origin saw client %s dialled %s:%s via %s" % (
+        r["address"], r["port"], r["outcome"], a.get("client"), a.get("dialled"),
         a.get("dialled_port"), a.get("edge")))' "$state/results/dial.json"
     # A protocol where the server speaks first (SMTP, SSH banners): the client only reads.
     : > "$state/results/banner.jsonl"
     local target
-    for target in ael-edge1:192.0.2.33 ael-edge2:192.0.2.199; do
+    for target in anycast:192.0.2.33 anycast:192.0.2.199; do
         printf '{"edge": "%s", "result": %s}\n' "${target%%:*}" \
             "$(in_ctr ael-client python3 /opt/ael/probe.py tcp --address "${target##*:}" --port 25 --timeout 3)" \
             >> "$state/results/banner.jsonl"
@@ -265,7 +295,7 @@ for r in json.load(open(sys.argv[1]))["results"]:
 }
 
 prove_rate_limit() {
-    say "flood from ael-client while ael-client2 connects steadily (both to ael-edge1)"
+    say "flood from ael-client while ael-client2 connects steadily (through the router, both edges)"
     sleep 2   # let the client's bucket refill after the dial test
     # 200 new connections a second for 3 s: ten times the limit of 20/s (burst 20).
     in_ctr ael-client python3 /opt/ael/probe.py flood --prefix 192.0.2.0/25 --count 600 --rate 200 --duration 4 \
@@ -279,7 +309,7 @@ prove_rate_limit() {
 }
 
 prove_tenants() {
-    say "tenant traffic: acme via ael-edge1, globex via ael-edge2"
+    say "tenant traffic through the router: acme and globex, on whichever edge ECMP picks"
     local spec name address port
     : > "$state/results/tenant.jsonl"
     for spec in acme-ftp:203.0.113.10:21 acme-ssh:203.0.113.10:22 globex-ftp:203.0.113.130:21 globex-ssh:203.0.113.130:22; do
@@ -319,6 +349,181 @@ prove_gre() {
     cat "$state/results/gre.json"
 }
 
+# --- BGP ----------------------------------------------------------------------
+# Every anycast prefix the edges announce (lab/inventory: the proxy's, the tenants',
+# the GRE endpoint, the anycast DNS address).
+bgp_prefixes=(192.0.2.0/24 2001:db8:100::/64 203.0.113.0/25 203.0.113.128/25 198.51.100.1/32 198.51.100.53/32)
+
+router_nexthops() {  # PREFIX -> the router's kernel next hops for it, sorted, space-separated
+    local family=-4
+    case "$1" in *:*) family=-6 ;; esac
+    in_ctr ael-router ip "$family" -j route show exact "$1" | python3 -c '
+import json, sys
+hops = set()
+for route in json.load(sys.stdin):
+    hops.update([route["gateway"]] if route.get("gateway") else [])
+    hops.update(hop["gateway"] for hop in route.get("nexthops", []))
+print(" ".join(sorted(hops)))'
+}
+
+paths() {  # PREFIX EDGE... -> the next hops that mean "through these edges"
+    local prefix=$1 edge out=()
+    shift
+    for edge in "$@"; do
+        case "$prefix" in *:*) out+=("${subnet6}:$edge") ;; *) out+=("$subnet4.$edge") ;; esac
+    done
+    printf '%s\n' "${out[@]}" | sort | paste -sd' '
+}
+
+# The proxy's prefixes: what a stopped proxy withdraws (the host's other prefixes stay).
+proxy_prefixes=(192.0.2.0/24 2001:db8:100::/64)
+
+wait_paths() {  # all|proxy SECONDS EDGE... : until those prefixes go to exactly these edges; 1 on timeout
+    local which=$1 timeout=$2 started prefix prefixes=("${bgp_prefixes[@]}")
+    shift 2
+    [ "$which" = proxy ] && prefixes=("${proxy_prefixes[@]}")
+    started=$(date +%s)
+    for prefix in "${prefixes[@]}"; do
+        until [ "$(router_nexthops "$prefix")" = "$(paths "$prefix" "$@")" ]; do
+            (( $(date +%s) - started < timeout )) || return 1
+            sleep 0.1
+        done
+    done
+}
+
+now() { date +%s.%N; }
+
+# ael-client dials 20 new connections a second (both families, random addresses and
+# ports) for SECONDS, in the background; one JSON line per dial in results/NAME-dials.jsonl.
+start_dialling() {  # NAME SECONDS  (stop_dialling NAME ends it earlier)
+    in_ctr ael-client rm -f "/run/ael-stop-$1"
+    in_ctr ael-client python3 /opt/ael/probe.py timeline --prefix 192.0.2.0/24 --prefix 2001:db8:100::/64 \
+        --rate 20 --duration "$2" --timeout 2 --stop-file "/run/ael-stop-$1" > "$state/results/$1-dials.jsonl" &
+    dialler=$!
+}
+
+stop_dialling() {  # NAME
+    in_ctr ael-client touch "/run/ael-stop-$1"
+    wait "$dialler" || true
+}
+
+prove_bgp_paths() {
+    say "BGP: the router holds every prefix from both edges"
+    # After a converge the health daemons announce once their hold-down has passed.
+    wait_paths all 60 11 12 || true
+    : > "$state/results/bgp-paths.jsonl"
+    local prefix
+    for prefix in "${bgp_prefixes[@]}"; do
+        printf '{"prefix": "%s", "nexthops": "%s", "want": "%s"}\n' "$prefix" "$(router_nexthops "$prefix")" \
+            "$(paths "$prefix" 11 12)" >> "$state/results/bgp-paths.jsonl"
+    done
+    cat "$state/results/bgp-paths.jsonl"
+    in_ctr ael-router birdc show protocols | tee "$state/router-protocols.txt"
+}
+
+prove_bgp_proxy_stop() {
+    say "BGP: the proxy on ael-edge1 stops while ael-client dials 20 connections/s"
+    wait_paths all 60 11 12 || true
+    local stopped withdrawn=null started back=null
+    start_dialling proxy-stop 14
+    sleep 3
+    stopped=$(now)
+    in_ctr ael-edge1 systemctl stop anycast-proxy
+    wait_paths proxy 10 12 && withdrawn=$(now)
+    sleep 6
+    started=$(now)
+    in_ctr ael-edge1 systemctl start anycast-proxy
+    wait "$dialler" || true
+    wait_paths all 60 11 12 && back=$(now)
+    printf '{"stopped": %s, "withdrawn": %s, "started": %s, "back": %s}\n' "$stopped" "$withdrawn" "$started" "$back" \
+        | tee "$state/results/proxy-stop.json"
+}
+
+prove_bgp_freeze() {
+    say "BGP: ael-edge1 freezes (podman pause) while ael-client dials 20 connections/s"
+    wait_paths all 60 11 12 || true
+    local frozen withdrawn=null thawed back=null
+    start_dialling freeze 12
+    sleep 3
+    frozen=$(now)
+    podman pause ael-edge1 >/dev/null
+    wait_paths all 10 12 && withdrawn=$(now)
+    sleep 5
+    thawed=$(now)
+    podman unpause ael-edge1 >/dev/null
+    wait "$dialler" || true
+    wait_paths all 90 11 12 && back=$(now)
+    printf '{"frozen": %s, "withdrawn": %s, "thawed": %s, "back": %s}\n' "$frozen" "$withdrawn" "$thawed" "$back" \
+        | tee "$state/results/freeze.json"
+}
+
+prove_bgp_drain() {
+    say "BGP: ansible-playbook playbooks/drain.yml -l ael-edge1 while ael-client dials 20 connections/s"
+    wait_paths all 60 11 12 || true
+    local started finished gshut=null log="$state/drain.log" rc=0
+    start_dialling drain 20
+    sleep 2
+    # Watch the router for the path with GRACEFUL_SHUTDOWN (65535:0) before it is withdrawn.
+    # shellcheck disable=SC2016  # expanded inside the container
+    in_ctr ael-router sh -c 'for i in $(seq 150); do
+            birdc show route 192.0.2.0/24 all | grep -q "(65535,0)" && { date +%s.%N; exit 0; }; sleep 0.1; done' \
+        > "$state/gshut-seen.txt" &
+    local watcher=$!
+    started=$(now)
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/drain.yml -l ael-edge1) > "$log" 2>&1 || rc=$?
+    finished=$(now)
+    wait "$watcher" || true
+    [ -s "$state/gshut-seen.txt" ] && gshut=$(cat "$state/gshut-seen.txt")
+    wait "$dialler" || true
+    local after drained
+    after=$(for p in "${bgp_prefixes[@]}"; do [ "$(router_nexthops "$p")" = "$(paths "$p" 12)" ] && echo ok || echo "$p"; done | sort -u | paste -sd,)
+    drained=$(in_ctr ael-edge1 test -e /var/lib/anycast-edge/bgp-drained && echo true || echo false)
+    # The play's own report: what remained, how long the withdrawal took.
+    local report
+    report=$(grep -o '"msg": "ael-edge1: [^"]*"' "$log" | tail -1 | sed 's/^"msg": //' || true)
+    printf '{"rc": %d, "started": %s, "finished": %s, "gshut_seen": %s, "paths_after": "%s", "drained": %s, "report": %s}\n' \
+        "$rc" "$started" "$finished" "$gshut" "$after" "$drained" "${report:-null}" \
+        | tee "$state/results/drain.json"
+}
+
+prove_bgp_undrain() {
+    say "BGP: ansible-playbook playbooks/undrain.yml -l ael-edge1"
+    local rc=0 back=null started log="$state/undrain.log"
+    start_dialling undrain 12
+    sleep 2
+    started=$(now)
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/undrain.yml -l ael-edge1) > "$log" 2>&1 || rc=$?
+    wait_paths all 30 11 12 && back=$(now)
+    wait "$dialler" || true
+    printf '{"rc": %d, "started": %s, "back": %s}\n' "$rc" "$started" "$back" | tee "$state/results/undrain.json"
+}
+
+# site.yml's rolling update where the proxy must restart (a unit change: one more open
+# file allowed), while ael-client dials: each batch is drained, restarted, undrained.
+# Then the same again to put the unit back.
+prove_bgp_rolling_restart() {
+    say "BGP: site.yml restarts the proxy on both edges (a unit change), draining each batch, while ael-client dials"
+    wait_paths all 60 11 12 || true
+    local rc=0 started finished log="$state/rolling.log" limit
+    limit=$(( $(in_ctr ael-edge1 systemctl show anycast-proxy --property=LimitNOFILE --value) + 1 ))
+    start_dialling rolling 400
+    local pids_before
+    pids_before=$(for e in ael-edge1 ael-edge2; do in_ctr "$e" systemctl show anycast-proxy --property=MainPID --value; done | paste -sd' ')
+    started=$(now)
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/site.yml -e "transparent_proxy_limit_nofile=$limit") \
+        > "$log" 2>&1 || rc=$?
+    finished=$(now)
+    stop_dialling rolling
+    local pids_after
+    pids_after=$(for e in ael-edge1 ael-edge2; do in_ctr "$e" systemctl show anycast-proxy --property=MainPID --value; done | paste -sd' ')
+    # Put the unit back as the inventory has it (restarts again, drained again).
+    (cd "$repo" && ansible-playbook -i "$inventory" playbooks/site.yml) > "$state/rolling-back.log" 2>&1 || rc=$?
+    printf '{"rc": %d, "started": %s, "finished": %s, "pids_before": "%s", "pids_after": "%s", "drains": %d, "undrains": %d}\n' \
+        "$rc" "$started" "$finished" "$pids_before" "$pids_after" \
+        "$(grep -c 'ael-edge[12]: drained; withdrawn' "$log" || true)" "$(grep -c 'ael-edge[12]: undrained in' "$log" || true)" \
+        | tee "$state/results/rolling.json"
+}
+
 status_table() {
     say "status: ansible-playbook -i lab/inventory playbooks/status.yml"
     local log="$state/status.log"
@@ -349,6 +554,12 @@ prove() {
     prove_rate_limit
     prove_tenants
     prove_gre
+    prove_bgp_paths
+    prove_bgp_proxy_stop
+    prove_bgp_freeze
+    prove_bgp_drain
+    prove_bgp_undrain
+    prove_bgp_rolling_restart
     status_table
     say "results"
     python3 "$repo/lab/report.py" --results "$state/results" --seconds $(( $(date +%s) - started ))

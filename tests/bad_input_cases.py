@@ -27,6 +27,13 @@ def _gre(**extra):
                               'remote': '198.51.100.7', 'address': '10.255.0.1/30'}, **extra)]}
 
 
+def _bgp(neighbor=None, **extra):
+    base = {'local_as': 64512, 'router_id': '192.0.2.1', 'prefixes': [R4], 'served_prefixes': [R4],
+            'neighbors': [dict({'address': '198.51.100.1', 'remote_as': 64500}, **(neighbor or {}))]}
+    base.update(extra)
+    return base
+
+
 CASES = [
     # anyip_route
     ('anyip_route', {'prefixes': ['192.0.2.0/33']}, 'prefixes[0]', 'not a valid'),
@@ -138,6 +145,31 @@ CASES = [
     ('gre_tunnel', _gre(routes=['203.0.113.1/24']), 'tunnels[0].routes[0]', 'host bits'),
     ('gre_tunnel', _gre(local='not-an-address'), 'tunnels[0].local', 'not a valid'),
     ('gre_tunnel', _gre(netns='ae9-no-such-tenant'), 'tunnels[0].netns', 'does not exist'),
+    # bgp_speaker (the live BIRD configuration and the running BIRD are checked too)
+    ('bgp_speaker', _bgp(local_as=0), 'local_as', 'outside 1..4294967295'),
+    ('bgp_speaker', _bgp(local_as=4294967296), 'local_as', 'outside 1..4294967295'),
+    ('bgp_speaker', _bgp({'remote_as': 0}), 'neighbors[0].remote_as', 'outside 1..4294967295'),
+    ('bgp_speaker', _bgp(router_id='2001:db8::1'), 'router_id', 'not an IPv4 address'),
+    ('bgp_speaker', _bgp(router_id='edge-1'), 'router_id', 'not an IPv4 address'),
+    ('bgp_speaker', _bgp({'address': 'router-1'}), 'neighbors[0].address', 'not a valid'),
+    ('bgp_speaker', _bgp({'address': '198.51.100.1'}, neighbors=[{'address': '198.51.100.1', 'remote_as': 1},
+                                                                 {'address': '198.51.100.1', 'remote_as': 2}]),
+     'neighbors[1].address', 'also given'),
+    ('bgp_speaker', _bgp({'password': 'pa"ss'}), 'neighbors[0].password', 'double quote'),
+    ('bgp_speaker', _bgp({'password': 'pa}ss'}), 'neighbors[0].password', 'brace'),
+    ('bgp_speaker', _bgp({'password': 'pa;ss'}), 'neighbors[0].password', 'semicolon'),
+    ('bgp_speaker', _bgp({'password': 'pa\nss'}), 'neighbors[0].password', 'newline'),
+    ('bgp_speaker', _bgp(prefixes=['198.51.100.0/24']), 'prefixes[0]', 'not served by this host'),
+    ('bgp_speaker', _bgp(prefixes=['0.0.0.0/0'], allow_unserved=True), 'prefixes[0]', 'default route'),
+    ('bgp_speaker', _bgp({'hold_time': 2}), 'neighbors[0].hold_time', 'below 3 s'),
+    ('bgp_speaker', _bgp({'keepalive_time': 5}), 'neighbors[0].keepalive_time', 'more than a third'),
+    ('bgp_speaker', _bgp(bfd_interval=5), 'bfd_interval', 'out of range 10-10000 ms'),
+    ('bgp_speaker', _bgp(bfd_interval=60000), 'bfd_interval', 'out of range 10-10000 ms'),
+    ('bgp_speaker', _bgp(bfd_multiplier=1), 'bfd_multiplier', 'out of range 2-255'),
+    ('bgp_speaker', _bgp({'multihop': 2}), 'neighbors[0].source_address', 'multihop session with BFD'),
+    ('bgp_speaker', _bgp(communities=['65535:0']), 'communities[0]', 'GRACEFUL_SHUTDOWN'),
+    ('bgp_speaker', _bgp(communities=['64500:70000']), 'communities[0]', 'at most 65535'),
+    ('bgp_speaker', _bgp(health_table=254), 'health_table', "'main' table"),
     # edge_info, confirm
     ('edge_info', {'driver': 'nft'}, 'driver', 'must be one of'),
     ('edge_info', {'netns': 'ae9-no-such-ns'}, 'netns', 'does not exist'),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 
+from ansible_collections.anycast.edge.plugins.module_utils import _bird
 from ansible_collections.anycast.edge.plugins.module_utils import _gre
 from ansible_collections.anycast.edge.plugins.module_utils import _networkd
 from ansible_collections.anycast.edge.plugins.module_utils import _restore
@@ -172,6 +173,12 @@ def pending(context):
     return [{'key': p['key'], 'deadline': p['deadline']} for p in list_pending()]
 
 
+def bgp(context):
+    """BIRD's sessions, what is announced and what the health daemon withholds (docs/bgp.md)."""
+    return _bird.bgp_state(context.params['bgp']['control_socket'], context.params['bgp']['health_status'],
+                           context.warnings)
+
+
 def networkd(context):
     """Would systemd-networkd delete our routes and rules (docs/networkd.md)."""
     report, warnings = _networkd.report(context.module.run_command)
@@ -191,6 +198,7 @@ SECTIONS = [
     ('drift', drift),
     ('pending', pending),
     ('networkd', networkd),
+    ('bgp', bgp),
 ]
 
 

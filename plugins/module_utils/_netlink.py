@@ -325,12 +325,16 @@ class RawRtnl(object):
         return found
 
     def routes(self, family, table):
-        """[dict] of every route of one family in one table (filtered by the kernel when it can).
+        """[dict] of every route of one family in one table, or in every table when TABLE is None
+        (filtered by the kernel when it can).
 
         A namespace that never had a route in TABLE has no such table: no routes.
         """
         af = FAMILY[family]
-        body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
+        if table is None:
+            body = _RTMSG.pack(af, 0, 0, 0, 0, 0, 0, 0, 0)
+        else:
+            body = _RTMSG.pack(af, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0) + _attr(RTA_TABLE, struct.pack('=I', table))
         try:
             messages = self.dump(RTM_GETROUTE, body)
         except OSError as exc:
@@ -343,7 +347,7 @@ class RawRtnl(object):
             attrs = parse_attrs(msg, _RTMSG.size)
             if RTA_TABLE in attrs:
                 rtable = _u32(attrs[RTA_TABLE])
-            if rtable != table or rfamily != af:
+            if (table is not None and rtable != table) or rfamily != af:
                 continue
             dst = attrs.get(RTA_DST)
             routes.append({

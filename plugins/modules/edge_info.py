@@ -40,6 +40,19 @@ options:
     type: str
     choices: [auto, python-iptables, iptables]
     default: auto
+  bgp:
+    description: Where the BGP state is read (the C(anycast.edge.bgp) role's BIRD and health daemon).
+    type: dict
+    default: {}
+    suboptions:
+      control_socket:
+        description: BIRD's control socket.
+        type: path
+        default: /run/bird/bird.ctl
+      health_status:
+        description: The health daemon's status file.
+        type: path
+        default: /run/anycast-edge-health/status.json
 attributes:
   check_mode:
     support: full
@@ -162,6 +175,44 @@ networkd:
   sample: {active: true, enabled: true, version: 257, manage_foreign_routes: false, manage_foreign_rules: false,
            guard: true, guard_loaded: true, restart_pending: false, managed_links: [eth0, lo],
            at_risk: {routes: [], rules: [], triggers: [eth0, lo]}}
+bgp:
+  description:
+    - BGP on the host (null where neither BIRD's control socket nor the health daemon's status exists) - BIRD's
+      sessions with their state, since when, BFD state and number of exported prefixes; the prefixes exported to at
+      least one established session; the prefixes the health daemon withholds, with the reason (unhealthy, hold-down,
+      drained, restore not done); the drain record.
+    - A session that is not established and a prefix withheld for its health are also warnings.
+  returned: always
+  type: dict
+  contains:
+    running:
+      description: Whether BIRD answered on its control socket.
+      type: bool
+    sessions:
+      description: One per BGP protocol.
+      type: list
+      elements: dict
+      sample: [{name: bgp_r1, neighbor: 198.51.100.1, remote_as: 64500, state: Established,
+                since: "2026-12-05 08:41:51.473", bfd: Up, exported: 3, info: Established, last_error: null}]
+    announced:
+      description: Prefixes exported to at least one established session.
+      type: list
+      elements: str
+      sample: [192.0.2.0/24, "2001:db8:100::/64"]
+    withheld:
+      description: Prefixes the health daemon does not announce now, and why.
+      type: list
+      elements: dict
+      sample: [{prefix: 203.0.113.0/25, group: tenant-acme, state: withdrawn, reason: link ae-acme is down}]
+    drained:
+      description: The drain record (C(since), C(reason)) while the host is drained, else null.
+      type: dict
+    health:
+      description: When the health daemon last wrote its status (C(updated), epoch seconds) and whether the restore unit has succeeded (C(restore)).
+      type: dict
+    error:
+      description: Why BIRD or the health daemon could not be read, else null.
+      type: str
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -179,6 +230,10 @@ def main():
             state_dir=dict(type='path', default=DEFAULT_STATE_DIR),
             drift=dict(type='bool', default=True),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            bgp=dict(type='dict', default={}, options=dict(
+                control_socket=dict(type='path', default='/run/bird/bird.ctl'),
+                health_status=dict(type='path', default='/run/anycast-edge-health/status.json'),
+            )),
         ),
         supports_check_mode=True,
     )

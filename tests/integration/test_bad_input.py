@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -14,14 +15,22 @@ NS_PREFIX = helpers.ns_prefix('ae9')
 DOC = os.path.join(helpers.REPO, 'docs', 'bad-input.md')
 
 
-def run_case(module, args, host, tenant):
-    """Run one case the way the document shows it; return (result, message with placeholders)."""
+def run_case(module, args, host, tenant, bird=None):
+    """Run one case the way the document shows it; return (result, message with placeholders).
+
+    bird: {'config_file', 'control_socket'} of the live BIRD a bgp_speaker case must leave alone.
+    """
     mapping = {'HOST': host, 'TENANT': tenant}
     args = substitute(dict(args), mapping)
     env = args.pop('_env', None)
     args.setdefault('netns', host)
     if module == 'tenant':
         args['netns_prefix'] = NS_PREFIX + 't-'
+    if module == 'bgp_speaker':
+        scratch = bird or {'config_file': os.path.join(helpers.scratch_dir('ae9-bird-'), 'bird.conf'),
+                           'control_socket': '/nonexistent/bird.ctl'}
+        args.setdefault('config_file', scratch['config_file'])
+        args.setdefault('control_socket', scratch['control_socket'])
     result = helpers.run_module(module, args, env=env)
     return result, placeholders(result.get('msg', ''), mapping)
 
@@ -57,18 +66,52 @@ def namespaces():
         factory.cleanup()
 
 
+@pytest.fixture(scope='module')
+def live_bird(namespaces):
+    """A BIRD running in the host namespace on a valid configuration: bgp_speaker refusals leave both alone."""
+    workdir = helpers.scratch_dir('ae9-bird-')
+    os.chmod(workdir, 0o755)
+    bird = {'config_file': os.path.join(workdir, 'bird.conf'), 'control_socket': os.path.join(workdir, 'bird.ctl')}
+    with open(bird['config_file'], 'w') as handle:
+        handle.write('router id 192.0.2.1;\nprotocol device { }\n')
+    if shutil.which('bird') is None:
+        if os.environ.get('CI') == 'true':
+            pytest.fail('bird is not installed (bird2 in scripts/apt-packages.txt)')
+        yield dict(bird, running=False)
+        return
+    helpers.nsexec(namespaces[0], ['bird', '-c', bird['config_file'], '-s', bird['control_socket'],
+                                   '-P', os.path.join(workdir, 'bird.pid')])
+    yield dict(bird, running=True)
+
+
+def bird_state(bird):
+    """The live file and, when BIRD runs, when it last read a configuration."""
+    with open(bird['config_file']) as handle:
+        text = handle.read()
+    status = ''
+    if bird['running']:
+        status = helpers.sh(['birdc', '-s', bird['control_socket'], 'show status']).stdout
+        status = [line for line in status.splitlines() if line.startswith('Last reconfiguration')]
+    return text, status
+
+
 @pytest.mark.parametrize('module,args,param,words', CASES,
                          ids=['%02d-%s-%s' % (i, c[0], c[2]) for i, c in enumerate(CASES)])
-def test_refused_naming_the_parameter_changing_nothing_and_documented(namespaces, module, args, param, words):
+def test_refused_naming_the_parameter_changing_nothing_and_documented(namespaces, live_bird, module, args, param,
+                                                                      words):
     host, tenant = namespaces
     before = helpers.kernel_state(host), helpers.kernel_state(tenant)
+    bird_before = bird_state(live_bird)
     ours = [n for n in helpers.netns_list() if n.startswith(NS_PREFIX)]
     state_dir = helpers.scratch_dir('ae9-state-')
     result, message = run_case(module, dict(args, **({'state_dir': state_dir} if module in
-                                                     helpers.persisted_modules() else {})), host, tenant)
+                                                     helpers.persisted_modules() else {})), host, tenant, live_bird)
     assert result.get('failed'), result
     assert param in result['msg'] and words in result['msg'], result['msg']
     assert (helpers.kernel_state(host), helpers.kernel_state(tenant)) == before
+    assert bird_state(live_bird) == bird_before
+    assert sorted(os.listdir(os.path.dirname(live_bird['config_file']))) == ['bird.conf', 'bird.ctl', 'bird.pid'] \
+        if live_bird['running'] else ['bird.conf']
     assert [n for n in helpers.netns_list() if n.startswith(NS_PREFIX)] == ours
     assert os.listdir(state_dir) == []
     with open(DOC) as handle:

@@ -25,7 +25,7 @@ INVENTORIES = {
 # What site.yml configures; the example inventory must show every one of them.
 FEATURES = ['edge_conntrack', 'edge_rate_limit', 'edge_anyip_prefixes', 'edge_anyip_purge', 'edge_tproxy_rules',
             'edge_tenants', 'edge_tenants_purge', 'edge_gre_tunnels', 'edge_gre_purge', 'transparent_proxy_routes',
-            'transparent_proxy_prefixes', 'edge_xtables_driver']
+            'transparent_proxy_prefixes', 'edge_xtables_driver', 'bgp_local_as', 'bgp_neighbors', 'bgp_router_id']
 
 
 def ansible_env():
@@ -48,7 +48,7 @@ def run(*argv):
 
 
 @pytest.mark.parametrize('inventory', sorted(INVENTORIES))
-@pytest.mark.parametrize('playbook', ['site.yml', 'status.yml'])
+@pytest.mark.parametrize('playbook', ['site.yml', 'status.yml', 'drain.yml', 'undrain.yml'])
 def test_playbook_syntax(playbook, inventory):
     output = run('ansible-playbook', '-i', INVENTORIES[inventory], '--syntax-check',
                  os.path.join('playbooks', playbook))
@@ -77,9 +77,10 @@ def module_calls(play):
             if task['runs'] and task['action'].startswith('anycast.edge.')]
 
 
-def task(play, action):
-    found = [t for t in play['tasks'] if t['action'] == action]
-    assert len(found) == 1, (action, found)
+def task(play, action, name=None):
+    """The one task of PLAY with ACTION (and NAME, where a play has several)."""
+    found = [t for t in play['tasks'] if t['action'] == action and name in (None, t['name'])]
+    assert len(found) == 1, (action, name, found)
     return found[0]
 
 
@@ -112,9 +113,11 @@ def test_site_makes_one_call_per_module_with_the_hosts_variables(inventory, host
     assert not task(kernel, 'ansible.builtin.apt')['runs']
     # the GRE tasks and the boot-time restore, then the proxy role a batch at a time, stopping at a failure
     assert task(kernel, 'ansible.builtin.include_tasks')['args'] == {'_raw_params': 'tasks/gre.yml'}
-    assert task(kernel, 'ansible.builtin.include_role')['args']['name'] == 'anycast.edge.edge_restore'
+    roles = [(t['args']['name'], t['runs']) for t in kernel['tasks'] if t['action'] == 'ansible.builtin.include_role']
+    assert roles == [('anycast.edge.edge_restore', True), ('anycast.edge.bgp', True)]
     assert (proxy['serial'], proxy['max_fail_percentage']) == ('34%', 0)
-    assert task(proxy, 'ansible.builtin.include_role')['args'] == {'name': 'anycast.edge.transparent_proxy'}
+    assert task(proxy, 'ansible.builtin.include_role', 'Run the transparent proxy role')['args'] == \
+        {'name': 'anycast.edge.transparent_proxy'}
 
 
 def test_site_leaves_out_what_a_host_does_not_configure():
@@ -126,7 +129,7 @@ def test_site_leaves_out_what_a_host_does_not_configure():
     assert module_calls(kernel) == [('tproxy_rule', {'chain': 'EDGE-TPROXY', 'driver': 'auto', 'rules': [],
                                                      'state': 'absent'})]
     assert not task(kernel, 'ansible.builtin.include_tasks')['runs']
-    assert not task(proxy, 'ansible.builtin.include_role')['runs']
+    assert not any(t['runs'] for t in proxy['tasks'] if t['action'] == 'ansible.builtin.include_role')
 
 
 def test_site_with_an_anyip_purge_refuses_to_drop_the_proxys_prefixes():
@@ -174,6 +177,28 @@ def test_example_inventory_shows_every_feature():
     assert len(set(marks)) == len(marks)
     namespaces = {'tenant-' + t['name'] for t in tenants}
     assert {t['netns'] for t in hostvars['edge-fra-1']['edge_gre_tunnels']} <= namespaces
+
+
+@pytest.mark.parametrize('inventory', sorted(INVENTORIES))
+def test_every_host_of_the_inventories_has_a_bgp_plan_without_errors(inventory):
+    from ansible_collections.anycast.edge.plugins.filter.bgp import bgp_plan
+    _data, hostvars = inventory_hosts(inventory)
+    for host, variables in hostvars.items():
+        plan = bgp_plan(variables)
+        assert plan['errors'] == [], (host, plan['errors'])
+        groups = [g['name'] for g in plan['health']['groups']]
+        assert groups[0] == 'proxy' and 'tenant-acme' in groups, (host, groups)
+        sites = {n['address'].rsplit('.', 1)[0] for n in plan['speaker']['neighbors'] if '.' in n['address']}
+        assert len(sites) == 1, (host, sites)         # each host peers with its own site's routers
+
+
+def test_example_sites_peer_with_two_routers_each_with_bfd_and_communities():
+    _data, hostvars = inventory_hosts('example')
+    for host, variables in hostvars.items():
+        v4 = [n for n in variables['bgp_neighbors'] if '.' in n['address']]
+        assert len(v4) == 2 and len(variables['bgp_neighbors']) == 4, host
+        assert variables['bgp_neighbor_defaults']['bfd'] is True and variables['bgp_communities'], host
+    assert hostvars['edge-ams-1']['bgp_prefixes'][0]['communities'] == ['64602:90']
 
 
 def test_lab_inventory_uses_the_podman_connection():
@@ -261,6 +286,8 @@ def test_status_table_renders(tmp_path):
                       'hashlimit@host@EDGE-RATE-LIMIT': {'drifted': False, 'failed': False}},
             'pending': [],
             'warnings': ['conntrack is 85% full'],
+            'bgp': {'sessions': [{'state': 'Established'}, {'state': 'Active'}], 'announced': ['192.0.2.0/24'],
+                    'withheld': [{'prefix': '2001:db8:100::/64'}], 'drained': {'reason': 'maintenance'}},
         },
         'edge_status_shell': {'stdout_lines': ['proxy=active', 'kernel=6.18.0', 'ip_gre=no', 'connections=42']},
         'edge_rate_limit': {'chain': 'EDGE-RATE-LIMIT'},
@@ -284,10 +311,13 @@ def test_status_table_renders(tmp_path):
     assert row_a[:10] == ['edge-a', 'active', '42', '2+1', '1', '158/1042', '3+1', '120/262144', 'acme,globex',
                           'skipped,'], row_a
     assert table[2].rstrip().endswith('1 of 2 records')
+    assert ' 1/2 up ' in table[2] and ' 1/1 drained ' in table[2], table[2]
+    assert header[11:13] == ['BGP', 'PREFIXES']     # 'RATE LIMIT' is two words
     assert row_b[:4] == ['edge-b', 'inactive', '-', 'error']
     notes = table[4:]
     assert 'edge-a: warning: conntrack is 85% full' in notes
     assert 'edge-b: edge_info failed: No module named pyroute2' in notes
+    assert 'edge-a: drained (maintenance); playbooks/undrain.yml announces it again' in notes
     assert any(note.startswith('edge-a: GRE skipped: kernel 6.18.0 has no ip_gre') for note in notes)
 
 
