@@ -70,9 +70,11 @@ class Topology(object):
     def __init__(self, client, edge, origin):
         self.client, self.edge, self.origin = client, edge, origin
 
-    def connect(self, address, port, family=socket.AF_INET, timeout=5.0):
+    def connect(self, address, port, family=socket.AF_INET, timeout=5.0, source=None):
         sock = socket_in(self.client, family)
         sock.settimeout(timeout)
+        if source is not None:
+            sock.bind((source, 0))
         sock.connect((address, port))
         return sock
 
@@ -228,6 +230,45 @@ class TcpOrigin(object):
         self.sock.close()
 
 
+class RecordingOrigin(object):
+    """Records everything each connection sends until it closes (health checks, for one)."""
+
+    def __init__(self, ns, address=ORIGIN_V4, port=8090, family=socket.AF_INET):
+        self.sock = socket_in(ns, family)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(64)
+        self.received = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _unused1 = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b''
+                try:
+                    while True:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    pass
+                self.received.append(data)
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class UdpOrigin(object):
     """Answers each datagram with JSON: what it got, from whom, and the PROXY v2 header if any."""
 
@@ -339,8 +380,8 @@ class ProxyProcess(object):
                     raise AssertionError('proxy exited with %s:\n%s' % (self.proc.returncode, self.logs()))
         raise AssertionError('no %r from the proxy within %ss:\n%s' % (prefix, timeout, self.logs()))
 
-    def wait_ready(self):
-        return self.wait_message('READY=1')
+    def wait_ready(self, timeout=20.0):
+        return self.wait_message('READY=1', timeout)
 
     def logs(self):
         self.log.flush()
@@ -401,10 +442,10 @@ def parse_metrics(text):
     return out
 
 
-def metric(samples, name, **labels):
+def metric(samples, family, **labels):
     want = set(labels.items())
-    found = [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
-    assert found, 'no sample %s%s in %s' % (name, labels, sorted({n for n, _unused1 in samples}))
+    found = [v for (n, ls), v in samples.items() if n == family and want <= set(ls)]
+    assert found, 'no sample %s%s in %s' % (family, labels, sorted({n for n, _unused1 in samples}))
     return sum(found)
 
 

@@ -1,4 +1,4 @@
-"""The process: listeners, reload, drain, readiness; and the supervisor of workers.
+"""The process: listeners, origin pools, reload, drain, readiness; and the supervisor of workers.
 
 With `workers: 1` one process does everything. With more, a supervisor
 starts that many worker processes (each with its own SO_REUSEPORT listeners,
@@ -14,13 +14,17 @@ import sys
 
 from . import proxy_protocol
 from .config import ConfigError, load_config
+from .health import HealthChecker
 from .metrics import Metrics, MetricsServer, merge
 from .netutil import make_listener, udp_bind_problem
+from .pool import build_pools
+from .resolve import Resolver
 from .routing import RouteTable
 from .tcp_relay import TcpRelay
 from .udp_relay import UdpRelay
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+RESOLVE_AT_START = 5.0     # seconds the first resolution of names may hold up readiness (and a reload)
 
 
 _tasks = set()
@@ -89,10 +93,12 @@ class ProxyServer:
         self.control_task = None        # a worker's reader of the supervisor's requests
         self.metrics = Metrics()
         self.listeners = {}             # (Endpoint, "tcp"|"udp") -> socket
+        self.pools = {}                 # route name -> pool.Pool
         self.metrics_server = None
         self.stop_event = None
         self.loop = None
         self.tcp = self.udp = None
+        self.checker = self.resolver = None
 
     # -- configuration -------------------------------------------------------
     def _wanted_listeners(self, config):
@@ -103,7 +109,7 @@ class ProxyServer:
                 wanted.append((ep, "udp"))
         return wanted
 
-    def _apply(self, config):
+    def _apply(self, config, resolved=None):
         """Open what the new config needs, then switch; on error nothing changes."""
         reuseport = config.workers > 1
         opened = {}
@@ -117,6 +123,9 @@ class ProxyServer:
             for sock in opened.values():
                 sock.close()
             raise
+        self.pools = build_pools(config.routes, self.pools, self._origin_changed, resolved)
+        self.resolver.record(self.pools, resolved or {})
+        self.metrics.pools = self.pools
         table = RouteTable(config.routes)
         for r in config.routes:
             self.metrics.route(r.name, r.protocol)
@@ -133,9 +142,22 @@ class ProxyServer:
             self.listeners[key] = sock
             (self.tcp if key[1] == "tcp" else self.udp).add_listener(sock)
         self.config = config
+        self.resolver.sync(self.pools)
+        self.checker.sync(self.pools)
         problem = udp_bind_problem(config.routes)
         if problem:
             self.log.warning(problem)
+
+    def _origin_changed(self, pool, origin):
+        live = len(pool.live_primaries) + len(pool.live_backups)
+        if origin.up:
+            self.log.info(f"route {pool.name}: origin {origin.label} is up again; {live} of {len(pool)} up")
+        else:
+            self.log.warning(f"route {pool.name}: origin {origin.label} is down ({origin.last_error}); "
+                             f"{live} of {len(pool)} up" + ("" if live else ": trying every origin anyway"))
+
+    def _addresses_changed(self, pool):
+        self.checker.sync(self.pools)
 
     async def _apply_metrics_server(self, old_endpoint):
         if self.worker is not None:
@@ -166,7 +188,8 @@ class ProxyServer:
             if config.workers != self.config.workers and self.worker is None:
                 self.log.warning("workers changed: takes effect at the next restart")
             old_metrics = self.config.metrics
-            self._apply(config)
+            resolved = await self.resolver.prefetch(config.routes, self.pools, RESOLVE_AT_START)
+            self._apply(config, resolved)
             await self._apply_metrics_server(old_metrics)
         except (ConfigError, OSError) as exc:
             self.metrics.reload_failures += 1
@@ -184,7 +207,10 @@ class ProxyServer:
         header = proxy_protocol.header
         self.tcp = TcpRelay(self.loop, self.metrics, self.log, header)
         self.udp = UdpRelay(self.loop, self.metrics, self.log, header)
-        self._apply(self.config)
+        self.checker = HealthChecker(self.loop)
+        self.resolver = Resolver(self.loop, self.log, self._addresses_changed)
+        resolved = await self.resolver.prefetch(self.config.routes, {}, RESOLVE_AT_START)
+        self._apply(self.config, resolved)
         await self._apply_metrics_server(None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop_event.set)
@@ -216,6 +242,8 @@ class ProxyServer:
         self.notifier.stopping()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        self.checker.close()
+        self.resolver.close()
         self.tcp.draining = self.udp.draining = True
         deadline = self.loop.time() + self.config.drain_timeout
         if self.tcp.sessions:
