@@ -119,6 +119,7 @@ CASES = [
     # edge_info, confirm
     ('edge_info', {'driver': 'nft'}, 'driver', 'must be one of'),
     ('edge_info', {'netns': 'ae9-no-such-ns'}, 'netns', 'does not exist'),
+    ('edge_info', {'proxy_metrics': 'localhost:9464'}, 'proxy_metrics', 'not an IP address'),
     ('confirm', {'tokens': {'a': 1}}, 'tokens', 'list'),
 ]
 

@@ -16,7 +16,10 @@ description:
     hashlimit table fill against C(htable_max), conntrack count against its maximum, tenants with their
     namespaces, links, marks, routing tables and nftables rulesets, GRE tunnels with their state, the
     persisted records, changes waiting for confirmation, and whether the kernel drifted from the records.
-  - Returns O(ignore:warnings) for tables more than 80% full and for records the kernel drifted from.
+  - Reads the transparent proxy's origins from its metrics endpoint - which are up, which are down, and whether
+    their host names resolve.
+  - Returns O(ignore:warnings) for tables more than 80% full, for records the kernel drifted from, for the
+    proxy's origins that are down and for origin names that do not resolve.
 author:
   - anycast.edge developers (@anycast-edge)
 options:
@@ -37,6 +40,12 @@ options:
     type: str
     choices: [auto, python-iptables, iptables]
     default: auto
+  proxy_metrics:
+    description:
+      - V(ADDRESS:PORT) of the transparent proxy's metrics endpoint (the role's C(transparent_proxy_metrics)), read
+        for RV(proxy_origins). An empty string skips it.
+    type: str
+    default: 127.0.0.1:9464
 attributes:
   check_mode:
     support: full
@@ -109,6 +118,43 @@ pending:
   returned: always
   type: list
   elements: dict
+proxy_origins:
+  description:
+    - The transparent proxy's origins as it sees them, from O(proxy_metrics); C(available) is false (with C(error))
+      when nothing answers there, for example on a host without the proxy.
+  returned: always
+  type: dict
+  contains:
+    endpoint:
+      description: The metrics endpoint that was read.
+      type: str
+    available:
+      description: Whether the proxy answered.
+      type: bool
+    error:
+      description: Why it did not, or null.
+      type: str
+    origins:
+      description: Every origin of every route, with C(up), C(active), C(connections), C(connect_failures), C(check_failures).
+      type: list
+      elements: dict
+    down:
+      description: The origins that are down, as C({route, origin}).
+      type: list
+      elements: dict
+    resolve:
+      description: Origins given by name, with C(ok) (the last resolution worked) and C(failures).
+      type: list
+      elements: dict
+  sample:
+    endpoint: 127.0.0.1:9464
+    available: true
+    error: null
+    origins:
+      - {route: web, origin: "10.0.2.2:8080", up: true, active: 12, connections: 3021, connect_failures: 0, check_failures: 0}
+      - {route: web, origin: "10.0.2.3:8080", up: false, active: 0, connections: 2950, connect_failures: 3, check_failures: 41}
+    down: [{route: web, origin: "10.0.2.3:8080"}]
+    resolve: []
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -117,6 +163,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_info as 
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import require_pyroute2
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
 from ansible_collections.anycast.edge.plugins.module_utils._persist import list_pending
+from ansible_collections.anycast.edge.plugins.module_utils._proxy_origins import parse_endpoint, proxy_origins
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS, XtablesError, select_driver
 
 
@@ -127,9 +174,15 @@ def main():
             state_dir=dict(type='path', default='/etc/anycast-edge/state'),
             drift=dict(type='bool', default=True),
             driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            proxy_metrics=dict(type='str', default='127.0.0.1:9464'),
         ),
         supports_check_mode=True,
     )
+    if module.params['proxy_metrics']:
+        try:
+            parse_endpoint(module.params['proxy_metrics'])
+        except ValueError as exc:
+            module.fail_json(msg='proxy_metrics: %s (expected ADDRESS:PORT, IPv6 in brackets)' % exc)
     require_pyroute2(module)
     host_netns = enter_module_netns(module)
     warnings = []
@@ -155,6 +208,9 @@ def main():
         records=info.records(module.params['state_dir']),
         drift=drift,
         pending=[{'key': p['key'], 'deadline': p['deadline']} for p in list_pending()],
+        proxy_origins=(proxy_origins(module.params['proxy_metrics'], warnings) if module.params['proxy_metrics']
+                       else {'endpoint': '', 'available': False, 'error': 'not asked', 'origins': [], 'down': [],
+                             'resolve': []}),
     )
     for warning in warnings:
         module.warn(warning)

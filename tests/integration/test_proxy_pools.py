@@ -376,3 +376,26 @@ def test_metrics_list_every_origin_of_every_route(topo, start_proxy, origin):
                 if name == 'anycast_proxy_origin_up')
     assert up == [('a', '%s:8101' % ORIGIN_V4, 1), ('a', '%s:8102' % ORIGIN_V4, 1), ('b', '%s:8103' % ORIGIN_V4, 1)]
     assert json.dumps(up)
+
+
+# -- edge_info reads it -------------------------------------------------------------------------
+
+def test_edge_info_reports_the_origins_that_are_down(topo, start_proxy, origin):
+    origin(port=8102)
+    start_proxy(pool_config(['%s:8101' % ORIGIN_V4, '%s:8102' % ORIGIN_V4],
+                            health_check={'interval': 0.2, 'fall': 1}))
+    wait_for(lambda: helpers.run_module('edge_info', {'netns': topo.edge, 'drift': False,
+                                                      'proxy_metrics': '127.0.0.1:9100'})['proxy_origins']['down'],
+             what='edge_info to see the origin down')
+    info = helpers.ok(helpers.run_module('edge_info', {'netns': topo.edge, 'drift': False,
+                                                       'proxy_metrics': '127.0.0.1:9100'}, check=True))
+    origins = info['proxy_origins']
+    assert origins['available'] and origins['error'] is None
+    assert origins['down'] == [{'route': 'pool', 'origin': '%s:8101' % ORIGIN_V4}]
+    assert [(o['origin'], o['up']) for o in origins['origins']] == [('%s:8101' % ORIGIN_V4, False),
+                                                                    ('%s:8102' % ORIGIN_V4, True)]
+    assert 'proxy route pool: origin %s:8101 is down' % ORIGIN_V4 in info['warnings']
+    # Nothing listens there: reported, not a failure (a host may have no proxy).
+    info = helpers.ok(helpers.run_module('edge_info', {'netns': topo.edge, 'drift': False,
+                                                       'proxy_metrics': '127.0.0.1:9'}))
+    assert info['proxy_origins']['available'] is False and 'refused' in info['proxy_origins']['error']
