@@ -161,6 +161,7 @@ PROXY_CASES = [
     (_route(origin='bad_name!:80'), 'routes[0].origin', 'neither an IP address nor a host name'),
     (dict(_route(origin=O1), defaults={'balance': 'fastest'}), 'defaults.balance', 'expected one of'),
     (dict(_route(origin=O1), defaults={'origins': [O2]}), 'defaults.origins', 'not a key routes can inherit'),
+    (dict(_route(origin=O1), drain_socket='run/drain.sock'), 'drain_socket', 'absolute path'),
 ]
 
 

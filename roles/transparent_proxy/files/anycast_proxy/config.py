@@ -16,8 +16,8 @@ BALANCE_METHODS = ("round-robin", "least-connections", "source-hash")
 
 TOP_KEYS = {
     "listen", "routes", "metrics", "workers", "max_connections_per_source",
-    "drain_timeout", "log_connections", "log_level", "buffer_size", "bulk_buffer_size",
-    "splice", "defaults",
+    "drain_timeout", "drain_socket", "log_connections", "log_level", "buffer_size",
+    "bulk_buffer_size", "splice", "defaults",
 }
 ROUTE_KEYS = {
     "name", "destination", "ports", "protocol", "origin", "origins", "balance", "health_check",
@@ -142,8 +142,8 @@ class Route:
 class Config:
     __slots__ = (
         "listen", "routes", "metrics", "workers", "max_connections_per_source",
-        "drain_timeout", "log_connections", "log_level", "buffer_size", "bulk_buffer_size",
-        "splice", "source",
+        "drain_timeout", "drain_socket", "log_connections", "log_level", "buffer_size",
+        "bulk_buffer_size", "splice", "source",
     )
 
     def __init__(self, **kw):
@@ -476,11 +476,16 @@ def parse_config(data, source="<config>"):
     if bulk_buffer_size > 16 * 1024 * 1024:
         raise ConfigError("bulk_buffer_size", f"at most 16 MiB, got {bulk_buffer_size}")
     splice = _bool(data.get("splice", False), "splice")
+    drain_socket = data.get("drain_socket")
+    if drain_socket is not None and (not isinstance(drain_socket, str) or not drain_socket.startswith("/")
+                                     or len(drain_socket.encode()) > 107):
+        raise ConfigError("drain_socket", f"expected the absolute path of a unix socket (at most 107 bytes), "
+                                          f"got {drain_socket!r}")
 
     return Config(
         listen=listen, routes=routes, metrics=metrics, workers=workers,
         max_connections_per_source=per_source, drain_timeout=float(drain_timeout),
-        log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
+        drain_socket=drain_socket, log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
         bulk_buffer_size=bulk_buffer_size, splice=splice, source=source,
     )
 

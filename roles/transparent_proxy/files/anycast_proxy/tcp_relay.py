@@ -32,7 +32,7 @@ import socket
 import time
 
 from .netutil import fmt_addr, reset_and_close
-from .poller import EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
+from .poller import EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
 
 _READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
 _CLIENT_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
@@ -539,6 +539,7 @@ class TcpRelay:
         self.log_connections = True
         self.draining = False
         self.listeners = {}
+        self._exclusive = set()
         self._paused = set()
         self._last_pause_log = -10.0
         self._sweeps = 0
@@ -559,19 +560,26 @@ class TcpRelay:
         self.splice = _HAVE_SPLICE and config.splice
         self.log_connections = config.log_connections
 
-    def add_listener(self, sock):
+    def add_listener(self, sock, shared=False):
+        """SHARED: other processes (workers) accept on the same socket: wake only one of them."""
         self.listeners[sock.fileno()] = sock
+        if shared:
+            self._exclusive.add(sock.fileno())
         self._watch_listener(sock)
 
     def _watch_listener(self, sock):
-        self.poller.register(sock.fileno(), EPOLLIN,
+        fd = sock.fileno()
+        self.poller.register(fd, EPOLLIN | (EPOLLEXCLUSIVE if fd in self._exclusive else 0),
                              lambda events, lsock=sock, family=int(sock.family): self._on_accept(lsock, family),
                              deferred=True)
 
     def remove_listener(self, sock):
+        # Unregistered explicitly: a shared socket stays open elsewhere, and an epoll set keeps
+        # an open file until it is removed.
         if self.listeners.pop(sock.fileno(), None) is not None and sock.fileno() not in self._paused:
             self.poller.unregister(sock.fileno())
         self._paused.discard(sock.fileno())
+        self._exclusive.discard(sock.fileno())
 
     def _pause_accepting(self, lsock, exc):
         """Out of descriptors or memory: the listener would be readable at once again, so stop
