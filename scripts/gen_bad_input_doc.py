@@ -53,8 +53,10 @@ def main():
     lines += [
         '', '## anycast-proxy configuration (the transparent_proxy role)', '',
         'The proxy refuses these configurations with `--check-config` (exit status 2), and a running proxy',
-        'that gets one on SIGHUP keeps its running configuration (`config_reload_failures_total` grows).',
-        '%d cases.' % len(PROXY_CASES),
+        'that gets one on SIGHUP keeps its running configuration (`config_reload_failures_total` grows). The',
+        "role's preflight refuses them too, before anything changes on a host, with the same message naming",
+        'the role variable: `routes` is `transparent_proxy_routes`, `defaults` is `transparent_proxy_route_defaults`',
+        '(the `proxy_config_errors` filter runs the proxy\'s own validation). %d cases.' % len(PROXY_CASES),
         '', '| key | configuration | message |', '|---|---|---|']
     for config, key, _words in PROXY_CASES:
         status, message = run_proxy_case(config)

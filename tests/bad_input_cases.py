@@ -133,8 +133,9 @@ O1, O2 = '10.0.2.2:8080', '10.0.2.3:8080'
 
 # The transparent proxy's configuration (roles/transparent_proxy/files/anycast_proxy/config.py):
 # (configuration, key named in the message, words of the message). Each is refused by
-# `anycast_proxy --check-config` (tests/integration/test_bad_input.py) and by a running proxy on
-# SIGHUP, which keeps its configuration (tests/integration/test_proxy.py).
+# `anycast_proxy --check-config` (tests/integration/test_bad_input.py), by a running proxy on
+# SIGHUP, which keeps its configuration (tests/integration/test_proxy.py), and by the role's
+# preflight before anything changes, naming the role variable (tests/unit/test_proxy_program_filter.py).
 PROXY_CASES = [
     (_route(origins=[]), 'routes[0].origins', 'at least one origin'),
     (_route(origins=[O1, O1]), 'routes[0].origins[1]', 'same origin as origins[0]'),
