@@ -13,8 +13,8 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
 import helpers  # noqa: E402
-from bad_input_cases import CASES, cell  # noqa: E402
-from test_bad_input import make_namespaces, run_case  # noqa: E402
+from bad_input_cases import CASES, PROXY_CASES, cell  # noqa: E402
+from test_bad_input import make_namespaces, run_case, run_proxy_case  # noqa: E402
 
 
 def main():
@@ -51,9 +51,22 @@ def main():
         lines += ['', '## %s' % module, '', '| parameter | input | message |', '|---|---|---|']
         for param, given, message in rows[module]:
             lines.append('| `%s` | `%s` | %s |' % (cell(param), cell(given), cell(message)))
+    lines += [
+        '', '## anycast-proxy configuration (the transparent_proxy role)', '',
+        'The proxy refuses these configurations with `--check-config` (exit status 2), and a running proxy',
+        'that gets one on SIGHUP keeps its running configuration (`config_reload_failures_total` grows). The',
+        "role's preflight refuses them too, before anything changes on a host, with the same message naming",
+        'the role variable: `routes` is `transparent_proxy_routes`, `defaults` is `transparent_proxy_route_defaults`',
+        '(the `proxy_config_errors` filter runs the proxy\'s own validation). %d cases.' % len(PROXY_CASES),
+        '', '| key | configuration | message |', '|---|---|---|']
+    for config, key, _words in PROXY_CASES:
+        status, message = run_proxy_case(config)
+        if status != 2:
+            raise SystemExit('the proxy accepted %s' % json.dumps(config))
+        lines.append('| `%s` | `%s` | %s |' % (cell(key), cell(json.dumps(config, sort_keys=True)), cell(message)))
     with open(os.path.join(REPO, 'docs', 'bad-input.md'), 'w') as handle:
         handle.write('\n'.join(lines) + '\n')
-    print('wrote docs/bad-input.md: %d cases' % len(CASES))
+    print('wrote docs/bad-input.md: %d module cases, %d proxy configuration cases' % (len(CASES), len(PROXY_CASES)))
 
 
 if __name__ == '__main__':

@@ -173,7 +173,50 @@ CASES = [
     # edge_info, confirm
     ('edge_info', {'driver': 'nft'}, 'driver', 'must be one of'),
     ('edge_info', {'netns': 'ae9-no-such-ns'}, 'netns', 'does not exist'),
+    ('edge_info', {'proxy_metrics': 'localhost:9464'}, 'proxy_metrics', 'not an IP address'),
     ('confirm', {'tokens': {'a': 1}}, 'tokens', 'list'),
+]
+
+
+def _route(**keys):
+    """A proxy configuration with one route to R4 and KEYS."""
+    return {'routes': [dict({'destination': R4}, **keys)]}
+
+
+O1, O2 = '10.0.2.2:8080', '10.0.2.3:8080'
+
+# The transparent proxy's configuration (roles/transparent_proxy/files/anycast_proxy/config.py):
+# (configuration, key named in the message, words of the message). Each is refused by
+# `anycast_proxy --check-config` (tests/integration/test_bad_input.py), by a running proxy on
+# SIGHUP, which keeps its configuration (tests/integration/test_proxy.py), and by the role's
+# preflight before anything changes, naming the role variable (tests/unit/test_proxy_program_filter.py).
+PROXY_CASES = [
+    (_route(origins=[]), 'routes[0].origins', 'at least one origin'),
+    (_route(origins=[O1, O1]), 'routes[0].origins[1]', 'same origin as origins[0]'),
+    (_route(origins=[O1, {'address': '10.0.2.02:8080'}]), 'routes[0].origins[1].address',
+     'not a valid IPv4 address'),
+    (_route(origins=[{'address': O1, 'weight': 0}, O2]), 'routes[0].origins[0].weight', 'must be at least 1'),
+    (_route(origins=[{'address': O1, 'weight': -2}, O2]), 'routes[0].origins[0].weight', 'must be at least 1'),
+    (_route(origins=[{'address': O1, 'weight': 1000}, O2]), 'routes[0].origins[0].weight', 'at most 256'),
+    (_route(origins=[{'address': O1, 'backup': True}, {'address': O2, 'backup': True}]), 'routes[0].origins',
+     'every origin is a backup'),
+    (_route(origins=[{'address': O1, 'priority': 2}]), 'routes[0].origins[0].priority', 'unknown key'),
+    (_route(origin=O1, origins=[O2]), 'routes[0].origins', 'not both'),
+    (_route(), 'routes[0].origin', 'required key is missing'),
+    (_route(origins=[O1, O2], balance='random'), 'routes[0].balance', 'expected one of'),
+    (_route(origins=[O1, O2], health_check={'interval': 0}), 'routes[0].health_check.interval', 'greater than 0'),
+    (_route(origins=[O1, O2], health_check={'interval': -5}), 'routes[0].health_check.interval', 'greater than 0'),
+    (_route(origins=[O1, O2], health_check={'timeout': 0}), 'routes[0].health_check.timeout', 'greater than 0'),
+    (_route(origins=[O1, O2], health_check={'rise': 0}), 'routes[0].health_check.rise', 'must be at least 1'),
+    (_route(origins=[O1, O2], health_check={'fall': 0}), 'routes[0].health_check.fall', 'must be at least 1'),
+    (_route(origins=[O1, O2], health_check={'inter': 2}), 'routes[0].health_check.inter', 'unknown key'),
+    (_route(origins=[O1, O2], health_check=True), 'routes[0].health_check', 'an object'),
+    (_route(origins=['10.0.2.2', O2], health_check={}), 'routes[0].health_check.port', 'port of their own'),
+    (_route(origin='origin.example:80', resolve_interval=0), 'routes[0].resolve_interval', 'greater than 0'),
+    (_route(origin='bad_name!:80'), 'routes[0].origin', 'neither an IP address nor a host name'),
+    (dict(_route(origin=O1), defaults={'balance': 'fastest'}), 'defaults.balance', 'expected one of'),
+    (dict(_route(origin=O1), defaults={'origins': [O2]}), 'defaults.origins', 'not a key routes can inherit'),
+    (dict(_route(origin=O1), drain_socket='run/drain.sock'), 'drain_socket', 'absolute path'),
 ]
 
 

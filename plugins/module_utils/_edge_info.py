@@ -18,6 +18,7 @@ import re
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bird
 from ansible_collections.anycast.edge.plugins.module_utils import _gre
+from ansible_collections.anycast.edge.plugins.module_utils import _proxy_origins
 from ansible_collections.anycast.edge.plugins.module_utils import _networkd
 from ansible_collections.anycast.edge.plugins.module_utils import _restore
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
@@ -179,6 +180,14 @@ def bgp(context):
                            context.warnings)
 
 
+def proxy_origins(context):
+    """The transparent proxy's origins as it sees them, from its metrics endpoint ('' skips it)."""
+    endpoint = context.params['proxy_metrics']
+    if not endpoint:
+        return {'endpoint': '', 'available': False, 'error': 'not asked', 'origins': [], 'down': [], 'resolve': []}
+    return _proxy_origins.proxy_origins(endpoint, context.warnings)
+
+
 def networkd(context):
     """Would systemd-networkd delete our routes and rules (docs/networkd.md)."""
     report, warnings = _networkd.report(context.module.run_command)
@@ -197,6 +206,7 @@ SECTIONS = [
     ('records', records),
     ('drift', drift),
     ('pending', pending),
+    ('proxy_origins', proxy_origins),
     ('networkd', networkd),
     ('bgp', bgp),
 ]

@@ -17,7 +17,10 @@ description:
     namespaces, links, marks, routing tables and nftables rulesets, GRE tunnels with their state, the
     persisted records, changes waiting for confirmation, whether the kernel drifted from the records, and whether
     systemd-networkd would delete the collection's routes and rules.
-  - Returns O(ignore:warnings) for tables more than 80% full and for records the kernel drifted from.
+  - Reads the transparent proxy's origins from its metrics endpoint - which are up, which are down, and whether
+    their host names resolve.
+  - Returns O(ignore:warnings) for tables more than 80% full, for records the kernel drifted from, for the
+    proxy's origins that are down and for origin names that do not resolve.
   - GRE tunnels are read as M(anycast.edge.gre_tunnel) reads them (IPv6 endpoints of C(ip6gre) included), and
     only those whose underlay is this host namespace are reported.
 author:
@@ -53,6 +56,12 @@ options:
         description: The health daemon's status file.
         type: path
         default: /run/anycast-edge-health/status.json
+  proxy_metrics:
+    description:
+      - V(ADDRESS:PORT) of the transparent proxy's metrics endpoint (the role's C(transparent_proxy_metrics)), read
+        for RV(proxy_origins). An empty string skips it.
+    type: str
+    default: 127.0.0.1:9464
 attributes:
   check_mode:
     support: full
@@ -213,12 +222,50 @@ bgp:
     error:
       description: Why BIRD or the health daemon could not be read, else null.
       type: str
+proxy_origins:
+  description:
+    - The transparent proxy's origins as it sees them, from O(proxy_metrics); C(available) is false (with C(error))
+      when nothing answers there, for example on a host without the proxy.
+  returned: always
+  type: dict
+  contains:
+    endpoint:
+      description: The metrics endpoint that was read.
+      type: str
+    available:
+      description: Whether the proxy answered.
+      type: bool
+    error:
+      description: Why it did not, or null.
+      type: str
+    origins:
+      description: Every origin of every route, with C(up), C(active), C(connections), C(connect_failures), C(check_failures).
+      type: list
+      elements: dict
+    down:
+      description: The origins that are down, as C({route, origin}).
+      type: list
+      elements: dict
+    resolve:
+      description: Origins given by name, with C(ok) (the last resolution worked) and C(failures).
+      type: list
+      elements: dict
+  sample:
+    endpoint: 127.0.0.1:9464
+    available: true
+    error: null
+    origins:
+      - {route: web, origin: "10.0.2.2:8080", up: true, active: 12, connections: 3021, connect_failures: 0, check_failures: 0}
+      - {route: web, origin: "10.0.2.3:8080", up: false, active: 0, connections: 2950, connect_failures: 3, check_failures: 41}
+    down: [{route: web, origin: "10.0.2.3:8080"}]
+    resolve: []
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._edge_info import read_all
 from ansible_collections.anycast.edge.plugins.module_utils._engine import run_reader
+from ansible_collections.anycast.edge.plugins.module_utils._proxy_origins import parse_endpoint
 from ansible_collections.anycast.edge.plugins.module_utils._restore import DEFAULT_STATE_DIR
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
@@ -234,9 +281,15 @@ def main():
                 control_socket=dict(type='path', default='/run/bird/bird.ctl'),
                 health_status=dict(type='path', default='/run/anycast-edge-health/status.json'),
             )),
+            proxy_metrics=dict(type='str', default='127.0.0.1:9464'),
         ),
         supports_check_mode=True,
     )
+    if module.params['proxy_metrics']:
+        try:
+            parse_endpoint(module.params['proxy_metrics'])
+        except ValueError as exc:
+            module.fail_json(msg='proxy_metrics: %s (expected ADDRESS:PORT, IPv6 in brackets)' % exc)
     run_reader(module, read_all)
 
 

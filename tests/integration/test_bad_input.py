@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import tempfile
 
 import pytest
 
 import helpers
-from bad_input_cases import CASES, cell, placeholders, substitute
+from bad_input_cases import CASES, PROXY_CASES, cell, placeholders, substitute
+
+PROXY_PKG = os.path.join(helpers.REPO, 'roles', 'transparent_proxy', 'files', 'anycast_proxy')
 
 pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('ae9')
@@ -55,6 +60,18 @@ def make_namespaces(factory):
     host, tenant = factory(), factory()
     give_default_routes(host)
     return host, tenant
+
+
+def run_proxy_case(config):
+    """`anycast_proxy --check-config` on CONFIG: (exit status, message without the file's name)."""
+    with tempfile.NamedTemporaryFile('w', suffix='.json') as handle:
+        json.dump(config, handle)
+        handle.flush()
+        proc = subprocess.run(['/usr/bin/python3', '-B', PROXY_PKG, '--check-config', handle.name],
+                              capture_output=True, text=True, timeout=30, check=False)
+        prefix = 'anycast-proxy: config error in %s: ' % handle.name
+    message = proc.stderr.strip()
+    return proc.returncode, message[len(prefix):] if message.startswith(prefix) else message
 
 
 @pytest.fixture(scope='module')
@@ -123,3 +140,13 @@ def test_the_document_covers_at_least_sixty_cases_of_every_module():
     assert len(CASES) >= 60
     assert modules == set(name[:-3] for name in os.listdir(os.path.join(helpers.REPO, 'plugins', 'modules'))
                           if name.endswith('.py'))
+
+
+@pytest.mark.parametrize('config,key,words', PROXY_CASES,
+                         ids=['%02d-%s' % (i, c[1]) for i, c in enumerate(PROXY_CASES)])
+def test_the_proxy_refuses_its_bad_configurations_naming_the_key_and_documented(config, key, words):
+    status, message = run_proxy_case(config)
+    assert status == 2, message
+    assert message.startswith(key + ': ') and words in message, message
+    with open(DOC) as handle:
+        assert cell(message) in handle.read(), 'docs/bad-input.md is stale: run scripts/gen_bad_input_doc.py'

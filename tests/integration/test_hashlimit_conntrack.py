@@ -16,7 +16,7 @@ import pytest
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
-NS_PREFIX = helpers.ns_prefix('aeh')
+NS_PREFIX = helpers.ns_prefix('aec')
 pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 PROC = '/proc/sys/net/netfilter/'
 

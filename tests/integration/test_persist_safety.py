@@ -14,7 +14,7 @@ import helpers
 from helpers import nsexec, ok, run_module, run_playbook
 
 pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
-NS_PREFIX = helpers.ns_prefix('ae8')
+NS_PREFIX = helpers.ns_prefix('aes')
 HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX4 = '192.0.2.0/24'
 PREFIX6 = '2001:db8:1::/64'

@@ -26,106 +26,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import helpers  # noqa: E402
 import support  # noqa: E402
+from bad_input_cases import PROXY_CASES  # noqa: E402
+from fixtures import (UNPRIVILEGED, assert_reset, base_config, origin, random_port, random_v4,  # noqa: E402,F401
+                      start_proxy, topo, unprivileged)
 from support import (ORIGIN_V4, ORIGIN_V6, CLIENT_V4, CLIENT_V6, EDGE_ORIGIN_V4, metric,  # noqa: E402
                      talk, wait_for)
 
 NS_PREFIX = helpers.ns_prefix('aep')
 pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
-
-
-def unprivileged(*caps):
-    """Run as nobody with only CAPS (ambient, so they survive exec)."""
-    keep = ','.join('+' + cap for cap in caps)
-    return ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all,' + keep,
-            '--ambient-caps=-all,' + keep, '--bounding-set=-all,' + keep]
-
-
-# The service's capability when no UDP route covers a port below 1024.
-UNPRIVILEGED = unprivileged('net_admin')
-
-
-def random_v4():
-    return '192.0.2.%d' % random.randint(1, 254)
-
-
-def random_port():
-    return random.randint(1, 65535)
-
-
-def assert_reset(topo, address, port, timeout=5):
-    """The connection is reset: during the handshake or at the first read."""
-    sock = support.socket_in(topo.client)
-    sock.settimeout(timeout)
-    with sock, pytest.raises(ConnectionResetError):
-        sock.connect((address, port))
-        sock.recv(10)
-
-
-def base_config(**extra):
-    config = {
-        'listen': ['127.0.0.1:1234', '[::1]:1234'],
-        'metrics': '127.0.0.1:9100',
-        'drain_timeout': 2,
-        'routes': [
-            {'name': 'web', 'destination': '192.0.2.0/24', 'origin': '%s:8080' % ORIGIN_V4},
-        ],
-    }
-    config.update(extra)
-    return config
-
-
-@pytest.fixture(scope='module')
-def topo():
-    """One client/edge/origin topology for the module (setting it up is the slow part)."""
-    factory = helpers.NamespaceFactory(NS_PREFIX)
-    try:
-        topology = support.build_topology(factory, helpers.link_pair)
-        support.setup_edge(topology.edge)
-        yield topology
-    finally:
-        factory.cleanup()
-
-
-@pytest.fixture
-def start_proxy(topo):
-    procs = []
-    dirs = []
-
-    def start(config, user_cmd=(), env=None, wait=True):
-        d = support.workdir()
-        dirs.append(d)
-        # The same loop on every machine, whether uvloop is installed or not; tests that
-        # care about the loop say which one.
-        env = dict({'ANYCAST_PROXY_LOOP': 'dataplane'}, **(env or {}))
-        proc = support.ProxyProcess(topo.edge, config, d, user_cmd=user_cmd, env=env)
-        procs.append(proc)
-        if wait:
-            proc.wait_ready()
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in procs:
-            proc.stop()
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def origin(topo):
-    servers = []
-
-    def make(cls=support.TcpOrigin, **kw):
-        server = cls(topo.origin, **kw)
-        servers.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for s in servers:
-            s.close()
 
 
 def test_random_ports_on_random_anyip_addresses(topo, start_proxy, origin):
@@ -428,6 +336,21 @@ def test_sighup_with_a_broken_config_keeps_running(topo, start_proxy, origin):
     assert metric(proxy.metrics(), 'anycast_proxy_config_reload_failures_total') == 1
     with topo.connect(random_v4(), random_port()) as sock:
         assert talk(sock)[1] == b'ping'
+
+
+def test_sighup_with_each_bad_configuration_case_keeps_the_running_one(topo, start_proxy, origin):
+    origin(port=8080)
+    proxy = start_proxy(base_config())
+    for i, (config, key, _words) in enumerate(PROXY_CASES, 1):
+        proxy.write_config(dict(base_config(), **config))
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_message('RELOADING=1')
+        proxy.wait_ready()
+        assert metric(proxy.metrics(), 'anycast_proxy_config_reload_failures_total') == i
+        assert 'reload refused, keeping the running configuration: %s: ' % key in proxy.logs()
+        with topo.connect(random_v4(), random_port()) as sock:
+            assert talk(sock)[1] == b'ping'
+    assert metric(proxy.metrics(), 'anycast_proxy_config_reloads_total') == 0
 
 
 def test_reload_closes_a_listener_but_keeps_its_connections(topo, start_proxy, origin):

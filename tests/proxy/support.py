@@ -70,9 +70,11 @@ class Topology(object):
     def __init__(self, client, edge, origin):
         self.client, self.edge, self.origin = client, edge, origin
 
-    def connect(self, address, port, family=socket.AF_INET, timeout=5.0):
+    def connect(self, address, port, family=socket.AF_INET, timeout=5.0, source=None):
         sock = socket_in(self.client, family)
         sock.settimeout(timeout)
+        if source is not None:
+            sock.bind((source, 0))
         sock.connect((address, port))
         return sock
 
@@ -228,6 +230,45 @@ class TcpOrigin(object):
         self.sock.close()
 
 
+class RecordingOrigin(object):
+    """Records everything each connection sends until it closes (health checks, for one)."""
+
+    def __init__(self, ns, address=ORIGIN_V4, port=8090, family=socket.AF_INET):
+        self.sock = socket_in(ns, family)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(64)
+        self.received = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _unused1 = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b''
+                try:
+                    while True:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    pass
+                self.received.append(data)
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class UdpOrigin(object):
     """Answers each datagram with JSON: what it got, from whom, and the PROXY v2 header if any."""
 
@@ -294,9 +335,127 @@ def talk(sock, payload=b'ping'):
     return greeting, read_exact(sock, len(payload))
 
 
+# -- a client that keeps dialling, and connections held open ---------------------------
+class DialLoad(object):
+    """New connections at RATE per second (each in its own thread), each a full exchange with
+    the origin (greeting, echo, close), until stop(). A dial that fails, or that gets no greeting
+    within LIMIT seconds of its start, is a failure; `latencies` are times to the greeting."""
+
+    def __init__(self, topo, addresses, rate=25.0, limit=1.0):
+        self.topo, self.addresses, self.rate, self.limit = topo, addresses, rate, limit
+        self.failures, self.latencies, self.threads = [], [], []
+        self.stopping = threading.Event()
+        self.pacer = threading.Thread(target=self._pace, daemon=True)
+
+    def start(self):
+        self.pacer.start()
+        return self
+
+    def _pace(self):
+        n = 0
+        started = time.monotonic()
+        while not self.stopping.is_set():
+            address, port = self.addresses[n % len(self.addresses)], 1000 + n % 60000
+            t = threading.Thread(target=self._dial, args=(address, port), daemon=True)
+            t.start()
+            self.threads.append(t)
+            n += 1
+            time.sleep(max(0.0, started + n / self.rate - time.monotonic()))
+
+    def _dial(self, address, port):
+        started = time.monotonic()
+        try:
+            family = socket.AF_INET6 if ':' in address else socket.AF_INET
+            with self.topo.connect(address, port, family=family, timeout=5) as sock:
+                greeting = json.loads(recv_line(sock))
+                waited = time.monotonic() - started
+                sock.sendall(b'x')
+                assert read_exact(sock, 1) == b'x'
+            self.latencies.append(waited)
+            if waited > self.limit:
+                self.failures.append('%s:%d greeted after %.3fs' % (address, port, waited))
+            assert greeting['local']
+        except (OSError, EOFError, ValueError, AssertionError) as exc:
+            self.failures.append('%s:%d %r after %.3fs' % (address, port, exc, time.monotonic() - started))
+
+    def stop(self):
+        self.stopping.set()
+        self.pacer.join(10)
+        for t in self.threads:
+            t.join(10)
+        return self
+
+    @property
+    def count(self):
+        return len(self.threads)
+
+
+class HeldConnections(object):
+    """COUNT connections opened through the proxy and kept open; finish() has each exchange
+    data once more and half-close, and says which of them were reset or cut."""
+
+    def __init__(self, topo, count, address_of):
+        self.socks = []
+        for i in range(count):
+            address = address_of(i)
+            family = socket.AF_INET6 if ':' in address else socket.AF_INET
+            sock = topo.connect(address, 2000 + i, family=family, timeout=10)
+            talk(sock, b'held %d' % i)
+            self.socks.append(sock)
+
+    def finish(self):
+        problems = []
+        for i, sock in enumerate(self.socks):
+            try:
+                payload = b'again %d' % i
+                sock.sendall(payload)
+                assert read_exact(sock, len(payload)) == payload
+                sock.shutdown(socket.SHUT_WR)
+                rest = recv_until_eof(sock)
+                assert rest.startswith(b'bye '), rest
+            except (OSError, EOFError, AssertionError) as exc:
+                problems.append('held %d: %r' % (i, exc))
+            finally:
+                sock.close()
+        return problems
+
+
 # -- the proxy process --------------------------------------------------------------
+LISTEN_FDS = os.path.join(HERE, 'listen_fds.py')
+
+
+class SocketOwner(object):
+    """The tests' socket unit: transparent listeners made in the edge namespace and kept open
+    here, passed to each proxy it starts as systemd passes them (LISTEN_FDS)."""
+
+    def __init__(self, ns, endpoints=('127.0.0.1:%d' % LISTEN_PORT, '[::1]:%d' % LISTEN_PORT)):
+        self.socks = []
+        for text in endpoints:
+            host, port = text.rsplit(':', 1)
+            family = socket.AF_INET6 if host.startswith('[') else socket.AF_INET
+            sock = socket_in(ns, family)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, 75, 1)  # IPV6_TRANSPARENT
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, 19, 1)    # IP_TRANSPARENT
+            sock.bind((host.strip('[]'), int(port)))
+            sock.listen(4096)
+            self.socks.append(sock)
+
+    def command(self):
+        """The prefix that hands the sockets to the command after it, and the descriptors to keep."""
+        fds = [s.fileno() for s in self.socks]
+        return [SYSTEM_PYTHON, LISTEN_FDS, ','.join(map(str, fds)), '--'], fds
+
+    def close(self):
+        for sock in self.socks:
+            sock.close()
+
+
 class ProxyProcess(object):
-    def __init__(self, edge, config, workdir, user_cmd=(), env=None):
+    def __init__(self, edge, config, workdir, user_cmd=(), env=None, sockets=None, args=None):
         self.edge = edge
         self.workdir = workdir
         self.config_path = os.path.join(workdir, 'config.json')
@@ -313,9 +472,10 @@ class ProxyProcess(object):
         run_env.pop('PYTHONPATH', None)
         run_env['NOTIFY_SOCKET'] = self.notify_path
         run_env.update(env or {})
-        cmd = (['ip', 'netns', 'exec', edge] + list(user_cmd)
-               + [SYSTEM_PYTHON, PROXY_PKG, '--config', self.config_path])
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=run_env)
+        prefix, fds = sockets.command() if sockets is not None else ([], [])
+        cmd = (['ip', 'netns', 'exec', edge] + list(user_cmd) + prefix
+               + [SYSTEM_PYTHON, PROXY_PKG] + (args or ['--config', self.config_path]))
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=run_env, pass_fds=fds)
 
     def write_config(self, config):
         tmp = self.config_path + '.tmp'
@@ -339,8 +499,8 @@ class ProxyProcess(object):
                     raise AssertionError('proxy exited with %s:\n%s' % (self.proc.returncode, self.logs()))
         raise AssertionError('no %r from the proxy within %ss:\n%s' % (prefix, timeout, self.logs()))
 
-    def wait_ready(self):
-        return self.wait_message('READY=1')
+    def wait_ready(self, timeout=20.0):
+        return self.wait_message('READY=1', timeout)
 
     def logs(self):
         self.log.flush()
@@ -401,10 +561,10 @@ def parse_metrics(text):
     return out
 
 
-def metric(samples, name, **labels):
+def metric(samples, family, **labels):
     want = set(labels.items())
-    found = [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
-    assert found, 'no sample %s%s in %s' % (name, labels, sorted({n for n, _unused1 in samples}))
+    found = [v for (n, ls), v in samples.items() if n == family and want <= set(ls)]
+    assert found, 'no sample %s%s in %s' % (family, labels, sorted({n for n, _unused1 in samples}))
     return sum(found)
 
 

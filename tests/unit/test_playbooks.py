@@ -285,9 +285,11 @@ def test_status_table_renders(tmp_path):
             'drift': {'anyip_route@host': {'drifted': True, 'failed': False},
                       'hashlimit@host@EDGE-RATE-LIMIT': {'drifted': False, 'failed': False}},
             'pending': [],
-            'warnings': ['conntrack is 85% full'],
+            'warnings': ['conntrack is 85% full', 'proxy route web: origin 10.0.2.3:8080 is down'],
             'bgp': {'sessions': [{'state': 'Established'}, {'state': 'Active'}], 'announced': ['192.0.2.0/24'],
                     'withheld': [{'prefix': '2001:db8:100::/64'}], 'drained': {'reason': 'maintenance'}},
+            'proxy_origins': {'available': True, 'origins': [{'route': 'web', 'origin': '10.0.2.2:8080', 'up': True},
+                                                             {'route': 'web', 'origin': '10.0.2.3:8080', 'up': False}]},
         },
         'edge_status_shell': {'stdout_lines': ['proxy=active', 'kernel=6.18.0', 'ip_gre=no', 'connections=42']},
         'edge_rate_limit': {'chain': 'EDGE-RATE-LIMIT'},
@@ -305,17 +307,18 @@ def test_status_table_renders(tmp_path):
     start = max(i for i, line in enumerate(lines) if line.startswith('ok: [') and line.endswith('=> {'))
     table = json.loads('{' + '\n'.join(lines[start + 1:lines.index('}', start) + 1]))['msg']
     header, row_a, row_b = table[0].split(), table[2].split(), table[3].split()
-    assert header[:3] == ['HOST', 'PROXY', 'CONNS']
-    # proxy, connections, AnyIP v4+v6, TPROXY rules, hashlimit accepted/refused over both families,
-    # table entries, conntrack, tenants, GRE (no GRE in the kernel), drift against the records
-    assert row_a[:10] == ['edge-a', 'active', '42', '2+1', '1', '158/1042', '3+1', '120/262144', 'acme,globex',
+    assert header[:4] == ['HOST', 'PROXY', 'CONNS', 'ORIGINS']
+    # proxy, connections, proxy origins up of all, AnyIP v4+v6, TPROXY rules, hashlimit accepted/refused
+    # over both families, table entries, conntrack, tenants, GRE (no GRE in the kernel), drift against the records
+    assert row_a[:11] == ['edge-a', 'active', '42', '1/2', '2+1', '1', '158/1042', '3+1', '120/262144', 'acme,globex',
                           'skipped,'], row_a
     assert table[2].rstrip().endswith('1 of 2 records')
     assert ' 1/2 up ' in table[2] and ' 1/1 drained ' in table[2], table[2]
-    assert header[11:13] == ['BGP', 'PREFIXES']     # 'RATE LIMIT' is two words
-    assert row_b[:4] == ['edge-b', 'inactive', '-', 'error']
+    assert header[12:14] == ['BGP', 'PREFIXES']     # 'RATE LIMIT' is two words
+    assert row_b[:5] == ['edge-b', 'inactive', '-', '-', 'error']
     notes = table[4:]
     assert 'edge-a: warning: conntrack is 85% full' in notes
+    assert 'edge-a: warning: proxy route web: origin 10.0.2.3:8080 is down' in notes
     assert 'edge-b: edge_info failed: No module named pyroute2' in notes
     assert 'edge-a: drained (maintenance); playbooks/undrain.yml announces it again' in notes
     assert any(note.startswith('edge-a: GRE skipped: kernel 6.18.0 has no ip_gre') for note in notes)

@@ -209,6 +209,7 @@ def test_route_options_are_the_proxys_route_keys(options):
     assert set(route_options) == set(config.ROUTE_KEYS)
     assert route_options["proxy_protocol"]["choices"] == list(config.PROXY_PROTOCOLS)
     assert route_options["protocol"]["choices"] == list(config.PROTOCOLS)
+    assert route_options["balance"]["choices"] == list(config.BALANCE_METHODS)
     assert options["transparent_proxy_log_level"]["choices"] == list(config.LOG_LEVELS)
 
 

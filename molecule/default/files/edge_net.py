@@ -12,6 +12,14 @@
                                       address and port that were dialled.
   edge_net.py hold HOST PORT READY GO one connection kept open: an exchange, touch READY,
                                       wait for the file GO, another exchange; JSON on stdout.
+  edge_net.py load PREFIX RATE HELD READY STOP
+                                      HELD connections to random addresses of the IPv4 /24
+                                      PREFIX kept open, and RATE new ones a second (greeting,
+                                      one echoed line) until the file STOP exists; READY is
+                                      touched once both run. Then every held connection
+                                      exchanges a line again. One JSON line: dials, failed,
+                                      slow (greeted after more than 1 s), max_greeting, held,
+                                      held_lost, errors. Exit status 0 when nothing failed.
 
 Exit status 0 only when every echo came back unchanged.
 """
@@ -135,11 +143,74 @@ def hold(host, port, ready, go):
     return result
 
 
+def load(prefix, rate, held_count, ready, stop):
+    base = prefix.split("/")[0].rsplit(".", 1)[0]
+    result = {"dials": 0, "failed": 0, "slow": 0, "max_greeting": 0.0, "held": held_count, "held_lost": 0,
+              "errors": []}
+    lock = threading.Lock()
+
+    def dial(port):
+        started = time.monotonic()
+        try:
+            sock, stream = connect("%s.%d" % (base, random.randint(1, 254)), port)
+            with sock, stream:
+                greeting = stream.readline().decode()
+                waited = time.monotonic() - started
+                ok = greeting.startswith("origin-hello") and exchange(stream, {}, "dial")
+        except OSError as exc:
+            ok, waited = False, time.monotonic() - started
+            greeting = repr(exc)
+        with lock:
+            result["max_greeting"] = max(result["max_greeting"], round(waited, 3))
+            if not ok:
+                result["failed"] += 1
+                result["errors"].append("dial to port %d: %s after %.3fs" % (port, greeting.strip(), waited))
+            elif waited > 1.0:
+                result["slow"] += 1
+                result["errors"].append("dial to port %d greeted after %.3fs" % (port, waited))
+
+    held = []
+    for i in range(held_count):
+        sock, stream = connect("%s.%d" % (base, 1 + i % 254), 20000 + i)
+        stream.readline()
+        exchange(stream, {}, "held")
+        held.append((sock, stream))
+    threads = []
+    started = time.monotonic()
+    deadline = started + HOLD_LIMIT
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        thread = threading.Thread(target=dial, args=(1000 + result["dials"] % 60000,), daemon=True)
+        thread.start()
+        threads.append(thread)
+        result["dials"] += 1
+        if result["dials"] == 1:
+            with open(ready, "w") as handle:
+                handle.write("running\n")
+        time.sleep(max(0.0, started + result["dials"] / rate - time.monotonic()))
+    for thread in threads:
+        thread.join(TIMEOUT)
+    for i, (sock, stream) in enumerate(held):
+        try:
+            with sock, stream:
+                if not exchange(stream, {}, "again"):
+                    raise OSError("no echo")
+        except OSError as exc:
+            result["held_lost"] += 1
+            if len(result["errors"]) < 20:
+                result["errors"].append("held %d: %r" % (i, exc))
+    result["ok"] = result["failed"] == 0 and result["slow"] == 0 and result["held_lost"] == 0
+    return result
+
+
 def main(argv):
     command = argv[1] if len(argv) > 1 else ""
     if command == "origin" and len(argv) in (3, 4):
         origin(int(argv[2]), int(argv[3]) if len(argv) == 4 else None)
         return 0
+    if command == "load" and len(argv) == 7:
+        result = load(argv[2], float(argv[3]), int(argv[4]), argv[5], argv[6])
+        print(json.dumps(result, sort_keys=True), flush=True)
+        return 0 if result["ok"] else 1
     if command in ("probe", "udp-probe") and len(argv) >= 4 and len(argv) % 2 == 0:
         targets = list(zip(argv[2::2], argv[3::2]))
     elif command == "hold" and len(argv) == 6:

@@ -1,4 +1,4 @@
-"""Command line: run, --check-config, --self-test."""
+"""Command line: run, --check-config, --self-test, --drain."""
 import argparse
 import asyncio
 import os
@@ -7,7 +7,7 @@ import sys
 
 from . import __version__
 from .config import ConfigError, load_config
-from .sd_notify import Notifier
+from .sd_notify import Notifier, listen_fds
 
 PROG = "anycast-proxy"
 
@@ -18,8 +18,13 @@ def _parser():
     p.add_argument("--check-config", metavar="FILE", help="validate FILE and exit (status 2 when invalid)")
     p.add_argument("--self-test", action="store_true",
                    help="check this host's AnyIP routes, TPROXY rules and capabilities for --config, then exit")
+    p.add_argument("--drain", action="store_true",
+                   help="run the drain service: finish the connections that stopping proxies hand over "
+                        "(on the socket systemd gives, or --drain-listen)")
+    p.add_argument("--drain-listen", metavar="PATH", help="with --drain and no socket from systemd: bind PATH")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--worker", metavar="INDEX:FD", help=argparse.SUPPRESS)
+    p.add_argument("--listener-fds", metavar="FD,...", help=argparse.SUPPRESS)
     return p
 
 
@@ -48,8 +53,39 @@ def _load(path):
         return None
 
 
+def _run(runner):
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(runner.run())
+    except PermissionError as exc:
+        runner.log.error(str(exc))
+        return 1
+    except OSError as exc:
+        runner.log.error(exc.strerror if exc.strerror else str(exc))
+        return 1
+    finally:
+        loop.close()
+
+
+def _drain(args):
+    from .drain import DrainServer, bind_drain_socket
+    from .log import Log
+    log = Log("info")
+    given = listen_fds()
+    if given:
+        listener = given[0]
+    elif args.drain_listen:
+        listener = bind_drain_socket(args.drain_listen)
+    else:
+        _parser().error("--drain needs a socket from systemd (a socket unit) or --drain-listen PATH")
+    return _run(DrainServer(listener, log, Notifier(os.environ)))
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.drain:
+        return _drain(args)
     if args.check_config:
         config = _load(args.check_config)
         if config is None:
@@ -66,28 +102,24 @@ def main(argv=None):
         from .selftest import run_self_test
         return run_self_test(config)
 
-    from .server import Log, ProxyServer, Supervisor
+    from .listeners import Listeners
+    from .log import Log
+    from .server import ProxyServer
+    from .supervisor import Supervisor
     worker = None
     tag = ""
     if args.worker:
         index, fd = (int(x) for x in args.worker.split(":"))
         worker = (index, socket.socket(fileno=fd))
         tag = f"worker {index}: "
+        given = [socket.socket(fileno=int(fd)) for fd in args.listener_fds.split(",") if fd.isdigit()]
+    else:
+        given = listen_fds()     # from systemd's socket unit
     log = Log(config.log_level, tag)
     notifier = Notifier({} if worker else os.environ)
+    listeners = Listeners(given)
     if worker is None and config.workers > 1:
-        runner = Supervisor(args.config, config, log, notifier)
+        runner = Supervisor(args.config, config, log, notifier, listeners)
     else:
-        runner = ProxyServer(args.config, config, log, notifier, worker=worker)
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(runner.run())
-    except PermissionError as exc:
-        log.error(str(exc))
-        return 1
-    except OSError as exc:
-        log.error(exc.strerror if exc.strerror else str(exc))
-        return 1
-    finally:
-        loop.close()
+        runner = ProxyServer(args.config, config, log, notifier, listeners, worker=worker)
+    return _run(runner)

@@ -12,17 +12,23 @@ PROXY_PROTOCOLS = ("none", "v1", "v2")
 PROTOCOLS = ("tcp", "udp")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+BALANCE_METHODS = ("round-robin", "least-connections", "source-hash")
+
 TOP_KEYS = {
     "listen", "routes", "metrics", "workers", "max_connections_per_source",
-    "drain_timeout", "log_connections", "log_level", "buffer_size", "bulk_buffer_size",
-    "splice", "defaults",
+    "drain_timeout", "drain_socket", "log_connections", "log_level", "buffer_size",
+    "bulk_buffer_size", "splice", "defaults",
 }
 ROUTE_KEYS = {
-    "name", "destination", "ports", "protocol", "origin", "proxy_protocol",
-    "connect_timeout", "idle_timeout", "max_connections",
+    "name", "destination", "ports", "protocol", "origin", "origins", "balance", "health_check",
+    "resolve_interval", "proxy_protocol", "connect_timeout", "idle_timeout", "max_connections",
 }
+ORIGIN_KEYS = {"address", "weight", "backup"}
+HEALTH_CHECK_KEYS = {"interval", "timeout", "rise", "fall", "port"}
+MAX_WEIGHT = 256
 # Keys a route may inherit from the top-level "defaults" object.
-DEFAULTABLE_KEYS = {"proxy_protocol", "connect_timeout", "idle_timeout", "max_connections"}
+DEFAULTABLE_KEYS = {"proxy_protocol", "connect_timeout", "idle_timeout", "max_connections", "balance",
+                    "health_check", "resolve_interval"}
 ROUTE_DEFAULTS = {
     "ports": "1-65535",
     "protocol": "tcp",
@@ -30,7 +36,11 @@ ROUTE_DEFAULTS = {
     "connect_timeout": 5.0,
     "idle_timeout": 300.0,
     "max_connections": 0,
+    "balance": "round-robin",
+    "resolve_interval": 30.0,
 }
+# HAProxy's defaults (inter 2s, rise 2, fall 3), with a timeout below the interval.
+HEALTH_CHECK_DEFAULTS = {"interval": 2.0, "timeout": 1.0, "rise": 2, "fall": 3}
 
 
 class ConfigError(ValueError):
@@ -71,22 +81,55 @@ class Endpoint:
         return hash((self.family, self.host, self.port))
 
 
+class OriginSpec:
+    """One entry of a route's origins, as configured. `family` None: `host` is a name, resolved
+    at run time (every A/AAAA record is an origin); `port` None: the port that was dialled."""
+
+    __slots__ = ("text", "host", "port", "family", "weight", "backup")
+
+    def __init__(self, text, host, port, family, weight=1, backup=False):
+        self.text = text
+        self.host = host
+        self.port = port
+        self.family = family
+        self.weight = weight
+        self.backup = backup
+
+    @property
+    def is_name(self):
+        return self.family is None
+
+    def __repr__(self):
+        return f"OriginSpec({self.text!r}, weight={self.weight}, backup={self.backup})"
+
+
+class HealthCheck:
+    """Thresholds of a route's health state machine, and whether it checks actively."""
+
+    __slots__ = ("active", "interval", "timeout", "rise", "fall", "port")
+
+    def __init__(self, active, interval, timeout, rise, fall, port=None):
+        self.active = active
+        self.interval = interval
+        self.timeout = timeout
+        self.rise = rise
+        self.fall = fall
+        self.port = port
+
+
 class Route:
-    """One validated route. `origin_port` None means: the port that was dialled."""
+    """One validated route. `pool` is attached by the server (the live origins)."""
 
     __slots__ = (
         "index", "name", "network", "family", "net_int", "prefixlen", "port_lo",
-        "port_hi", "protocol", "origin_text", "origin_family", "origin_host",
-        "origin_port", "proxy_protocol", "connect_timeout", "idle_timeout",
-        "max_connections",
+        "port_hi", "protocol", "origins", "balance", "health_check", "resolve_interval",
+        "proxy_protocol", "connect_timeout", "idle_timeout", "max_connections", "pool",
     )
 
     def __init__(self, **kw):
+        self.pool = None
         for k, v in kw.items():
             setattr(self, k, v)
-
-    def origin_for(self, dialled_port):
-        return (self.origin_host, self.origin_port or dialled_port)
 
     @property
     def port_span(self):
@@ -99,8 +142,8 @@ class Route:
 class Config:
     __slots__ = (
         "listen", "routes", "metrics", "workers", "max_connections_per_source",
-        "drain_timeout", "log_connections", "log_level", "buffer_size", "bulk_buffer_size",
-        "splice", "source",
+        "drain_timeout", "drain_socket", "log_connections", "log_level", "buffer_size",
+        "bulk_buffer_size", "splice", "source",
     )
 
     def __init__(self, **kw):
@@ -163,7 +206,8 @@ def parse_listen_address(text, key):
     host, port, family = parse_endpoint(text, key)
     if family is None:
         raise ConfigError(key, f"{text!r}: listeners need an IP address, not a name")
-    return Endpoint(family, host, port)
+    # One spelling per address, so that sockets handed over by systemd match the configuration.
+    return Endpoint(family, str(ipaddress.ip_address(host)), port)
 
 
 def parse_ports(value, key):
@@ -186,10 +230,10 @@ def _number(value, key, minimum, integer=False, allow_zero=False):
     if isinstance(value, bool) or not ok_type:
         kind = "an integer" if integer else "a number of seconds"
         raise ConfigError(key, f"expected {kind}, got {value!r}")
+    if minimum == 0 and not allow_zero and value <= 0:
+        raise ConfigError(key, f"must be greater than 0, got {value!r}")
     if value < minimum:
         raise ConfigError(key, f"must be at least {minimum}, got {value!r}")
-    if value == 0 and not allow_zero:
-        raise ConfigError(key, "must be greater than 0")
     return value
 
 
@@ -199,13 +243,114 @@ def _choice(value, key, choices):
     return value
 
 
-def _resolve(host, key, text):
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigError(key, f"{text!r}: cannot resolve {host!r} ({exc.strerror})") from None
-    family, _unused1, _unused2, _unused3, sockaddr = infos[0]
-    return family, sockaddr[0]
+def _bool(value, key):
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _check_keys(raw, key, known):
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def parse_origin(raw, key):
+    """`"HOST:PORT"`, `"HOST"`, or {address, weight, backup} -> OriginSpec."""
+    weight, backup = 1, False
+    if isinstance(raw, dict):
+        _check_keys(raw, key, ORIGIN_KEYS)
+        if "address" not in raw:
+            raise ConfigError(f"{key}.address", "required key is missing")
+        text = raw["address"]
+        address_key = f"{key}.address"
+        weight = _number(raw.get("weight", 1), f"{key}.weight", 1, integer=True)
+        if weight > MAX_WEIGHT:
+            raise ConfigError(f"{key}.weight", f"at most {MAX_WEIGHT}, got {weight}")
+        backup = _bool(raw.get("backup", False), f"{key}.backup")
+    else:
+        text, address_key = raw, key
+    if not isinstance(text, str) or not text:
+        raise ConfigError(address_key, f"expected \"HOST:PORT\" or \"HOST\" as a string, got {text!r}")
+    host, port, family = parse_endpoint(text, address_key, allow_no_port=True)
+    if family is None and host.replace(".", "").isdigit():
+        # inet_aton() would read 10.0.2.02 as 10.0.2.2 and 010 as octal: say so instead.
+        raise ConfigError(address_key, f"{text!r}: {host!r} is not a valid IPv4 address")
+    if family is None and not _valid_name(host):
+        raise ConfigError(address_key, f"{text!r}: {host!r} is neither an IP address nor a host name")
+    if family is not None:
+        host = str(ipaddress.ip_address(host))   # one spelling, for duplicates and labels
+    return OriginSpec(text, host, port, family, weight, backup)
+
+
+def _valid_name(host):
+    labels = host.rstrip(".").split(".")
+    return 0 < len(host) <= 253 and all(
+        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
+        and all(c.isalnum() or c in "-_" for c in label) for label in labels)
+
+
+def parse_origins(raw, base):
+    """The route's origins: `origin` (one) or `origins` (a pool), never both."""
+    if "origin" in raw and "origins" in raw:
+        raise ConfigError(f"{base}.origins", "give either origin (one) or origins (a list), not both")
+    if "origin" in raw:
+        return (parse_origin(raw["origin"], f"{base}.origin"),)
+    if "origins" not in raw:
+        raise ConfigError(f"{base}.origin", "required key is missing (give origin, or origins for a pool)")
+    items = raw["origins"]
+    if not isinstance(items, list):
+        raise ConfigError(f"{base}.origins", f"expected a list, got {type(items).__name__}")
+    if not items:
+        raise ConfigError(f"{base}.origins", "must list at least one origin")
+    specs, seen = [], {}
+    for i, item in enumerate(items):
+        spec = parse_origin(item, f"{base}.origins[{i}]")
+        identity = (spec.host.lower(), spec.port)
+        if identity in seen:
+            raise ConfigError(f"{base}.origins[{i}]", f"{spec.text!r} is the same origin as origins[{seen[identity]}]")
+        seen[identity] = i
+        specs.append(spec)
+    if all(s.backup for s in specs):
+        raise ConfigError(f"{base}.origins", "every origin is a backup: at least one must take traffic")
+    return tuple(specs)
+
+
+def parse_health_check(defaults, raw, base, protocol, origins):
+    """The route's health checks: `false`, or an object merged over `defaults.health_check`."""
+    value = raw.get("health_check", defaults.get("health_check"))
+    key = f"{base}.health_check" if "health_check" in raw else "defaults.health_check"
+    if value is None:
+        # Unsaid: active checks for a TCP pool (several origins, or a name that may have several
+        # addresses); a single address has nowhere to fail over to.
+        active = protocol == "tcp" and (len(origins) > 1 or any(o.is_name for o in origins))
+        settings = dict(HEALTH_CHECK_DEFAULTS)
+    elif value is False:
+        active = False
+        settings = dict(HEALTH_CHECK_DEFAULTS)
+    elif isinstance(value, dict):
+        _check_keys(value, key, HEALTH_CHECK_KEYS)
+        settings = dict(HEALTH_CHECK_DEFAULTS)
+        inherited = defaults.get("health_check")
+        if isinstance(inherited, dict) and "health_check" in raw:
+            settings.update(inherited)
+        settings.update(value)
+        active = True
+    else:
+        raise ConfigError(key, f"expected an object like {{\"interval\": 2}} or false, got {value!r}")
+    interval = _number(settings["interval"], f"{key}.interval", 0)
+    timeout = _number(settings["timeout"], f"{key}.timeout", 0)
+    rise = _number(settings["rise"], f"{key}.rise", 1, integer=True)
+    fall = _number(settings["fall"], f"{key}.fall", 1, integer=True)
+    port = settings.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise ConfigError(f"{key}.port", f"expected a port from 1 to 65535, got {port!r}")
+    if active and port is None:
+        portless = [o.text for o in origins if o.port is None]
+        if portless:
+            raise ConfigError(f"{key}.port", f"origin {portless[0]!r} takes the port the client dialled, "
+                                             "so the checks need a port of their own")
+    return HealthCheck(active, float(interval), float(timeout), rise, fall, port)
 
 
 def parse_route(raw, index, defaults):
@@ -215,9 +360,8 @@ def parse_route(raw, index, defaults):
     for k in raw:
         if k not in ROUTE_KEYS:
             raise ConfigError(f"{base}.{k}", f"unknown key (known: {', '.join(sorted(ROUTE_KEYS))})")
-    for k in ("destination", "origin"):
-        if k not in raw:
-            raise ConfigError(f"{base}.{k}", "required key is missing")
+    if "destination" not in raw:
+        raise ConfigError(f"{base}.destination", "required key is missing")
     merged = dict(ROUTE_DEFAULTS)
     merged.update(defaults)
     merged.update(raw)
@@ -231,11 +375,10 @@ def parse_route(raw, index, defaults):
         raise ConfigError(f"{base}.destination", f"{dest!r} is not a network in CIDR notation ({exc})") from None
     port_lo, port_hi = parse_ports(merged["ports"], f"{base}.ports")
     protocol = _choice(merged["protocol"], f"{base}.protocol", PROTOCOLS)
-
-    origin_text = merged["origin"]
-    host, oport, ofamily = parse_endpoint(origin_text, f"{base}.origin", allow_no_port=True)
-    if ofamily is None:
-        ofamily, host = _resolve(host, f"{base}.origin", origin_text)
+    origins = parse_origins(raw, base)
+    balance = _choice(merged["balance"], _where("balance", raw, base), BALANCE_METHODS)
+    resolve_interval = _number(merged["resolve_interval"], _where("resolve_interval", raw, base), 0)
+    health_check = parse_health_check(defaults, raw, base, protocol, origins)
 
     proxy_protocol = _choice(merged["proxy_protocol"], f"{base}.proxy_protocol", PROXY_PROTOCOLS)
     if protocol == "udp" and proxy_protocol == "v1":
@@ -254,10 +397,16 @@ def parse_route(raw, index, defaults):
         index=index, name=name, network=network, family=family,
         net_int=int(network.network_address), prefixlen=network.prefixlen,
         port_lo=port_lo, port_hi=port_hi, protocol=protocol,
-        origin_text=origin_text, origin_family=ofamily, origin_host=host, origin_port=oport,
+        origins=origins, balance=balance, health_check=health_check,
+        resolve_interval=float(resolve_interval),
         proxy_protocol=proxy_protocol, connect_timeout=float(connect_timeout),
         idle_timeout=float(idle_timeout), max_connections=max_connections,
     )
+
+
+def _where(key, raw, base):
+    """The path of a key the route may have inherited: the route's own, or defaults'."""
+    return f"{base}.{key}" if key in raw else f"defaults.{key}"
 
 
 def parse_config(data, source="<config>"):
@@ -313,9 +462,7 @@ def parse_config(data, source="<config>"):
     per_source = _number(data.get("max_connections_per_source", 0), "max_connections_per_source", 0,
                          integer=True, allow_zero=True)
     drain_timeout = _number(data.get("drain_timeout", 30), "drain_timeout", 0, allow_zero=True)
-    log_connections = data.get("log_connections", True)
-    if not isinstance(log_connections, bool):
-        raise ConfigError("log_connections", f"expected true or false, got {log_connections!r}")
+    log_connections = _bool(data.get("log_connections", True), "log_connections")
     log_level = _choice(data.get("log_level", "info"), "log_level", LOG_LEVELS)
     buffer_size = _number(data.get("buffer_size", 65536), "buffer_size", 1024, integer=True)
     if buffer_size > 16 * 1024 * 1024:
@@ -324,14 +471,17 @@ def parse_config(data, source="<config>"):
                                buffer_size, integer=True)
     if bulk_buffer_size > 16 * 1024 * 1024:
         raise ConfigError("bulk_buffer_size", f"at most 16 MiB, got {bulk_buffer_size}")
-    splice = data.get("splice", False)
-    if not isinstance(splice, bool):
-        raise ConfigError("splice", f"expected true or false, got {splice!r}")
+    splice = _bool(data.get("splice", False), "splice")
+    drain_socket = data.get("drain_socket")
+    if drain_socket is not None and (not isinstance(drain_socket, str) or not drain_socket.startswith("/")
+                                     or len(drain_socket.encode()) > 107):
+        raise ConfigError("drain_socket", f"expected the absolute path of a unix socket (at most 107 bytes), "
+                                          f"got {drain_socket!r}")
 
     return Config(
         listen=listen, routes=routes, metrics=metrics, workers=workers,
         max_connections_per_source=per_source, drain_timeout=float(drain_timeout),
-        log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
+        drain_socket=drain_socket, log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
         bulk_buffer_size=bulk_buffer_size, splice=splice, source=source,
     )
 

@@ -39,6 +39,7 @@ class RouteStats:
 class Metrics:
     def __init__(self):
         self.routes = {}
+        self.pools = {}      # route name -> pool.Pool (set by the server)
         self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
         self.reloads = 0
         self.reload_failures = 0
@@ -66,6 +67,17 @@ class Metrics:
             "refused": dict(self.refused),
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
+            "origins": {
+                name: {
+                    o.label: {"up": int(o.up), "active": o.active, "total": o.total,
+                              "connect_failures": o.connect_failures, "check_failures": o.check_failures}
+                    for o in pool.origins
+                } for name, pool in self.pools.items()
+            },
+            "resolve": {
+                name: {text: {"ok": int(r.ok), "failures": r.failures} for text, r in pool.resolution.items()}
+                for name, pool in self.pools.items() if pool.resolution
+            },
         }
 
 
@@ -86,6 +98,18 @@ def merge(snapshots):
             acc["latency_counts"] = [a + b for a, b in zip(acc["latency_counts"], r["latency_counts"])]
         for k, v in snap["refused"].items():
             out["refused"][k] = out["refused"].get(k, 0) + v
+        # An origin is up when every worker sees it up; a name resolves when it does for every worker.
+        for section, minimum in (("origins", "up"), ("resolve", "ok")):
+            acc_section = out.setdefault(section, {})
+            for route, entries in snap.get(section, {}).items():
+                acc_route = acc_section.setdefault(route, {})
+                for label, values in entries.items():
+                    acc = acc_route.get(label)
+                    if acc is None:
+                        acc_route[label] = dict(values)
+                        continue
+                    for k, v in values.items():
+                        acc[k] = min(acc[k], v) if k == minimum else acc[k] + v
         out["reloads"] = max(out["reloads"], snap["reloads"])
         out["reload_failures"] = max(out["reload_failures"], snap["reload_failures"])
     return out
@@ -134,6 +158,29 @@ def render(snap):
             lines.append(f'{PREFIX}_origin_connect_seconds_bucket{{{lab},le="{le}"}} {cumulative}')
         lines.append(f'{PREFIX}_origin_connect_seconds_sum{{{lab}}} {r["latency_sum"]:.6f}')
         lines.append(f'{PREFIX}_origin_connect_seconds_count{{{lab}}} {r["latency_count"]}')
+    origins = sorted(snap.get("origins", {}).items())
+    for name, kind, key, help_text in (
+            ("origin_up", "gauge", "up", "1 while the origin is up (health checks and connections), else 0."),
+            ("origin_active_connections", "gauge", "active", "Connections open or being opened to the origin."),
+            ("origin_connections_total", "counter", "total", "Connections established to the origin."),
+            ("origin_connect_failures_total", "counter", "connect_failures",
+             "Failed attempts to connect a client to the origin (each one failed over, if any origin was left)."),
+            ("origin_check_failures_total", "counter", "check_failures", "Failed active health checks.")):
+        family(name, kind, help_text)
+        for route, entries in origins:
+            for label, values in sorted(entries.items()):
+                lines.append(f'{PREFIX}_{name}{{route="{_label(route)}",origin="{_label(label)}"}} {values[key]}')
+    resolve = sorted(snap.get("resolve", {}).items())
+    family("origin_resolve_ok", "gauge",
+           "1 when the last resolution of an origin's name worked; 0 while the last good addresses are kept.")
+    for route, names in resolve:
+        for text, values in sorted(names.items()):
+            lines.append(f'{PREFIX}_origin_resolve_ok{{route="{_label(route)}",name="{_label(text)}"}} {values["ok"]}')
+    family("origin_resolve_failures_total", "counter", "Failed resolutions of an origin's name.")
+    for route, names in resolve:
+        for text, values in sorted(names.items()):
+            lines.append(f'{PREFIX}_origin_resolve_failures_total{{route="{_label(route)}",name="{_label(text)}"}} '
+                         f'{values["failures"]}')
     family("config_reloads_total", "counter", "Successful configuration reloads.")
     lines.append(f"{PREFIX}_config_reloads_total {snap['reloads']}")
     family("config_reload_failures_total", "counter", "Reloads refused because the new configuration was invalid.")

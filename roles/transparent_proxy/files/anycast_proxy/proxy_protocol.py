@@ -8,6 +8,7 @@ import struct
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V2_CMD_PROXY = 0x21  # version 2, command PROXY
+_V2_CMD_LOCAL = 0x20  # version 2, command LOCAL
 _FAM = {
     (socket.AF_INET, socket.SOCK_STREAM): 0x11,
     (socket.AF_INET, socket.SOCK_DGRAM): 0x12,
@@ -53,4 +54,14 @@ def header(version, src, dst, sock_type=socket.SOCK_STREAM):
         return header_v1(src, dst)
     if version == "v2":
         return header_v2(src, dst, sock_type)
+    return b""
+
+
+def local_header(version):
+    """A LOCAL header (a connection of the proxy's own: a health check), as HAProxy's
+    check-send-proxy sends it; b"" without PROXY protocol."""
+    if version == "v1":
+        return b"PROXY UNKNOWN\r\n"
+    if version == "v2":
+        return V2_SIGNATURE + bytes([_V2_CMD_LOCAL, 0x00]) + b"\x00\x00"
     return b""

@@ -1,4 +1,4 @@
-"""systemd notification protocol (sd_notify) without libsystemd."""
+"""systemd's notification protocol (sd_notify) and socket activation (sd_listen_fds), without libsystemd."""
 import os
 import socket
 import time
@@ -50,3 +50,23 @@ class Notifier:
 
     def watchdog(self):
         return self.notify("WATCHDOG=1")
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def listen_fds(environ=None):
+    """Descriptors systemd passed to this process (LISTEN_FDS, for LISTEN_PID), as sockets.
+
+    The variables are removed, so that processes started from here do not take them for theirs.
+    """
+    environ = os.environ if environ is None else environ
+    pid, count = environ.pop("LISTEN_PID", None), environ.pop("LISTEN_FDS", None)
+    environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count or not count.isdigit():
+        return []
+    socks = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        socks.append(socket.socket(fileno=fd))
+    return socks

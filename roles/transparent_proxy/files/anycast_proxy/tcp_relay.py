@@ -32,7 +32,7 @@ import socket
 import time
 
 from .netutil import fmt_addr, reset_and_close
-from .poller import EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
+from .poller import EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
 
 _READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
 _CLIENT_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
@@ -53,8 +53,9 @@ PIPE_SIZE = 1 << 20   # measured: 1 MiB pipes need about a third less CPU per Gi
 _HAVE_SPLICE = hasattr(os, "splice")
 ACCEPT_PAUSE = 0.1      # seconds without accepting after EMFILE and the like
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-SWEEP_INTERVAL = 0.25   # connect deadlines are checked this often
-IDLE_SWEEP_EVERY = 4    # ...and idle timeouts every this many sweeps
+SWEEP_INTERVAL = 0.1    # connect deadlines are checked this often
+IDLE_SWEEP_EVERY = 10   # ...and idle timeouts every this many sweeps
+MAX_SHARES = 3          # an attempt gets at least a third of what is left of connect_timeout
 
 CONNECT_ERRORS = {
     errno.ECONNREFUSED: "refused",
@@ -93,6 +94,14 @@ class _Pump:
         self.in_pipe = 0
         self.stats = session.stats
         self.scheduled = False
+
+    def retarget(self, origin, to_origin):
+        """A new origin socket after a failed attempt (nothing was relayed yet)."""
+        if to_origin:
+            self.dst, self.dfd = origin, origin.fileno()
+        else:
+            self.src, self.sfd = origin, origin.fileno()
+            self.ended = False
 
     def read(self):
         """Relay what src has until it is drained, dst is full or the budget is spent."""
@@ -287,7 +296,8 @@ class _Pump:
 class TcpSession:
     __slots__ = ("relay", "client", "client_addr", "dst", "route", "stats", "origin", "cfd", "ofd",
                  "origin_addr", "c2o", "o2c", "t_start", "last_activity", "connect_deadline",
-                 "connected", "client_writable_watched", "closed", "source_key")
+                 "connected", "client_writable_watched", "closed", "source_key", "pool", "target",
+                 "tried", "deadline")
 
     def __init__(self, relay, client, client_addr, dst, route, stats, source_key):
         self.relay = relay
@@ -296,54 +306,110 @@ class TcpSession:
         self.client_addr = client_addr
         self.dst = dst
         self.route = route
+        self.pool = route.pool
         self.stats = stats
         self.source_key = source_key
-        self.origin = None
+        self.origin = None         # the socket towards the origin
         self.ofd = -1
-        self.origin_addr = route.origin_for(dst[1])
+        self.target = None         # the pool.Origin being dialled or relayed to
+        self.tried = None          # origins that failed this connection (a list, once one did)
+        self.origin_addr = None
         self.c2o = self.o2c = None
         self.t_start = self.last_activity = _monotonic()
-        self.connect_deadline = None
+        self.deadline = self.t_start + route.connect_timeout   # for all attempts together
+        self.connect_deadline = None                            # for the current attempt
         self.connected = False
         self.client_writable_watched = False
         self.closed = False
 
     # -- connecting ----------------------------------------------------------
     def connect(self):
-        route = self.route
+        target = self.pool.pick(self.source_key)
+        if target is None:
+            # A route whose only origins are names that never resolved.
+            self.stats.connect_error("no_origin")
+            self.close("no_origin", reset_client=True)
+            return
+        self._attempt(target)
+
+    def _attempt(self, target):
+        """Dial TARGET with a share of what is left of the connect timeout."""
+        if self.closed or self.target is not None:
+            return   # closed meanwhile, or handed back after a failed hand-over and dialling already
+        self.target = target
+        target.active += 1
+        self.origin_addr = addr = target.sockaddr(self.dst[1])
         try:
-            origin = _RawSocket(route.origin_family, _STREAM_NONBLOCK)
+            origin = _RawSocket(target.family, _STREAM_NONBLOCK)
         except OSError as exc:
-            self._connect_failed(exc.errno)
+            # Out of descriptors or memory: not the origin's fault, and no other would do better.
+            target.active -= 1
+            self.target = None
+            self.stats.connect_error(errno.errorcode.get(exc.errno, "error").lower())
+            self.close("connect_" + errno.errorcode.get(exc.errno, "error").lower(), reset_client=True)
             return
         self.origin = origin
         self.ofd = origin.fileno()
-        err = origin.connect_ex(self.origin_addr)
+        err = origin.connect_ex(addr)
         if err not in (0, errno.EINPROGRESS):
-            self._connect_failed(err)
+            self._attempt_failed(err)
             return
-        self.c2o = _Pump(self, self.client, origin, True)
-        self.o2c = _Pump(self, origin, self.client, False)
         poller = self.relay.poller
-        poller.register(self.cfd, _CLIENT_EVENTS, self.on_client)
+        if self.c2o is None:
+            self.c2o = _Pump(self, self.client, origin, True)
+            self.o2c = _Pump(self, origin, self.client, False)
+            poller.register(self.cfd, _CLIENT_EVENTS, self.on_client)
+        else:
+            self.c2o.retarget(origin, True)
+            self.o2c.retarget(origin, False)
         poller.register(self.ofd, _ORIGIN_EVENTS, self.on_origin)
         if err == 0:
             self._connected()
+            return
+        now = _monotonic()
+        if self.tried is None:
+            left = len(self.pool.live_primaries) + len(self.pool.live_backups)
         else:
-            self.connect_deadline = self.t_start + route.connect_timeout
-            self.relay.connecting.add(self)
+            left = self.pool.untried_live(self.tried)
+        self.connect_deadline = now + (self.deadline - now) / min(max(left, 1), MAX_SHARES)
+        self.relay.connecting.add(self)
 
-    def _connect_failed(self, err):
+    def _attempt_failed(self, err):
+        """The current attempt failed: count it against the origin, then try the next one."""
+        target = self.target
         kind = CONNECT_ERRORS.get(err, errno.errorcode.get(err, str(err)).lower())
         self.stats.connect_error(kind)
-        # The client learns at once that there is nobody behind this address.
-        self.close("connect_" + kind, reset_client=True)
+        target.active -= 1
+        target.connect_failures += 1
+        target.last_error = f"connect: {os.strerror(err) if err else kind}"
+        self.target = None
+        self.relay.connecting.discard(self)
+        if self.origin is not None:
+            self.relay.poller.handlers.pop(self.ofd, None)
+            self.origin.close()   # the only reference: also leaves the epoll set
+            self.origin, self.ofd = None, -1
+        self.pool.observe(target, False)
+        if self.tried is None:
+            self.tried = [target]
+        else:
+            self.tried.append(target)
+        following = self.pool.next_after(self.source_key, self.tried) if _monotonic() < self.deadline else None
+        if following is None:
+            # The client learns at once that there is nobody behind this address.
+            self.close("connect_" + kind, reset_client=True)
+            return
+        # After this event batch: the new socket may get the number of one closed in it.
+        self.relay.loop.call_soon(self._attempt, following)
 
     def _connected(self):
         self.connected = True
         now = _monotonic()
         self.stats.observe_connect(now - self.t_start)
         self.last_activity = now
+        target = self.target
+        target.total += 1
+        if target.failures or not target.up:
+            self.pool.observe(target, True)
         # The client's socket inherited TCP_NODELAY from the listener.
         self.origin.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c2o = self.c2o
@@ -387,7 +453,7 @@ class TcpSession:
             self.relay.connecting.discard(self)
             # Writable without an error is success; ask for the error only on failure.
             if events & (EPOLLERR | EPOLLHUP):
-                self._connect_failed(self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNREFUSED)
+                self._attempt_failed(self.origin.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.ECONNREFUSED)
                 return
             self._connected()
             if self.closed:
@@ -448,6 +514,8 @@ class TcpSession:
             self.o2c.close_pipe()
         if not self.connected:
             relay.connecting.discard(self)
+        if self.target is not None:
+            self.target.active -= 1
         relay.session_closed(self, outcome)
 
 
@@ -471,6 +539,7 @@ class TcpRelay:
         self.log_connections = True
         self.draining = False
         self.listeners = {}
+        self._exclusive = set()
         self._paused = set()
         self._last_pause_log = -10.0
         self._sweeps = 0
@@ -491,19 +560,26 @@ class TcpRelay:
         self.splice = _HAVE_SPLICE and config.splice
         self.log_connections = config.log_connections
 
-    def add_listener(self, sock):
+    def add_listener(self, sock, shared=False):
+        """SHARED: other processes (workers) accept on the same socket: wake only one of them."""
         self.listeners[sock.fileno()] = sock
+        if shared:
+            self._exclusive.add(sock.fileno())
         self._watch_listener(sock)
 
     def _watch_listener(self, sock):
-        self.poller.register(sock.fileno(), EPOLLIN,
+        fd = sock.fileno()
+        self.poller.register(fd, EPOLLIN | (EPOLLEXCLUSIVE if fd in self._exclusive else 0),
                              lambda events, lsock=sock, family=int(sock.family): self._on_accept(lsock, family),
                              deferred=True)
 
     def remove_listener(self, sock):
+        # Unregistered explicitly: a shared socket stays open elsewhere, and an epoll set keeps
+        # an open file until it is removed.
         if self.listeners.pop(sock.fileno(), None) is not None and sock.fileno() not in self._paused:
             self.poller.unregister(sock.fileno())
         self._paused.discard(sock.fileno())
+        self._exclusive.discard(sock.fileno())
 
     def _pause_accepting(self, lsock, exc):
         """Out of descriptors or memory: the listener would be readable at once again, so stop
@@ -528,8 +604,7 @@ class TcpRelay:
     def _sweep(self):
         now = _monotonic()
         for session in [s for s in self.connecting if now >= s.connect_deadline]:
-            self.connecting.discard(session)
-            session._connect_failed(errno.ETIMEDOUT)
+            session._attempt_failed(errno.ETIMEDOUT)
         self._sweeps += 1
         if self._sweeps % IDLE_SWEEP_EVERY == 0:
             idle = [s for s in self.sessions
@@ -600,11 +675,13 @@ class TcpRelay:
         if self.log_connections:
             c2o = session.c2o
             o2c = session.o2c
+            origin = fmt_addr(session.origin_addr) if session.origin_addr else "-"
             self.log.event(
                 f"tcp closed client={fmt_addr(session.client_addr)} dst={fmt_addr(session.dst)} "
-                f"route={session.route.name} origin={fmt_addr(session.origin_addr)} outcome={outcome} "
+                f"route={session.route.name} origin={origin} outcome={outcome} "
                 f"duration={_monotonic() - session.t_start:.3f}s"
-                + (f" bulk={c2o.mode()}{o2c.mode()}" if session.connected else ""))
+                + (f" bulk={c2o.mode()}{o2c.mode()}" if session.connected else "")
+                + (f" failed_over_from={','.join(o.label for o in session.tried)}" if session.tried else ""))
 
     def reset_all(self, outcome="shutdown"):
         for session in list(self.sessions):

@@ -25,29 +25,39 @@ _CMSG_SPACE = socket.CMSG_SPACE(64)
 class UdpFlow:
     __slots__ = ("relay", "loop", "key", "client_addr", "dst", "route", "stats", "origin_sock",
                  "reply_sock", "origin_addr", "header", "last_activity", "timer", "t_start",
-                 "source_key", "closed")
+                 "source_key", "closed", "pool", "target")
 
-    def __init__(self, relay, key, client_addr, dst, route, stats, source_key):
+    def __init__(self, relay, key, client_addr, dst, route, stats, source_key, target):
         self.relay = relay
         self.loop = relay.loop
         self.key = key
         self.client_addr = client_addr
         self.dst = dst
         self.route = route
+        self.pool = route.pool
         self.stats = stats
         self.source_key = source_key
-        self.origin_addr = route.origin_for(dst[1])
+        self.target = target        # the pool.Origin this flow's datagrams go to
+        self.origin_addr = target.sockaddr(dst[1])
         self.header = b""
         self.origin_sock = self.reply_sock = None
         self.t_start = self.last_activity = _monotonic()
         self.timer = None
         self.closed = False
 
+    def _origin_socket(self, target):
+        origin = socket.socket(target.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            origin.connect(target.sockaddr(self.dst[1]))
+        except OSError:
+            origin.close()
+            raise
+        return origin
+
     def open(self, family):
         route = self.route
-        origin = socket.socket(route.origin_family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        origin = self._origin_socket(self.target)
         try:
-            origin.connect(self.origin_addr)
             reply = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError:
             origin.close()
@@ -69,8 +79,31 @@ class UdpFlow:
         self.loop.add_reader(origin.fileno(), self._on_origin_readable)
         self.loop.add_reader(reply.fileno(), self._on_client_readable)
         self.timer = self.loop.call_later(route.idle_timeout, self._on_idle_check)
+        self.target.active += 1
+        self.target.total += 1
+
+    def _move(self):
+        """The flow's origin is down: send the next datagrams to the one the pool gives now."""
+        target = self.pool.pick(self.source_key)
+        if target is None or target is self.target:
+            return
+        try:
+            origin = self._origin_socket(target)
+        except OSError:
+            return
+        self.loop.remove_reader(self.origin_sock.fileno())
+        self.origin_sock.close()
+        self.origin_sock = origin
+        self.loop.add_reader(origin.fileno(), self._on_origin_readable)
+        self.target.active -= 1
+        self.target = target
+        self.origin_addr = target.sockaddr(self.dst[1])
+        target.active += 1
+        target.total += 1
 
     def to_origin(self, data):
+        if not self.target.up:
+            self._move()
         self.last_activity = _monotonic()
         self.stats.bytes_in += len(data)
         try:
@@ -112,6 +145,11 @@ class UdpFlow:
         kind = "refused" if isinstance(exc, ConnectionRefusedError) else (
             exc.strerror or "error").lower().replace(" ", "_")
         self.stats.connect_error(kind)
+        # An ICMP error from the origin (port unreachable, ...) counts against it, as a refused
+        # TCP connection does; once it is down, the flow moves at its next datagram.
+        self.target.connect_failures += 1
+        self.target.last_error = f"udp: {exc.strerror or kind}"
+        self.pool.observe(self.target, False)
 
     def _on_idle_check(self):
         remaining = self.route.idle_timeout - (_monotonic() - self.last_activity)
@@ -131,6 +169,8 @@ class UdpFlow:
             if sock is not None:
                 self.loop.remove_reader(sock.fileno())
                 sock.close()
+        if self.reply_sock is not None:
+            self.target.active -= 1
         self.relay.flow_closed(self, outcome)
 
 
@@ -199,7 +239,15 @@ class UdpRelay:
         held = self.per_source.get(source_key, 0)
         if self.max_per_source and held >= self.max_per_source:
             return self._refuse(client_addr, dst, route, "source_limit")
-        flow = UdpFlow(self, key, client_addr, dst, route, stats, source_key)
+        target = route.pool.pick(source_key)
+        if target is None:
+            # Only names that never resolved: counted like a failed connection, not a refusal.
+            stats.connect_error("no_origin")
+            if self.log_connections:
+                self.log.event(f"udp closed client={fmt_addr(client_addr)} dst={fmt_addr(dst)} "
+                               f"route={route.name} origin=- outcome=no_origin duration=0.000s")
+            return None
+        flow = UdpFlow(self, key, client_addr, dst, route, stats, source_key, target)
         try:
             flow.open(family)
         except OSError as exc:
