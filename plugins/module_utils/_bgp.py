@@ -401,6 +401,129 @@ class Speaker(object):
         return out
 
 
+def community_text(community):
+    return ':'.join(str(part) for part in community)
+
+
+def speaker_input(speaker):
+    """The module input that renders exactly SPEAKER's configuration, in one canonical shape.
+
+    Shared by a run whose live file already is its own rendering (no parsing needed) and by
+    :func:`parse_config` (a file read back): both give the same dictionary for the same file.
+    Communities every prefix carries are given once, under ``communities``; the IPv4 prefixes
+    come before the IPv6 ones (the order in which the file lists them).
+    """
+    prefixes = sorted(speaker.prefixes, key=lambda prefix: prefix.network.version)
+    common = set(prefixes[0].communities) if prefixes else set()
+    for prefix in prefixes[1:]:
+        common &= set(prefix.communities)
+    listed = []
+    for prefix in prefixes:
+        own = [community_text(c) for c in prefix.communities if c not in common]
+        listed.append({'prefix': str(prefix.network), 'communities': own} if own else str(prefix.network))
+    neighbors = []
+    for nb in speaker.neighbors:
+        item = {'name': nb.name, 'address': str(nb.address), 'remote_as': nb.remote_as, 'hold_time': nb.hold_time,
+                'bfd': nb.bfd, 'multihop': nb.multihop}
+        for key in ('password', 'keepalive_time', 'source_address'):
+            value = getattr(nb, key)
+            if value is not None:
+                item[key] = str(value) if key == 'source_address' else value
+        neighbors.append(item)
+    return {
+        'local_as': speaker.local_as, 'router_id': str(speaker.router_id), 'neighbors': neighbors,
+        'prefixes': listed, 'communities': [community_text(c) for c in sorted(common)],
+        'health_table': speaker.health_table, 'import_routes': speaker.import_routes,
+        'error_wait_time': list(speaker.error_wait_time), 'bfd_interval': speaker.bfd_interval,
+        'bfd_multiplier': speaker.bfd_multiplier,
+        'extra_config': speaker.extra_config.rstrip('\n') if speaker.extra_config.strip() else '',
+    }
+
+
+# The statements of a rendered file that carry input, as render() writes them.
+EXTRA_MARKER = '\n# bgp_extra_config\n'
+_ROUTER_ID = re.compile(r'^router id (\S+);$', re.M)
+_HEALTH_TABLE = re.compile(r'^  kernel table (\d+);$', re.M)
+_BFD_TIMERS = re.compile(r'^  interface "\*" \{ interval (\d+) ms; multiplier (\d+); \};$', re.M)
+_PREFIX_SET = re.compile(r'^define ANYCAST_PREFIXES[46] = \[\n(.*?)\n\];$', re.M | re.S)
+_COMMUNITY_SET = re.compile(r'^define ANYCAST_COMMUNITY([46]_\d+) = \[ (.*) \];$', re.M)
+_COMMUNITY_ADDS = re.compile(r'^  if net ~ ANYCAST_COMMUNITY([46]_\d+) then \{ (.*) \}$', re.M)
+_COMMUNITY_ADD = re.compile(r'bgp_(?:large_)?community\.add\(\(([\d, ]+)\)\);')
+_NEIGHBOR = re.compile(r'^protocol bgp bgp_(\w+) \{\n(.*?)\n\}$', re.M | re.S)
+_NEIGHBOR_LINES = (
+    (re.compile(r'^  local (?:(\S+) )?as (\d+);$'), ('source_address', 'local_as')),
+    (re.compile(r'^  neighbor (\S+) as (\d+);$'), ('address', 'remote_as')),
+    (re.compile(r'^  password "([^"]*)";$'), ('password',)),
+    (re.compile(r'^  hold time (\d+);$'), ('hold_time',)),
+    (re.compile(r'^  keepalive time (\d+);$'), ('keepalive_time',)),
+    (re.compile(r'^  multihop (\d+);$'), ('multihop',)),
+    (re.compile(r'^  bfd (on|off);$'), ('bfd',)),
+    (re.compile(r'^  error wait time (\d+), (\d+);$'), ('wait_min', 'wait_max')),
+)
+
+
+class NotRendered(ValueError):
+    """The text is not a configuration bgp_speaker wrote (or it was edited since)."""
+
+
+def _one(pattern, text, what):
+    match = pattern.search(text)
+    if match is None:
+        raise NotRendered('no %s statement' % what)
+    return match.groups()
+
+
+def parse_config(text):
+    """The module input that renders TEXT, a configuration bgp_speaker wrote (what state=gathered gives).
+
+    Reads the statements render() writes, builds the Speaker they describe and renders it again:
+    raises NotRendered unless that gives TEXT back byte for byte (a file edited by hand, or
+    another program's), so a gathered input always rewrites the file exactly as it is.
+    """
+    if not text.startswith(HEADER):
+        raise NotRendered('it does not start with the header bgp_speaker writes')
+    generated, marker, extra = text.partition(EXTRA_MARKER)
+    params = {'router_id': _one(_ROUTER_ID, generated, 'router id')[0],
+              'health_table': int(_one(_HEALTH_TABLE, generated, 'kernel table')[0]),
+              'import_routes': 'protocol kernel anycast_kernel' in generated,
+              'extra_config': extra[:-1] if marker else ''}
+    params['bfd_interval'], params['bfd_multiplier'] = (int(v) for v in _one(_BFD_TIMERS, generated, 'BFD'))
+    communities = {}
+    adds = dict(_COMMUNITY_ADDS.findall(generated))
+    for group, nets in _COMMUNITY_SET.findall(generated):
+        found = [community_text(int(n) for n in add.split(','))
+                 for add in _COMMUNITY_ADD.findall(adds.get(group, ''))]
+        for net in nets.split(', '):
+            communities[net] = found
+    params['prefixes'] = [{'prefix': line.strip().rstrip(','), 'communities': communities.get(line.strip().rstrip(','), [])}
+                          for block in _PREFIX_SET.findall(generated) for line in block.split('\n')]
+    params['neighbors'] = []
+    for name, body in _NEIGHBOR.findall(generated):
+        found = {}
+        for line in body.split('\n'):
+            for pattern, keys in _NEIGHBOR_LINES:
+                match = pattern.match(line)
+                if match:
+                    found.update((key, value) for key, value in zip(keys, match.groups()) if value is not None)
+                    break
+        if 'local_as' not in found or 'address' not in found:
+            raise NotRendered('session bgp_%s has no local or neighbor statement' % name)
+        params['local_as'] = int(found.pop('local_as'))
+        params['error_wait_time'] = [int(found.pop('wait_min', 5)), int(found.pop('wait_max', 300))]
+        neighbor = dict(found, name=name, bfd=found.get('bfd', 'on') == 'on')
+        for key in ('remote_as', 'hold_time', 'keepalive_time', 'multihop'):
+            if key in neighbor:
+                neighbor[key] = int(neighbor[key])
+        params['neighbors'].append(neighbor)
+    try:
+        speaker = Speaker(params)
+    except ParamError as exc:
+        raise NotRendered(str(exc))
+    if speaker.render() != text:
+        raise NotRendered('it differs from what bgp_speaker writes for the same settings (edited by hand?)')
+    return speaker_input(speaker)
+
+
 PASSWORD_LINE = re.compile(r'^(\s*password\s+")[^"\n]*(";)', re.M)
 
 

@@ -3,9 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """BIRD 2's control socket (what ``birdc`` speaks), and readers of what it answers.
 
-Self-contained on purpose: ``anycast.edge.bgp_speaker`` applies a configuration
-through it and ``anycast.edge.edge_info`` reads the BGP state with
-:func:`bgp_state` (sessions, exported prefixes, and what the health daemon
+``anycast.edge.bgp_speaker`` applies a configuration through it and
+``anycast.edge.edge_info`` reads the BGP state with :func:`bgp_state` (sessions, exported prefixes, and what the health daemon
 withholds).
 
 The protocol: BIRD greets with ``0001 ...``; every reply line starts with a
@@ -22,11 +21,13 @@ import re
 import socket
 import time
 
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
+
 RECONFIGURED = ('0003', '0004', '0005')   # done, in progress, queued
 RECONFIGURATION_IN_PROGRESS = 'Reconfiguration in progress'
 
 
-class BirdError(Exception):
+class BirdError(EdgeError):
     """BIRD could not be reached or refused a command; the text is for the user."""
 
 

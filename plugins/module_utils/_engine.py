@@ -13,6 +13,7 @@ subclass; :func:`run_module` does the rest, always in this order::
       read the kernel once
         state=gathered: return what the host has, in the module's input shape
       plan (pure)
+      verify a changing plan with the host's own checker (bird -p), in check mode too
       apply the plan unless check mode (a domain's apply undoes itself if the kernel refuses)
       read back: the re-plan must be empty; if not, apply it once more, read back
         again, and fail naming what still differs
@@ -158,6 +159,12 @@ class Domain(object):
         """The Plan that brings STATE to what the parameters ask for. Pure: no kernel access."""
         raise NotImplementedError
 
+    def verify(self, plan):
+        """Have the host's own checker refuse PLAN before anything changes (``bird -p``); check mode too.
+
+        Called for a plan that changes something, after plan() and before apply(); nothing by default.
+        """
+
     def apply(self, plan):
         """Carry PLAN out; if the kernel refuses part of it, undo the rest and raise EdgeError."""
         raise NotImplementedError
@@ -238,6 +245,8 @@ class Engine(object):
             return {'changed': False, GATHERED: before}
         plan = domain.plan(current)
         readback = None
+        if plan.changed:
+            domain.verify(plan)
         if plan.changed and not self.module.check_mode:
             domain.apply(plan)
             readback, domain.correction = self._read_back()
@@ -270,6 +279,7 @@ class Engine(object):
         # one more pass corrects it; a second difference is reported.
         found = '; '.join(domain.problems(state, leftover))
         try:
+            domain.verify(leftover)
             domain.apply(leftover)
         except EdgeError as exc:
             raise EdgeError('read-back after writing does not match the request: %s; correcting it failed: %s'

@@ -32,20 +32,18 @@ requirements:
   - BIRD 2 (Debian package C(bird2)) on the managed host
 options:
   local_as:
-    description: The host's AS number (asplain, 1-4294967295).
+    description: The host's AS number (asplain, 1-4294967295). Required unless O(state=gathered).
     type: int
-    required: true
   router_id:
-    description: The BGP router id, an IPv4 address unique among the host's peers.
+    description: The BGP router id, an IPv4 address unique among the host's peers. Required unless O(state=gathered).
     type: str
-    required: true
   neighbors:
     description:
       - The host's BGP neighbours (its routers). An IPv4 neighbour carries the IPv4 prefixes, an IPv6 neighbour the
         IPv6 ones.
+      - Required unless O(state=gathered).
     type: list
     elements: dict
-    required: true
     suboptions:
       name:
         description:
@@ -140,6 +138,18 @@ options:
         it exports is its own business.
     type: str
     default: ''
+  state:
+    description:
+      - V(present) writes the configuration and has BIRD take it.
+      - V(gathered) changes nothing and returns under RV(gathered) the input that writes the live O(config_file) as
+        it is (given back as input, it changes nothing); nothing when the file was not written by this module.
+      - V(rendered) returns under RV(rendered) the commands this input would run on a host whose BIRD has none of
+        this configuration yet - the whole file as a here-document - without reading or touching any host or
+        namespace, and without root. O(served_prefixes), when given, is checked; the host's own routes are not
+        read.
+    type: str
+    choices: [present, gathered, rendered]
+    default: present
   config_file:
     description: The live configuration file, the one BIRD was started with.
     type: path
@@ -171,6 +181,8 @@ notes:
   - Needs root on the managed host (the configuration is owned by root and readable by BIRD's group only; it holds the
     passwords).
   - When BIRD is not running the file is written and RV(applied) is false; BIRD reads it when it starts.
+  - RV(gathered) holds the neighbours' passwords as the file does (it is the input that rewrites the file exactly);
+    register it with C(no_log) when there are any. RV(before), RV(after) and the commands show them masked.
 seealso:
   - module: anycast.edge.edge_info
 '''
@@ -187,224 +199,131 @@ EXAMPLES = r'''
       - 192.0.2.0/24
       - {prefix: "2001:db8:100::/48", communities: ["64500:100"]}
     communities: ["64512:1"]
+
+- name: The BIRD configuration this input writes, for review (no host is touched; no root needed)
+  anycast.edge.bgp_speaker:
+    state: rendered
+    local_as: 64512
+    router_id: 198.51.100.11
+    neighbors: [{address: 198.51.100.1, remote_as: 64500}]
+    prefixes: [192.0.2.0/24]
+    served_prefixes: [192.0.2.0/24]
+  delegate_to: localhost
+
+- name: What the host announces, as this module's input
+  anycast.edge.bgp_speaker:
+    state: gathered
+  register: bgp_now
+  no_log: true      # the neighbours' passwords are in it
 '''
 
 RETURN = r'''
+before:
+  description: What the live file holds, as this module's input (passwords masked); empty when there is no file or
+    it was not written by this module.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: dict
+  sample: {local_as: 64512, router_id: 198.51.100.11, neighbors: [{name: r1, address: 198.51.100.1, remote_as: 64500,
+           hold_time: 9, bfd: true, multihop: 0}], prefixes: [192.0.2.0/24], communities: [], health_table: 4179,
+           import_routes: false, error_wait_time: [5, 300], bfd_interval: 200, bfd_multiplier: 5, extra_config: ''}
+after:
+  description: The same after the run (predicted in check mode).
+  returned: when something changed (in check mode, would change); unchanged, it is RV(before)
+  type: dict
+commands:
+  description:
+    - What was done (in check mode, would be), as shell commands - the new file as a here-document (passwords masked),
+      its check with C(bird -p -c), the rename over the live file, C(birdc configure) (left out when BIRD is not
+      running). Empty when the live file already is what the input writes.
+  returned: unless O(state) is V(gathered) or V(rendered)
+  type: list
+  elements: str
+  sample: ["candidate=$(mktemp /etc/bird/.bird.conf.XXXXXXXX)", "cat > \"$candidate\" <<'EOF' ... EOF",
+           "chgrp bird \"$candidate\" && chmod 0640 \"$candidate\"", "/usr/sbin/bird -p -c \"$candidate\"",
+           "mv \"$candidate\" /etc/bird/bird.conf", "birdc -s /run/bird/bird.ctl configure"]
+gathered:
+  description: With O(state=gathered), the input that writes the live file exactly as it is (passwords included).
+  returned: when O(state=gathered)
+  type: dict
+rendered:
+  description: With O(state=rendered), the commands the input would run on a host without this configuration.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
 config_file:
   description: The live configuration file.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: str
   sample: /etc/bird/bird.conf
 applied:
   description: Whether a running BIRD took the new configuration (false when nothing changed, in check mode, or BIRD is not running).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: bool
 restarted:
   description: BGP sessions whose start time changed across the reconfiguration (their own options changed).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: [bgp_fra_r1]
 sessions:
   description: BIRD's BGP sessions after the run, with their state and since when (empty when BIRD is not running).
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: dict
   sample: [{name: bgp_fra_r1, state: Established, since: "2026-12-05 08:41:51.473", neighbor: 198.51.100.1}]
 prefixes:
   description: The prefixes the configuration exports (while healthy), in order.
-  returned: always
+  returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
   sample: [192.0.2.0/24, "2001:db8:100::/48"]
 '''
 
-import grp
-import ipaddress
-import os
-import subprocess
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._bgp import Speaker, mask_passwords
-from ansible_collections.anycast.edge.plugins.module_utils._bird import BirdControl, BirdError, BirdUnavailable
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._persist import HostLock
-from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_prefix
+from ansible_collections.anycast.edge.plugins.module_utils._bgp_speaker import BgpSpeaker
+from ansible_collections.anycast.edge.plugins.module_utils._engine import run_module, states
 
-ARGUMENT_SPEC = dict(
-    local_as=dict(type='int', required=True),
-    router_id=dict(type='str', required=True),
-    neighbors=dict(type='list', elements='dict', required=True, options=dict(
-        name=dict(type='str'),
-        address=dict(type='str', required=True),
-        remote_as=dict(type='int', required=True),
-        password=dict(type='str', no_log=True),
-        hold_time=dict(type='int', default=9),
-        keepalive_time=dict(type='int'),
-        bfd=dict(type='bool', default=True),
-        multihop=dict(type='int', default=0),
-        source_address=dict(type='str'),
-    )),
-    prefixes=dict(type='list', elements='raw', default=[]),
-    communities=dict(type='list', elements='str', default=[]),
-    served_prefixes=dict(type='list', elements='str'),
-    allow_unserved=dict(type='bool', default=False),
-    health_table=dict(type='int', default=4179),
-    import_routes=dict(type='bool', default=False),
-    error_wait_time=dict(type='list', elements='int', default=[5, 300]),
-    bfd_interval=dict(type='int', default=200),
-    bfd_multiplier=dict(type='int', default=5),
-    extra_config=dict(type='str', default=''),
-    config_file=dict(type='path', default='/etc/bird/bird.conf'),
-    config_group=dict(type='str', default='bird'),
-    control_socket=dict(type='path', default='/run/bird/bird.ctl'),
-    bird_binary=dict(type='path', default='/usr/sbin/bird'),
-    netns=dict(type='str'),
-)
-
-
-def served_by_kernel():
-    """What the kernel of this namespace serves: local routes (AnyIP prefixes, addresses) and the
-    collection's own routes (tenants' tables)."""
-    # Imported here: _netlink imports pyroute2 (75 ms), which the role's runs (served_prefixes given) never need.
-    from ansible_collections.anycast.edge.plugins.module_utils._netlink import (  # pylint: disable=import-outside-toplevel
-        ROUTE_PROTO, RTN_LOCAL, TABLE_LOCAL, RawRtnl)
-    served = []
-    with RawRtnl() as raw:
-        for family in (4, 6):
-            for route in raw.routes(family, None):
-                if (route['table'] == TABLE_LOCAL and route['type'] == RTN_LOCAL) or route['proto'] == ROUTE_PROTO:
-                    served.append(ipaddress.ip_network('%s/%d' % (route['dst'], route['dst_len'])))
-    return served
-
-
-class BirdConfig(object):
-    """The live file, its candidate, and the BIRD that reads it."""
-
-    def __init__(self, module):
-        self.module = module
-        self.path = module.params['config_file']
-        self.socket = module.params['control_socket']
-
-    def current(self):
-        try:
-            with open(self.path) as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self.module.fail_json(msg='config_file: cannot read %s: %s' % (self.path, exc.strerror))
-
-    def write_candidate(self, text):
-        """The new text in a temporary file beside the live one (same file system: the rename is atomic)."""
-        directory = os.path.dirname(self.path) or '.'
-        if not os.path.isdir(directory):
-            self.module.fail_json(msg='config_file: directory %s does not exist (is bird2 installed?)' % directory)
-        handle, path = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(self.path))
-        with os.fdopen(handle, 'w') as out:
-            out.write(text)
-        try:
-            gid = grp.getgrnam(self.module.params['config_group']).gr_gid
-        except KeyError:
-            gid = 0
-        os.chown(path, 0, gid)
-        os.chmod(path, 0o640)
-        return path
-
-    def validate(self, path):
-        """Fail naming BIRD's complaint when `bird -p` refuses PATH (which is then removed)."""
-        binary = self.module.params['bird_binary']
-        if not os.access(binary, os.X_OK):
-            os.unlink(path)
-            self.module.fail_json(msg='bird_binary: %s is not an executable (install the bird2 package)' % binary)
-        proc = subprocess.run([binary, '-p', '-c', path], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            os.unlink(path)
-            said = mask_passwords((proc.stderr + proc.stdout).strip()).replace(path, self.path + ' (candidate)')
-            self.module.fail_json(msg='BIRD refused the new configuration, the live %s and the running BIRD are '
-                                      'unchanged: %s' % (self.path, said))
-
-    def sessions(self):
-        """{name: session} of BIRD's BGP protocols, or None when BIRD is not running."""
-        try:
-            with BirdControl(self.socket) as bird:
-                return dict((p['name'], p) for p in bird.protocols() if p['proto'] == 'BGP')
-        except BirdUnavailable:
-            return None
-        except BirdError as exc:
-            self.module.fail_json(msg='control_socket: %s' % exc)
-
-    def apply(self, candidate, previous):
-        """Replace the live file with CANDIDATE and reconfigure BIRD; on refusal, put PREVIOUS back."""
-        os.replace(candidate, self.path)
-        try:
-            with BirdControl(self.socket) as bird:
-                bird.configure()
-            return True
-        except BirdUnavailable:
-            return False
-        except BirdError as exc:
-            if previous is None:
-                os.unlink(self.path)
-            else:
-                os.replace(self.write_candidate(previous), self.path)
-            self.module.fail_json(msg='BIRD did not take the new configuration; the previous %s is back in place: %s'
-                                      % (self.path, exc))
-
-
-def session_list(sessions):
-    return [{'name': name, 'state': s.get('bgp_state') or s['state'], 'since': s['since'],
-             'neighbor': s.get('neighbor_address'), 'info': s['info']} for name, s in sorted((sessions or {}).items())]
+REQUIRED = ['local_as', 'router_id', 'neighbors']
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        speaker = Speaker(params)
-        served = None
-        if params['served_prefixes'] is not None:
-            served = [parse_prefix(p, 'served_prefixes[%d]' % i) for i, p in enumerate(params['served_prefixes'])]
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    if served is None:
-        enter_module_netns(module)
-        served = served_by_kernel()
-    try:
-        speaker.check_served(served, params['allow_unserved'])
-    except ParamError as exc:
-        module.fail_json(msg=str(exc))
-    for family in speaker.unreachable_families():
-        module.warn('IPv%d prefixes are configured but no neighbour is IPv%d: they are not announced' % (family, family))
-
-    config = BirdConfig(module)
-    text = speaker.render()
-    result = dict(changed=False, config_file=config.path, applied=False, restarted=[],
-                  prefixes=[str(p.network) for p in speaker.prefixes])
-    with HostLock(module):
-        current = config.current()
-        if module._diff:
-            result['diff'] = dict(before=mask_passwords(current or ''), after=mask_passwords(text),
-                                  before_header=config.path, after_header=config.path)
-        if current == text:
-            result['sessions'] = session_list(config.sessions())
-            module.exit_json(**result)
-        result['changed'] = True
-        candidate = config.write_candidate(text)
-        config.validate(candidate)
-        if module.check_mode:
-            os.unlink(candidate)
-            result['sessions'] = session_list(config.sessions())
-            module.exit_json(**result)
-        before = config.sessions()
-        result['applied'] = config.apply(candidate, current)
-        after = config.sessions()
-    result['sessions'] = session_list(after)
-    result['restarted'] = sorted(name for name, s in (after or {}).items()
-                                 if name in (before or {}) and before[name]['since'] != s['since'])
-    module.exit_json(**result)
+    module = AnsibleModule(
+        argument_spec=dict(
+            local_as=dict(type='int'),
+            router_id=dict(type='str'),
+            neighbors=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str'),
+                address=dict(type='str', required=True),
+                remote_as=dict(type='int', required=True),
+                password=dict(type='str', no_log=True),
+                hold_time=dict(type='int', default=9),
+                keepalive_time=dict(type='int'),
+                bfd=dict(type='bool', default=True),
+                multihop=dict(type='int', default=0),
+                source_address=dict(type='str'),
+            )),
+            prefixes=dict(type='list', elements='raw', default=[]),
+            communities=dict(type='list', elements='str', default=[]),
+            served_prefixes=dict(type='list', elements='str'),
+            allow_unserved=dict(type='bool', default=False),
+            health_table=dict(type='int', default=4179),
+            import_routes=dict(type='bool', default=False),
+            error_wait_time=dict(type='list', elements='int', default=[5, 300]),
+            bfd_interval=dict(type='int', default=200),
+            bfd_multiplier=dict(type='int', default=5),
+            extra_config=dict(type='str', default=''),
+            state=dict(type='str', choices=states('present'), default='present'),
+            config_file=dict(type='path', default='/etc/bird/bird.conf'),
+            config_group=dict(type='str', default='bird'),
+            control_socket=dict(type='path', default='/run/bird/bird.ctl'),
+            bird_binary=dict(type='path', default='/usr/sbin/bird'),
+            netns=dict(type='str'),
+        ),
+        required_if=[('state', 'present', REQUIRED), ('state', 'rendered', REQUIRED)],
+        supports_check_mode=True,
+    )
+    run_module(module, BgpSpeaker)
 
 
 if __name__ == '__main__':

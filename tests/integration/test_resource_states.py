@@ -7,6 +7,9 @@
   without those objects; it reads and touches no host and no namespace, and
   works as an unprivileged user. The commands are the ones the module really
   sends when it applies the same input to an empty namespace.
+
+bgp_speaker's host is a real BIRD 2 in the namespace, with its own control socket
+and configuration file (started on a configuration of its own: the empty host).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -48,6 +53,13 @@ CASES = {
     'conntrack_sizing': {'expected_connections': 1000, 'headroom': 1.5},
     'tenant': {'tenants': TENANTS, 'rule_priority': 900},
     'gre_tunnel': {'tunnels': []},   # this kernel has no GRE: an empty host (tests/vm has real tunnels)
+    # communities common to all prefixes and per prefix, a large one, multihop, an extra protocol
+    'bgp_speaker': {'local_as': 64512, 'router_id': '192.0.2.10', 'communities': ['64512:1'],
+                    'neighbors': [{'name': 'r4', 'address': '198.18.0.1', 'remote_as': 64500, 'hold_time': 12},
+                                  {'address': '2001:db8:ff::1', 'remote_as': 64500, 'bfd': False, 'multihop': 2}],
+                    'prefixes': ['2001:db8:1::/64', {'prefix': '192.0.2.0/24', 'communities': ['64500:1:2']}],
+                    'served_prefixes': ['192.0.2.0/24', '2001:db8:1::/48'], 'error_wait_time': [2, 60],
+                    'extra_config': 'protocol static aer_static { ipv4; route 198.18.9.0/24 blackhole; }\n'},
 }
 MODULES = sorted(CASES)
 
@@ -61,13 +73,38 @@ def arguments(module, ns, tmp_path):
         args['netns_prefix'] = ns + '-'
     if module == 'hashlimit':
         args['ssh_guard'] = 'ignore'
+    if module == 'bgp_speaker':
+        args['config_file'] = str(tmp_path / 'bird.conf')
+        args['control_socket'] = str(tmp_path / 'bird.ctl')
     return args
+
+
+def start_bird(ns, args):
+    """BIRD in NS on a configuration of its own (a host without bgp_speaker's), with its own socket."""
+    if shutil.which('bird') is None and os.environ.get('CI') != 'true':
+        pytest.skip('bird is not installed (bird2 in scripts/apt-packages.txt)')
+    with open(args['config_file'], 'w') as handle:
+        handle.write('router id 192.0.2.99;\nprotocol device { }\n')
+    nsexec(ns, ['bird', '-c', args['config_file'], '-s', args['control_socket'],
+                '-P', args['config_file'] + '.pid'])
+    deadline = time.monotonic() + 10
+    while not os.path.exists(args['control_socket']):
+        assert time.monotonic() < deadline, 'BIRD did not start in %s' % ns
+        time.sleep(0.05)
+
+
+def bird_status(args):
+    """When BIRD last read a configuration, and its protocols with their start times."""
+    lines = [line for command in ('show status', 'show protocols')
+             for line in helpers.sh(['birdc', '-s', args['control_socket'], command]).stdout.splitlines()[1:]]
+    return [line for line in lines if not line.startswith('Current server time')]
 
 
 def back_as_input(module, gathered, args):
     """GATHERED as the next call's input: the same namespace and files, nothing else added."""
     given = dict(gathered)
-    for key in ('netns', 'sysctl_file', 'netns_prefix', 'ssh_guard'):
+    for key in ('netns', 'sysctl_file', 'netns_prefix', 'ssh_guard', 'config_file', 'control_socket',
+                'served_prefixes'):
         if key in args:
             given.setdefault(key, args[key])
     return given
@@ -85,21 +122,29 @@ def host(netns_factory):
 @pytest.mark.parametrize('module', MODULES)
 def test_gathered_is_the_input_that_changes_nothing(module, host, tmp_path):
     args = arguments(module, host, tmp_path)
+    if module == 'bgp_speaker':
+        start_bird(host, args)
     predicted = ok(run_module(module, args, check=True))
     applied = ok(run_module(module, args))
     assert applied['changed'] is (module != 'gre_tunnel')
     assert _comparable(predicted['commands']) == _comparable(applied['commands'])
     # what names the objects (a chain, a file) is part of the question
-    question = dict((key, args[key]) for key in ('netns', 'chain', 'sysctl_file') if key in args)
+    question = dict((key, args[key]) for key in ('netns', 'chain', 'sysctl_file', 'config_file') if key in args)
     gathered = ok(run_module(module, dict(question, state='gathered')))
     assert gathered['changed'] is False
     after = applied.get('after', applied['before'])     # 'after' comes with a change only
     assert gathered['gathered'] == after == predicted.get('after', predicted['before']), (gathered, after)
     settled = helpers.kernel_state(host)
+    if module == 'bgp_speaker':
+        assert applied['applied'] is True       # BIRD took it
+        settled = (settled, bird_status(args), os.stat(args['config_file']).st_mtime_ns)
     again = ok(run_module(module, back_as_input(module, gathered['gathered'], args)))
     assert again['changed'] is False, again['commands']
     assert again['commands'] == [] and again['before'] == gathered['gathered'] and 'after' not in again
-    assert helpers.kernel_state(host) == settled
+    if module == 'bgp_speaker':     # not even told to reconfigure, no session restarted, the file not written
+        assert (helpers.kernel_state(host), bird_status(args), os.stat(args['config_file']).st_mtime_ns) == settled
+    else:
+        assert helpers.kernel_state(host) == settled
 
 
 def test_gathered_reads_back_what_iptables_prints_differently(host):
@@ -142,13 +187,21 @@ def test_rendered_touches_nothing_works_without_root_and_is_what_apply_sends(mod
         args['tunnels'] = [{'name': 'gre-acme', 'netns': 'tenant-acme', 'local': '192.0.2.1',
                             'remote': '198.51.100.2', 'key': 42, 'address': '10.255.0.1/30',
                             'routes': ['203.0.113.0/24']}]
+    if module == 'bgp_speaker':
+        start_bird(host, args)
     missing = helpers.unique_name(NS_PREFIX + 'gone')
     before = helpers.netns_list()
+    files = sorted(os.listdir(str(tmp_path)))
+    if module == 'bgp_speaker':
+        files = (files, bird_status(args), os.stat(args['config_file']).st_mtime_ns)
     rendered = as_nobody(module, dict(args, state='rendered', netns=missing))
     assert not rendered.get('failed'), rendered.get('msg')
     assert rendered['changed'] is False and rendered['rendered'], rendered
     assert helpers.netns_list() == before              # no namespace created, not even the one named
     assert not os.path.exists(str(tmp_path / 'conntrack.conf'))
+    if module == 'bgp_speaker':     # the live file and the running BIRD untouched
+        assert (sorted(os.listdir(str(tmp_path))), bird_status(args), os.stat(args['config_file']).st_mtime_ns) \
+            == files
     if module == 'gre_tunnel':
         assert rendered['rendered'][0].startswith('ip link add aegre') and ' type gre local 192.0.2.1 ' in \
             rendered['rendered'][0]

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from ansible_collections.anycast.edge.plugins.filter.bgp import bgp_plan
-from ansible_collections.anycast.edge.plugins.module_utils import _bird
+from ansible_collections.anycast.edge.plugins.module_utils import _bgp, _bird
 from ansible_collections.anycast.edge.plugins.module_utils._bgp import Speaker, mask_passwords
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError
 
@@ -256,3 +256,29 @@ def test_bfd_sessions_and_route_listings_are_parsed():
         ('1007', '192.0.2.0/24         blackhole [anycast_health4 2026-12-05 08:47:59] * (10)'),
         ('1007', '\tType: inherit univ'),
         ('0000', '')]) == ['192.0.2.0/24']
+
+
+@pytest.mark.parametrize('extra', [
+    {},
+    {'communities': ['64512:1'], 'import_routes': True, 'error_wait_time': [1, 9], 'extra_config': 'protocol static x { ipv4; }\n\n',
+     'prefixes': [{'prefix': '2001:db8:100::/64', 'communities': ['64500:100', '1:2:3']}, '192.0.2.0/24']},
+    {'neighbors': [{'name': 'fra', 'address': '198.51.100.1', 'remote_as': 64500, 'password': 'x-y', 'keepalive_time': 3},
+                   {'address': '2001:db8:ffff::1', 'remote_as': 1, 'multihop': 2, 'source_address': '2001:db8::5'},
+                   {'address': '198.51.100.2', 'remote_as': 2, 'bfd': False}], 'bfd_interval': 300, 'health_table': 7},
+])
+def test_gathered_input_is_what_renders_the_file_again(extra):
+    """parse_config (state=gathered) gives the canonical input of the file: it renders the same bytes, and
+    a run whose file already is its own rendering (speaker_input, no parsing) reports the same input."""
+    speaker = Speaker(params(**extra))
+    text = speaker.render()
+    gathered = _bgp.parse_config(text)
+    assert gathered == _bgp.speaker_input(speaker)
+    assert Speaker(gathered).render() == text
+
+
+@pytest.mark.parametrize('edit', [lambda t: t.replace('hold time 9;', 'hold time  9;', 1),
+                                  lambda t: t.replace('# BGP announcements', '# mine', 1),
+                                  lambda t: t + 'protocol static y { ipv4; }\n'])
+def test_a_file_not_written_as_is_is_not_gathered(edit):
+    with pytest.raises(_bgp.NotRendered):
+        _bgp.parse_config(edit(Speaker(params()).render()))
