@@ -186,8 +186,8 @@ def columns(custom):
             raise AnsibleFilterError('%s: expected {title, query, unit}, got %r' % (param, item))
         unknown = sorted(set(item) - set(COLUMN_KEYS))
         if unknown:
-            raise AnsibleFilterError('%s: unknown key(s) %s (known: %s)' % (param, ', '.join(unknown),
-                                                                          ', '.join(COLUMN_KEYS)))
+            raise AnsibleFilterError('%s: unknown key(s) %s (known: %s)'
+                                     % (param, ', '.join(unknown), ', '.join(COLUMN_KEYS)))
         title = item.get('title')
         if not isinstance(title, str) or not title.strip():
             raise AnsibleFilterError('%s.title: expected the column heading, got %r' % (param, title))
