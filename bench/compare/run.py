@@ -3,6 +3,7 @@
 The no-op figures of bench/foundation (10,000 AnyIP prefixes, 1,000 TPROXY
 rules), bench/tenant (100 tenants x 4 prefixes x 10 firewall rules, purge on)
 and the rate-limit chain of bench/hashlimit (both families, filter and raw),
+and bgp_speaker with 1,000 prefixes (BIRD running in the namespace, its own socket),
 for this checkout ("new") and another git revision ("old", default: main),
 measured in the same run on the same kernel state:
 
@@ -18,12 +19,14 @@ namespaces this script creates (prefix <AE_NS_TAG>aec) and removes, even on erro
 
 Rerun (as root, from the repository root, under the shared lock):
     flock /work/locks/heavy.lock .venv/bin/python bench/compare/run.py [--old main] [--rounds 7] [--json FILE]
+        [--only anyip_route,tproxy_rule,hashlimit,tenant,bgp_speaker]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
@@ -78,10 +81,32 @@ def module_time(tree, module, args):
     return seconds, result
 
 
+def start_bird(ns, scratch):
+    """BIRD in NS on a configuration of its own, with its own socket: bgp_speaker's host."""
+    bird = {'config_file': os.path.join(scratch, 'bird.conf'), 'control_socket': os.path.join(scratch, 'bird.ctl')}
+    with open(bird['config_file'], 'w') as handle:
+        handle.write('router id 192.0.2.1;\nprotocol device { }\n')
+    helpers.nsexec(ns, ['bird', '-c', bird['config_file'], '-s', bird['control_socket'],
+                        '-P', os.path.join(scratch, 'bird.pid')])
+    deadline = time.monotonic() + 10
+    while not os.path.exists(bird['control_socket']):
+        if time.monotonic() > deadline:
+            raise SystemExit('BIRD did not start in %s' % ns)
+        time.sleep(0.05)
+    return bird
+
+
 def cases(ns, state_dir, opts):
     common = {'netns': ns, 'state_dir': state_dir}
     prefixes = bench('foundation').prefixes
+    bgp_prefixes = prefixes(opts.bgp_prefixes)
     return [
+        ('bgp_speaker: no-op, %d prefixes' % opts.bgp_prefixes, 'bgp_speaker',
+         {'netns': ns, 'local_as': 64512, 'router_id': '192.0.2.1', 'prefixes': bgp_prefixes,
+          'neighbors': [{'name': 'r4', 'address': '198.18.0.1', 'remote_as': 64500}],
+          # what the role passes: the served prefixes, here the announced ones collapsed
+          'served_prefixes': [str(n) for n in ipaddress.collapse_addresses(ipaddress.ip_network(p) for p in bgp_prefixes)], 'config_file': os.path.join(os.path.dirname(state_dir), 'bird.conf'),
+          'control_socket': os.path.join(os.path.dirname(state_dir), 'bird.ctl')}),
         ('anyip_route: no-op, %d prefixes' % opts.routes, 'anyip_route', dict(common, prefixes=prefixes(opts.routes))),
         ('tproxy_rule: no-op, %d rules' % opts.rules, 'tproxy_rule',
          dict(common, rules=[{'destination': p, 'on_port': 1234} for p in prefixes(opts.rules)])),
@@ -98,6 +123,8 @@ def main():
     parser.add_argument('--routes', type=int, default=10000)
     parser.add_argument('--rules', type=int, default=1000)
     parser.add_argument('--tenants', type=int, default=100)
+    parser.add_argument('--bgp-prefixes', type=int, default=1000)
+    parser.add_argument('--only', help='comma-separated modules to measure (default: all)')
     parser.add_argument('--json', help='also write the figures to this file')
     opts = parser.parse_args()
 
@@ -112,6 +139,10 @@ def main():
         helpers.nsexec(ns, ['ip', 'link', 'set', 'lo', 'up'])
         state_dir = os.path.join(scratch, 'state')
         for label, module, args in cases(ns, state_dir, opts):
+            if opts.only and module not in opts.only.split(','):
+                continue
+            if module == 'bgp_speaker':
+                start_bird(ns, scratch)
             module_time(REPO, module, args)                      # the objects, once
             times = {'old': [], 'new': []}
             for _round in range(opts.rounds):
@@ -127,6 +158,7 @@ def main():
     finally:
         for name in helpers.netns_list():
             if name == ns or name.startswith(ns + '-'):
+                helpers.sh('ip netns pids %s | xargs -r kill -9' % name, check=False)     # BIRD
                 helpers.sh(['ip', 'netns', 'del', name], check=False)
         shutil.rmtree(scratch, ignore_errors=True)
     print()
