@@ -416,12 +416,12 @@ stop_dialling() {  # NAME
     wait "$dialler" || true
 }
 
-# The proxy's view of its origins on both edges: "ROUTE ORIGIN=UP ..." sorted (probe.py origins).
+# The proxy's view of its origins on both edges, one line per edge: "ROUTE/ORIGIN=UP ..." (probe.py origins).
 origins_seen() {
     local edge
     for edge in ael-edge1 ael-edge2; do
         in_ctr "$edge" python3 /opt/ael/probe.py origins --metrics 127.0.0.1:9464 \
-            | python3 -c 'import json, sys; print(" ".join("%s=%s" % kv for kv in sorted(json.load(sys.stdin).items())))'
+            | python3 -c 'import json, sys; print(" ".join("%s=%s" % (k.replace(" ", "/"), v) for k, v in sorted(json.load(sys.stdin).items())))'
     done
 }
 
