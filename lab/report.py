@@ -220,7 +220,7 @@ def check_bgp_event(results, name, title, start_key, end_key, what):
 
 def check_bgp_proxy_stop(results):
     return check_bgp_event(results, 'proxy-stop', 'BGP: proxy stopped', 'stopped', 'started',
-                           'systemctl stop anycast-proxy on ael-edge1')
+                           'systemctl stop anycast-proxy.socket anycast-proxy.service on ael-edge1')
 
 
 def check_bgp_freeze(results):
