@@ -6,15 +6,18 @@ of commit d75f0ed, taken with git archive):
     python3 bench/proxy/pools.py [--quick] [--json results.json]
 
 Everything happens inside one throwaway network namespace (${AE_NS_TAG}aepp*), removed at
-the end, with four origins (bench/proxy/load.py serve) on 127.0.0.1:9001-9004 and the
-AnyIP + TPROXY set-up of bench/proxy/run.py. Three parts:
+the end, with the AnyIP + TPROXY set-up of bench/proxy/run.py. Three parts:
 
 1. What a pool costs: short connections (request, answer, close; 50 in flight) and one bulk
    transfer through anycast-proxy and through HAProxy (one process, one thread), each once with
-   one origin and once with a pool of the four (round-robin, active checks every second):
+   one origin and once with a pool of four (round-robin, active checks every second):
    connections/s, the proxy's own CPU per connection (utime+stime from /proc), Gbit/s, CPU
-   per GiB. Rounds interleave the four targets; each figure is the best of the rounds.
-2. An origin dies under 50 new connections/s: through each pool of four, one origin is
+   per GiB. The four origins of the pool are four addresses (127.0.0.1-4:9000) of one origin
+   process (bench/proxy/load.py serve), the single origin is one of them: the origin side is
+   the same for both, only the proxy's work differs. Rounds interleave the four targets; each
+   figure is the best of the rounds.
+2. An origin dies under 50 new connections/s: four origin processes on 127.0.0.1:9001-9004,
+   pools of those four in both proxies; one origin is
    killed (its port refuses) and, in a second run, one goes silent (its SYNs are dropped)
    2.5 s into 8 s of dialling. Both proxies are configured alike: 3 s to connect in all
    (HAProxy: `timeout connect 1s`, `retries 2`, `option redispatch 1`), checks every second,
@@ -43,6 +46,9 @@ sys.path.insert(0, os.path.join(base.REPO, "tests", "proxy"))
 import support  # noqa: E402  (ProxyProcess, SocketOwner: the proxy under systemd's rules)
 
 ORIGINS = ["127.0.0.1:%d" % port for port in (9001, 9002, 9003, 9004)]
+# Part 1: one origin process, four addresses of it.
+COST_ORIGIN = "0.0.0.0:9000"
+COST_POOL = ["127.0.0.%d:9000" % i for i in (1, 2, 3, 4)]
 OLD_COMMIT = "d75f0ed"
 HEALTH = {"interval": 1, "timeout": 1, "rise": 2, "fall": 3}
 CONNECT_TIMEOUT = 3
@@ -412,7 +418,7 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (it creates a network namespace)")
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else 5
     bulk_bytes = (128 if args.quick else 512) << 20
     short_s = 1.0 if args.quick else 2.0
     restarts = 1 if args.quick else 2
@@ -426,22 +432,31 @@ def main():
     procs, origins = [], None
     try:
         base.setup(ns)
-        origins = Origins(ns)
-        ap1 = start_anycast(ns, workdir, 1234, ORIGINS[:1])
-        ap4 = start_anycast(ns, workdir, 1237, ORIGINS, metrics="127.0.0.1:9101")
-        hp1 = start_haproxy(ns, workdir, 1235, ORIGINS[:1])
-        hp4 = start_haproxy(ns, workdir, 1238, ORIGINS)
+        cost_origin = ns.popen([base.PY, base.LOAD, "serve", COST_ORIGIN])
+        procs.append(cost_origin)
+        base.wait_port(ns, "127.0.0.1", 9000, cost_origin)
+        ap1 = start_anycast(ns, workdir, 1234, COST_POOL[:1])
+        ap4 = start_anycast(ns, workdir, 1237, COST_POOL)
+        hp1 = start_haproxy(ns, workdir, 1235, COST_POOL[:1])
+        hp4 = start_haproxy(ns, workdir, 1238, COST_POOL)
         procs += [ap1, ap4, hp1, hp4]
         targets = [base.Target("anycast-proxy, 1 origin", dial_target(1234), ap1),
                    base.Target("anycast-proxy, 4 origins", dial_target(1237), ap4),
                    base.Target("haproxy, 1 origin", dial_target(1235), hp1),
                    base.Target("haproxy, 4 origins", dial_target(1238), hp4)]
         results["cost"] = measure_cost(ns, targets, rounds, bulk_bytes, short_s)
+        for proc in procs:
+            base.stop(proc)
+        origins = Origins(ns)
+        ap4 = start_anycast(ns, workdir, 1237, ORIGINS, metrics="127.0.0.1:9101")
+        hp4 = start_haproxy(ns, workdir, 1238, ORIGINS)
+        procs += [ap4, hp4]
         pools = {"anycast-proxy": (1237, lambda: anycast_origins_up(ns, 9101)),
                  "haproxy": (1238, lambda: haproxy_origins_up(hp4.stats_socket))}
         results["failover"] = measure_failures(ns, origins, pools, rate=50, seconds=8, at=2.5)
         for proc in procs:
             base.stop(proc)
+        origins.ensure()
         results["restart"] = {"before": [], "after": []}
         for _unused1 in range(restarts):
             for version in ("before", "after"):
