@@ -460,7 +460,7 @@ prove_origin_failover() {
     stopped=$(now)
     in_ctr ael-origin2 systemctl stop ael-origin
     wait_origins down 10 && down=$(now)
-    sleep $(python3 -c "print(max(0.0, 6 - ($(now) - $stopped)))")
+    sleep "$(python3 -c "print(max(0.0, 6 - ($(now) - $stopped)))")"
     started=$(now)
     start_origin ael-origin2
     wait_origins up 20 && back=$(now)
