@@ -229,8 +229,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._bgp import Speaker, mask_passwords
 from ansible_collections.anycast.edge.plugins.module_utils._bird import BirdControl, BirdError, BirdUnavailable
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_module_netns
-from ansible_collections.anycast.edge.plugins.module_utils._persist import HostLock
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
+from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_netns
+from ansible_collections.anycast.edge.plugins.module_utils._lock import host_lock
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_prefix
 
 ARGUMENT_SPEC = dict(
@@ -370,7 +371,11 @@ def main():
     except ParamError as exc:
         module.fail_json(msg=str(exc))
     if served is None:
-        enter_module_netns(module)
+        if params['netns']:
+            try:
+                enter_netns(params['netns'])
+            except EdgeError as exc:
+                module.fail_json(msg=str(exc))
         served = served_by_kernel()
     try:
         speaker.check_served(served, params['allow_unserved'])
@@ -383,24 +388,28 @@ def main():
     text = speaker.render()
     result = dict(changed=False, config_file=config.path, applied=False, restarted=[],
                   prefixes=[str(p.network) for p in speaker.prefixes])
-    with HostLock(module):
-        current = config.current()
-        if module._diff:
-            result['diff'] = dict(before=mask_passwords(current or ''), after=mask_passwords(text),
-                                  before_header=config.path, after_header=config.path)
-        if current == text:
-            result['sessions'] = session_list(config.sessions())
-            module.exit_json(**result)
-        result['changed'] = True
-        candidate = config.write_candidate(text)
-        config.validate(candidate)
-        if module.check_mode:
-            os.unlink(candidate)
-            result['sessions'] = session_list(config.sessions())
-            module.exit_json(**result)
-        before = config.sessions()
-        result['applied'] = config.apply(candidate, current)
-        after = config.sessions()
+    # Host lock: one collection module applies at a time (an EdgeError names who holds it).
+    try:
+        with host_lock():
+            current = config.current()
+            if module._diff:
+                result['diff'] = dict(before=mask_passwords(current or ''), after=mask_passwords(text),
+                                      before_header=config.path, after_header=config.path)
+            if current == text:
+                result['sessions'] = session_list(config.sessions())
+                module.exit_json(**result)
+            result['changed'] = True
+            candidate = config.write_candidate(text)
+            config.validate(candidate)
+            if module.check_mode:
+                os.unlink(candidate)
+                result['sessions'] = session_list(config.sessions())
+                module.exit_json(**result)
+            before = config.sessions()
+            result['applied'] = config.apply(candidate, current)
+            after = config.sessions()
+    except EdgeError as exc:
+        module.fail_json(msg=str(exc))
     result['sessions'] = session_list(after)
     result['restarted'] = sorted(name for name, s in (after or {}).items()
                                  if name in (before or {}) and before[name]['since'] != s['since'])
