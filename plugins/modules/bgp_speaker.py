@@ -230,8 +230,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.anycast.edge.plugins.module_utils._bgp import Speaker, mask_passwords
 from ansible_collections.anycast.edge.plugins.module_utils._bird import BirdControl, BirdError, BirdUnavailable
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
-from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_netns
 from ansible_collections.anycast.edge.plugins.module_utils._lock import host_lock
+from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_netns
 from ansible_collections.anycast.edge.plugins.module_utils._validate import ParamError, parse_prefix
 
 ARGUMENT_SPEC = dict(
@@ -371,11 +371,11 @@ def main():
     except ParamError as exc:
         module.fail_json(msg=str(exc))
     if served is None:
-        if params['netns']:
-            try:
+        try:
+            if params['netns']:
                 enter_netns(params['netns'])
-            except EdgeError as exc:
-                module.fail_json(msg=str(exc))
+        except EdgeError as exc:
+            module.fail_json(msg=str(exc))
         served = served_by_kernel()
     try:
         speaker.check_served(served, params['allow_unserved'])
@@ -388,7 +388,6 @@ def main():
     text = speaker.render()
     result = dict(changed=False, config_file=config.path, applied=False, restarted=[],
                   prefixes=[str(p.network) for p in speaker.prefixes])
-    # Host lock: one collection module applies at a time (an EdgeError names who holds it).
     try:
         with host_lock():
             current = config.current()
@@ -408,7 +407,7 @@ def main():
             before = config.sessions()
             result['applied'] = config.apply(candidate, current)
             after = config.sessions()
-    except EdgeError as exc:
+    except EdgeError as exc:   # the host lock stayed taken
         module.fail_json(msg=str(exc))
     result['sessions'] = session_list(after)
     result['restarted'] = sorted(name for name, s in (after or {}).items()
