@@ -38,10 +38,8 @@ def main(pings, results_dir):
                 raise SystemExit('site.yml run %s reported changed=%d: the lab is not converged (%s)'
                                  % (index, run['changed'], log))
         runs.append(run)
-        print('%-5s run %s: %6.2f s%s' % (what, index, seconds,
-                                           ', %d tasks, changed=%d' % (run['tasks'], run['changed'])
-                                           if what != 'pings' else ''),
-              flush=True)
+        detail = ', %d tasks, changed=%d' % (run['tasks'], run['changed']) if what != 'pings' else ''
+        print('%-5s run %s: %6.2f s%s' % (what, index, seconds, detail), flush=True)
     site = statistics.median(r['seconds'] for r in runs if r['what'] == 'site')
     ping_run = statistics.median(r['seconds'] for r in runs if r['what'] == 'pings')
     summary = {

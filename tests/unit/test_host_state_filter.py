@@ -15,8 +15,8 @@ import yaml
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.anycast.edge.plugins.filter.host_state import (FilterModule, file_differs, file_sha1,
-                                                                       systemd_units)
+from ansible_collections.anycast.edge.plugins.filter.host_state import (
+    FilterModule, file_differs, file_sha1, systemd_units)
 
 ROLES = pathlib.Path(__file__).resolve().parents[2] / "roles"
 UNIT = {"path": "/etc/systemd/system/a.service", "isreg": True, "isdir": False, "checksum": "c" * 40,
