@@ -11,8 +11,8 @@ one buffer is one kernel transaction.
 
 Where the library cannot hold two contexts at once (0.9.8, Debian 11: freeing
 the second one aborts the process with a double free), the ``nft`` command is
-run with ``-f -`` instead; a child process inherits the calling thread's
-namespace, so that also works inside ``in_netns``.
+run with ``-f -`` instead, in the namespace the Nft was created in (held open
+as a descriptor and entered with ``nsenter``), as a context's socket would be.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Nft(object):
     def __init__(self):
         self._ctx = None
         self._binary = None
+        self._netns_fd = None
         nftables_class = _binding()
         if nftables_class is not None:
             self._ctx = nftables_class()
@@ -86,6 +87,10 @@ class Nft(object):
                 raise EdgeError('this module needs nftables on the managed host (Debian/Ubuntu: apt install '
                                 'python3-nftables nftables): %s, and the nft command is not installed'
                                 % _BINDING['error'])
+            self._nsenter = shutil.which('nsenter')
+            if not self._nsenter:
+                raise EdgeError('the nft command needs nsenter (util-linux) to run in a namespace')
+            self._netns_fd = os.open('/proc/thread-self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
 
     @property
     def backend(self):
@@ -98,8 +103,10 @@ class Nft(object):
         it (``nft --check``): nothing changes either way.
         """
         if self._ctx is None:
-            args = [self._binary, '-s'] + (['-c'] if dry_run else []) + ['-f', '-']
-            proc = subprocess.run(args, input=commands, capture_output=True, text=True, check=False)
+            args = [self._nsenter, '--net=/proc/self/fd/%d' % self._netns_fd, self._binary, '-s'] + \
+                (['-c'] if dry_run else []) + ['-f', '-']
+            proc = subprocess.run(args, input=commands, capture_output=True, text=True, check=False,
+                                  pass_fds=(self._netns_fd,))
             return proc.returncode == 0, proc.stdout, proc.stderr
         if dry_run:
             self._ctx.set_dry_run(True)
@@ -113,6 +120,9 @@ class Nft(object):
     def close(self):
         """Drop the context: the binding frees it (and its socket) when the last reference goes."""
         self._ctx = None
+        if self._netns_fd is not None:
+            os.close(self._netns_fd)
+            self._netns_fd = None
 
     def __enter__(self):
         return self

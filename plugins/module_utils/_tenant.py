@@ -587,7 +587,9 @@ class Tenants(Domain):
         out = []
         for tenant, cur, want in plan.present:
             if cur.key() != want.key():
-                diff = [line for line in cur.render(tenant.name) if line not in want.render(tenant.name)]
+                have, wanted = cur.render(tenant.name), want.render(tenant.name)
+                diff = ['unexpected: %s' % line for line in have if line not in wanted] + \
+                    ['missing: %s' % line for line in wanted if line not in have]
                 out.append('tenant %s: %s' % (tenant.name, '; '.join(diff) or 'state differs'))
         for tenant, cur in plan.absent:
             if cur.netns:

@@ -131,7 +131,11 @@ def test_a_reload_withdraws_nothing_and_runs_the_new_checks(lab):
         assert status['pid'] == pid and status['groups'][0]['checks'] == ['tcp 127.0.0.1:1234'], status
         edge1.kill_listener()
         lab.wait_nexthops(PREFIX4, {edge2.address4}, timeout=3)
-        assert 'Connection refused' in edge1.status()['groups'][0]['reason']
+        # the route goes before the status file is rewritten: give the daemon its next write
+        deadline = time.monotonic() + 3
+        while 'Connection refused' not in edge1.status()['groups'][0]['reason'] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 'Connection refused' in edge1.status()['groups'][0]['reason'], edge1.status()
     finally:
         edge1.write_health_config()
         edge1.health.send_signal(signal.SIGHUP)

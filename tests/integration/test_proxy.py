@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import helpers  # noqa: E402
 import support  # noqa: E402
 from bad_input_cases import PROXY_CASES  # noqa: E402
-from fixtures import (UNPRIVILEGED, assert_reset, base_config, origin, random_port, random_v4,  # noqa: E402,F401
+from fixtures import (UNPRIVILEGED, assert_reset, base_config, origin, random_port, random_v4,  # noqa: E402,F401  pylint: disable=unused-import
                       start_proxy, topo, unprivileged)
 from support import (ORIGIN_V4, ORIGIN_V6, CLIENT_V4, CLIENT_V6, EDGE_ORIGIN_V4, metric,  # noqa: E402
                      talk, wait_for)

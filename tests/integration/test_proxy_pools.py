@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import helpers  # noqa: E402
 import support  # noqa: E402
-from fixtures import base_config, origin, random_port, random_v4, start_proxy, topo  # noqa: E402,F401
+from fixtures import base_config, origin, random_port, random_v4, start_proxy, topo  # noqa: E402,F401  pylint: disable=unused-import
 from support import ORIGIN_V4, metric, talk, wait_for  # noqa: E402
 
 NS_PREFIX = helpers.ns_prefix('aeo')
@@ -304,8 +304,8 @@ def edge_hosts(topo):
         os.rmdir(directory)
 
 
-def test_a_name_is_re_resolved_and_keeps_its_last_good_addresses_when_resolution_fails(topo, start_proxy, origin,
-                                                                                      edge_hosts):
+def test_a_name_is_re_resolved_and_keeps_its_last_good_addresses_when_resolution_fails(
+        topo, start_proxy, origin, edge_hosts):
     for address in (ORIGIN_V4,) + EXTRA_ORIGINS:
         origin(address=address, port=8101)
     edge_hosts([(ORIGIN_V4, 'origin.test'), (EXTRA_ORIGINS[0], 'origin.test')])

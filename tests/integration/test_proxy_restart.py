@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import helpers  # noqa: E402
 import support  # noqa: E402
-from fixtures import base_config, origin, topo  # noqa: E402,F401
+from fixtures import base_config, origin, topo  # noqa: E402,F401  pylint: disable=unused-import
 from support import ORIGIN_V4, ORIGIN_V6  # noqa: E402
 
 NS_PREFIX = helpers.ns_prefix('aeq')
