@@ -20,7 +20,11 @@
       hangs does not slow the others), to random addresses and ports of the prefixes
       in turn, client-first like dial; prints one JSON object per line: when the
       dial started (epoch seconds, the clock the containers share), its outcome and
-      the edge the origin saw it come through. --stop-file F: stop early once F exists.
+      the edge the origin saw it come through and which origin answered. --stop-file F:
+      stop early once F exists.
+  probe.py origins [--metrics ADDRESS:PORT]
+      (on an edge) the proxy's view of its origins from its metrics endpoint, as one JSON
+      object: {"ROUTE ORIGIN": 1 or 0} (anycast_proxy_origin_up).
 """
 
 import argparse
@@ -29,6 +33,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import socket
 import sys
 import time
@@ -150,7 +155,8 @@ def cmd_timeline(args):
         outcome, answer, own, seconds = connect(random_address(prefix), random.randint(1, 65535), args.timeout,
                                                 send=b'HELLO\n')
         line = json.dumps({'i': index, 't': round(began, 3), 'outcome': outcome, 'ms': round(seconds * 1000, 1),
-                           'edge': (answer or {}).get('edge'), 'prefix': prefix}, sort_keys=True)
+                           'edge': (answer or {}).get('edge'), 'origin': (answer or {}).get('origin'),
+                           'prefix': prefix}, sort_keys=True)
         with lock:
             print(line, flush=True)
 
@@ -163,6 +169,19 @@ def cmd_timeline(args):
         index += 1
     for thread in threads:
         thread.join()
+
+
+def cmd_origins(args):
+    from urllib.request import urlopen
+    with urlopen('http://%s/metrics' % args.metrics, timeout=5) as response:
+        text = response.read().decode()
+    state = {}
+    for line in text.splitlines():
+        match = re.match(r'anycast_proxy_origin_up\{(.*)\} (\S+)$', line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+            state['%s %s' % (labels.get('route'), labels.get('origin'))] = int(float(match.group(2)))
+    print(json.dumps(state, sort_keys=True))
 
 
 def main():
@@ -194,9 +213,11 @@ def main():
     timeline.add_argument('--duration', type=float, default=10)
     timeline.add_argument('--timeout', type=float, default=3)
     timeline.add_argument('--stop-file', help='stop dialling once this file exists')
+    origins = sub.add_parser('origins')
+    origins.add_argument('--metrics', default='127.0.0.1:9464')
     args = parser.parse_args()
     {'dial': cmd_dial, 'flood': cmd_flood, 'steady': cmd_steady, 'tcp': cmd_tcp,
-     'timeline': cmd_timeline}[args.command](args)
+     'timeline': cmd_timeline, 'origins': cmd_origins}[args.command](args)
     return 0
 
 

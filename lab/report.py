@@ -152,6 +152,41 @@ def share(rows, edge):
     return '%d/%d via %s' % (sum(1 for r in rows if EDGES.get(r['edge']) == edge), len(rows), edge)
 
 
+def check_origin_failover(results):
+    event = load(os.path.join(results, 'origin-failover.json'))
+    rows = sorted(dials(results, 'origin-failover-ael-client') + dials(results, 'origin-failover-ael-client2'),
+                  key=lambda r: r['t'])
+    stopped, started, back = event['stopped'], event['started'], event['back']
+    before = [r for r in rows if r['t'] < stopped]
+    # A dial begun just before the stop may still be answered by ael-origin2.
+    during = [r for r in rows if stopped + 1 <= r['t'] < started]
+    after = [r for r in rows if back is not None and r['t'] >= back + 0.5]
+    served = [r for r in rows if r['outcome'] == 'ok']
+    slowest = max((r['ms'] for r in rows if stopped <= r['t'] < started), default=0)
+    ok = (event['ready'] and len(rows) >= 700 and not failed(rows)
+          and {r['origin'] for r in before} == {'ael-origin', 'ael-origin2'}
+          and during and all(r['origin'] == 'ael-origin' for r in during)
+          and event['down'] is not None and back is not None
+          and any(r['origin'] == 'ael-origin2' for r in after))
+    detail = ('%d dials at 2 x 20/s to the pools web and web-v6 (two origins each); systemctl stop of ael-origin2\'s '
+              'origin for %.1f s: %d failed (%d served); both edges marked it down %s; meanwhile %d/%d dials went to '
+              'ael-origin, the slowest took %.0f ms; it was back in both edges\' pools %s after its start and then '
+              'served %s; before the stop: %s'
+              % (len(rows), started - stopped, len(failed(rows)), len(served),
+                 '%.2f s after the stop' % (event['down'] - stopped) if event['down'] else 'NEVER',
+                 sum(1 for r in during if r['origin'] == 'ael-origin'), len(during), slowest,
+                 '%.1f s' % (back - started) if back else 'NEVER',
+                 origin_share(after, 'ael-origin2'), origin_share(before, 'ael-origin2')))
+    if failed(rows):
+        first = failed(rows)[0]
+        detail += '; first failure %.2f s after the stop: %s' % (first['t'] - stopped, first['outcome'])
+    return ('origin pool failover', ok, detail)
+
+
+def origin_share(rows, origin):
+    return '%d/%d by %s' % (sum(1 for r in rows if r['origin'] == origin), len(rows), origin)
+
+
 def check_bgp_paths(results):
     rows = jsonl(os.path.join(results, 'bgp-paths.jsonl'))
     wrong = [r for r in rows if r['nexthops'] != r['want']]
@@ -185,7 +220,7 @@ def check_bgp_event(results, name, title, start_key, end_key, what):
 
 def check_bgp_proxy_stop(results):
     return check_bgp_event(results, 'proxy-stop', 'BGP: proxy stopped', 'stopped', 'started',
-                           'systemctl stop anycast-proxy on ael-edge1')
+                           'systemctl stop anycast-proxy.socket anycast-proxy.service on ael-edge1')
 
 
 def check_bgp_freeze(results):
@@ -256,8 +291,8 @@ def main():
             print(line)
         return 0
     rows = []
-    for check in (check_check_mode, check_converge, check_dial, check_banner, check_rate_limit, check_tenants, check_gre,
-                  check_bgp_paths, check_bgp_proxy_stop, check_bgp_freeze, check_bgp_drain, check_bgp_undrain,
+    for check in (check_check_mode, check_converge, check_dial, check_banner, check_origin_failover, check_rate_limit,
+                  check_tenants, check_gre, check_bgp_paths, check_bgp_proxy_stop, check_bgp_freeze, check_bgp_drain, check_bgp_undrain,
                   check_bgp_rolling, check_status):
         try:
             result = check(args.results)

@@ -9,7 +9,8 @@
 # Containers (image from scripts/build-image.sh, settings of scripts/containers.conf):
 #   ael-edge1, ael-edge2   edge servers (the inventory lab/inventory)
 #   ael-client, ael-client2  clients; ael-client also floods
-#   ael-origin             origin behind the proxies; reads PROXY v2 (lab/origin.py)
+#   ael-origin, ael-origin2  the origins behind the proxies, one pool per route; read
+#                          PROXY v2 (lab/origin.py)
 #   ael-router             the edges' upstream: BIRD (lab/router-bird.conf), eBGP to both
 #                          edges, ECMP routes; the clients reach every anycast prefix
 #                          through it. Also acme's router, the remote end of its GRE tunnel.
@@ -30,7 +31,8 @@ label=anycast.edge.lab=ael
 inventory="$repo/lab/inventory"
 
 # name:last-octet (IPv4 .N, IPv6 ::N)
-containers=(ael-edge1:11 ael-edge2:12 ael-client:21 ael-client2:22 ael-origin:30 ael-router:40)
+containers=(ael-edge1:11 ael-edge2:12 ael-client:21 ael-client2:22 ael-origin:30 ael-origin2:31 ael-router:40)
+origins=(ael-origin ael-origin2)
 
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$repo/scripts/containers.conf}"
 export PATH="$venv/bin:$PATH"
@@ -167,11 +169,18 @@ setup_support() {
             ip -6 route add 2001:db8:100::/64 via $router6"
     done
     setup_router
-    podman cp "$repo/lab/origin.py" ael-origin:/opt/ael/origin.py
-    if ! in_ctr ael-origin systemctl -q is-active ael-origin; then
-        in_ctr ael-origin systemd-run --unit ael-origin --collect /usr/bin/python3 /opt/ael/origin.py --port 8080 >/dev/null
+    local origin
+    for origin in "${origins[@]}"; do
+        podman cp "$repo/lab/origin.py" "$origin:/opt/ael/origin.py"
+        start_origin "$origin"
+        echo "$origin: $(in_ctr "$origin" systemctl is-active ael-origin) on [::]:8080 (PROXY v2)"
+    done
+}
+
+start_origin() {  # CONTAINER: lab/origin.py as the transient unit ael-origin, unless it runs
+    if ! in_ctr "$1" systemctl -q is-active ael-origin; then
+        in_ctr "$1" systemd-run --unit ael-origin --collect /usr/bin/python3 /opt/ael/origin.py --port 8080 >/dev/null
     fi
-    echo "origin: $(in_ctr ael-origin systemctl is-active ael-origin) on [::]:8080 (PROXY v2)"
 }
 
 # ael-router runs BIRD with lab/router-bird.conf: eBGP to both edges, ECMP with
@@ -407,6 +416,60 @@ stop_dialling() {  # NAME
     wait "$dialler" || true
 }
 
+# The proxy's view of its origins on both edges, one line per edge: "ROUTE/ORIGIN=UP ..." (probe.py origins).
+origins_seen() {
+    local edge
+    for edge in ael-edge1 ael-edge2; do
+        in_ctr "$edge" python3 /opt/ael/probe.py origins --metrics 127.0.0.1:9464 \
+            | python3 -c 'import json, sys; print(" ".join("%s=%s" % (k.replace(" ", "/"), v) for k, v in sorted(json.load(sys.stdin).items())))'
+    done
+}
+
+wait_origins() {  # up|down SECONDS: until both edges see ael-origin2's origins so (all others up); 1 on timeout
+    local want=$1 timeout=$2 started
+    started=$(date +%s)
+    until origins_seen | python3 -c '
+import sys
+want = sys.argv[1]
+lines = sys.stdin.read().split("\n")
+edges = [dict(item.rsplit("=", 1) for item in line.split()) for line in lines if line.strip()]
+def good(key, up):
+    second = ".31]:" in key or ".31:" in key or "::31]:" in key
+    return up == ("0" if second and want == "down" else "1")
+ok = len(edges) == 2 and all(len(e) >= 4 and all(good(k, v) for k, v in e.items()) for e in edges)
+sys.exit(0 if ok else 1)' "$want"; do
+        (( $(date +%s) - started < timeout )) || return 1
+        sleep 0.1
+    done
+}
+
+# Both clients dial 20 new connections a second each (40/s, both families) while the origin
+# on ael-origin2 stops for 6 s and starts again: the pools fail over to ael-origin at connect
+# time (no dial may fail), both edges mark ael-origin2 down, and take it back once it is up.
+prove_origin_failover() {
+    say "origin pool: ael-origin2's origin stops for 6 s and starts again while both clients dial 20 connections/s each"
+    wait_paths all 60 11 12 || true
+    local ready=true stopped down=null started back=null client pids=()
+    wait_origins up 30 || ready=false
+    for client in ael-client ael-client2; do
+        in_ctr "$client" python3 /opt/ael/probe.py timeline --prefix 192.0.2.0/24 --prefix 2001:db8:100::/64 \
+            --rate 20 --duration 22 --timeout 2 > "$state/results/origin-failover-$client-dials.jsonl" &
+        pids+=($!)
+    done
+    sleep 4
+    stopped=$(now)
+    in_ctr ael-origin2 systemctl stop ael-origin
+    wait_origins down 10 && down=$(now)
+    sleep "$(python3 -c "print(max(0.0, 6 - ($(now) - $stopped)))")"
+    started=$(now)
+    start_origin ael-origin2
+    wait_origins up 20 && back=$(now)
+    wait "${pids[@]}" || true
+    printf '{"ready": %s, "stopped": %s, "down": %s, "started": %s, "back": %s, "seen_after": "%s"}\n' \
+        "$ready" "$stopped" "$down" "$started" "$back" "$(origins_seen | paste -sd'|')" \
+        | tee "$state/results/origin-failover.json"
+}
+
 prove_bgp_paths() {
     say "BGP: the router holds every prefix from both edges"
     # After a converge the health daemons announce once their hold-down has passed.
@@ -422,17 +485,19 @@ prove_bgp_paths() {
 }
 
 prove_bgp_proxy_stop() {
-    say "BGP: the proxy on ael-edge1 stops while ael-client dials 20 connections/s"
+    say "BGP: the proxy on ael-edge1 stops (service and socket unit) while ael-client dials 20 connections/s"
     wait_paths all 60 11 12 || true
     local stopped withdrawn=null started back=null
     start_dialling proxy-stop 14
     sleep 3
     stopped=$(now)
-    in_ctr ael-edge1 systemctl stop anycast-proxy
+    # The socket unit too: it owns the listeners and would start the proxy again at the next
+    # connection (a stop of the service alone is a restart that loses nothing, see docs/proxy.md).
+    in_ctr ael-edge1 systemctl stop anycast-proxy.socket anycast-proxy.service
     wait_paths proxy 10 12 && withdrawn=$(now)
     sleep 6
     started=$(now)
-    in_ctr ael-edge1 systemctl start anycast-proxy
+    in_ctr ael-edge1 systemctl start anycast-proxy.socket anycast-proxy.service
     wait "$dialler" || true
     wait_paths all 60 11 12 && back=$(now)
     printf '{"stopped": %s, "withdrawn": %s, "started": %s, "back": %s}\n' "$stopped" "$withdrawn" "$started" "$back" \
@@ -551,6 +616,7 @@ prove() {
     mkdir -p "$state/results"
     start_tenant_services
     prove_anyip
+    prove_origin_failover
     prove_rate_limit
     prove_tenants
     prove_gre

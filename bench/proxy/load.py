@@ -5,6 +5,9 @@
     load.py bulk TARGET BYTES            one connection, send BYTES, wait for the origin's close
     load.py short TARGET SECONDS CONC    short connections (request/answer/close), CONC in flight
     load.py idle TARGET COUNT            open COUNT end-to-end connections, print "ready", hold until stdin closes
+    load.py paced TARGET RATE SECONDS TIMEOUT
+                                         RATE new connections a second (request/answer/close); each that is
+                                         refused, reset, closed early or unanswered within TIMEOUT failed
 
 TARGET is HOST:PORT, or PREFIX/24:any to dial random addresses and ports of a
 /24 (the AnyIP case). Results are one JSON line on stdout. Standard library
@@ -184,6 +187,75 @@ def idle(target, count):
     sys.stdin.read()
 
 
+def paced(target, rate, seconds, timeout):
+    """New connections at a fixed rate, whatever happens to earlier ones (a dial that hangs does not
+    hold the next back). One row per dial: [epoch seconds at its start, outcome, milliseconds to the
+    origin's answer or to the failure]."""
+    pick = target_picker(target)
+    ep = select.epoll()
+    inflight = {}   # fd -> [sock, started (epoch), state, bytes of the answer]
+    rows = []
+    total = int(rate * seconds)
+    t0 = time.time()
+    dialled = 0
+
+    def finish(fd, outcome):
+        entry = inflight.pop(fd)
+        ep.unregister(fd)
+        entry[0].close()
+        rows.append([round(entry[1], 4), outcome, round((time.time() - entry[1]) * 1e3, 2)])
+
+    while dialled < total or inflight:
+        now = time.time()
+        while dialled < total and t0 + dialled / rate <= now:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            started = time.time()
+            err = s.connect_ex(pick())
+            dialled += 1
+            if err not in (0, errno.EINPROGRESS):
+                s.close()
+                rows.append([round(started, 4), errno.errorcode.get(err, str(err)), 0.0])
+                continue
+            inflight[s.fileno()] = [s, started, 0, 0]
+            ep.register(s.fileno(), select.EPOLLOUT)
+        for fd in [fd for fd, entry in inflight.items() if now - entry[1] > timeout]:
+            finish(fd, "timeout")
+        wait = (t0 + dialled / rate - time.time()) if dialled < total else 0.01
+        for fd, _ev in ep.poll(min(max(wait, 0.0), 0.01)):
+            entry = inflight.get(fd)
+            if entry is None:
+                continue
+            s = entry[0]
+            if entry[2] == 0:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    finish(fd, {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset"}.get(
+                        err, errno.errorcode.get(err, str(err))))
+                    continue
+                try:
+                    s.send(REQUEST)
+                except OSError:
+                    finish(fd, "reset")
+                    continue
+                entry[2] = 1
+                ep.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                finish(fd, "reset")
+                continue
+            entry[3] += len(data)
+            if entry[3] >= len(ANSWER):
+                finish(fd, "ok")
+            elif not data:
+                finish(fd, "closed")
+    rows.sort()
+    print(json.dumps({"rate": rate, "seconds": seconds, "timeout": timeout, "rows": rows}))
+
+
 def main(argv):
     mode = argv[1]
     if mode == "serve":
@@ -194,6 +266,8 @@ def main(argv):
         short(argv[2], float(argv[3]), int(argv[4]))
     elif mode == "idle":
         idle(argv[2], int(argv[3]))
+    elif mode == "paced":
+        paced(argv[2], float(argv[3]), float(argv[4]), float(argv[5]))
     else:
         raise SystemExit(__doc__)
 

@@ -43,8 +43,9 @@ def sh(cmd, **kw):
 
 
 class Namespace:
-    def __init__(self):
-        self.name = "aepb%06x" % random.getrandbits(24)
+    def __init__(self, prefix="aepb"):
+        # AE_NS_TAG keeps one engineer's namespaces apart from another's on a shared machine.
+        self.name = "%s%s%06x" % (os.environ.get("AE_NS_TAG", ""), prefix, random.getrandbits(24))
         sh(["ip", "netns", "add", self.name])
 
     def run(self, *cmd, timeout=60):

@@ -455,7 +455,8 @@ class SocketOwner(object):
 
 
 class ProxyProcess(object):
-    def __init__(self, edge, config, workdir, user_cmd=(), env=None, sockets=None, args=None):
+    def __init__(self, edge, config, workdir, user_cmd=(), env=None, sockets=None, args=None, program=PROXY_PKG):
+        """PROGRAM: the proxy package to run (bench/proxy/pools.py runs an older one beside it)."""
         self.edge = edge
         self.workdir = workdir
         self.config_path = os.path.join(workdir, 'config.json')
@@ -474,7 +475,7 @@ class ProxyProcess(object):
         run_env.update(env or {})
         prefix, fds = sockets.command() if sockets is not None else ([], [])
         cmd = (['ip', 'netns', 'exec', edge] + list(user_cmd) + prefix
-               + [SYSTEM_PYTHON, PROXY_PKG] + (args or ['--config', self.config_path]))
+               + [SYSTEM_PYTHON, program] + (args or ['--config', self.config_path]))
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=run_env, pass_fds=fds)
 
     def write_config(self, config):
