@@ -120,6 +120,34 @@ def test_site_makes_one_call_per_module_with_the_hosts_variables(inventory, host
         {'name': 'anycast.edge.transparent_proxy'}
 
 
+def include_vars(inventory, host, name, **extra_vars):
+    """The vars site.yml gives the include_role task NAME, templated for HOST (Ansible's own view)."""
+    from ansible.parsing.dataloader import DataLoader
+    playbook = DataLoader().load_from_file(os.path.join(REPO, 'playbooks', 'site.yml'))   # trusted templates
+    found = [t for play in playbook for t in play['tasks'] if t.get('name') == name]
+    assert len(found) == 1, name
+    variables = dict(inventory_hosts(inventory)[1][host], **extra_vars)
+    from ansible.template import Templar, trust_as_template
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return {key: templar.template(trust_as_template(value)) for key, value in found[0].get('vars', {}).items()}
+
+
+@pytest.mark.parametrize('inventory, host', HOSTS)
+def test_site_makes_the_proxys_prefixes_local_once(inventory, host):
+    """The kernel play's one anyip_route call holds the proxy's prefixes; the role is told not to call
+    it again. Without transparent_proxy_prefixes the role makes its routes' destinations local."""
+    variables = inventory_hosts(inventory)[1][host]
+    kernel, _proxy = site_on(inventory, host)
+    assert dict(module_calls(kernel))['anyip_route']['prefixes'][-len(variables['transparent_proxy_prefixes']):] == \
+        variables['transparent_proxy_prefixes']
+    assert include_vars(inventory, host, 'Run the transparent proxy role')['transparent_proxy_manage_anyip'] is False
+    assert include_vars(inventory, host, 'Run the transparent proxy role',
+                        transparent_proxy_prefixes=[])['transparent_proxy_manage_anyip'] is True
+    # with no edge prefixes and no purge, the proxy's prefixes alone still make the call
+    kernel, _proxy = site_on(inventory, host, edge_anyip_prefixes=[], edge_anyip_purge=False)
+    assert dict(module_calls(kernel))['anyip_route']['prefixes'] == variables['transparent_proxy_prefixes']
+
+
 def test_site_leaves_out_what_a_host_does_not_configure():
     kernel, proxy = site_on('example', 'edge-fra-1', edge_conntrack={}, edge_rate_limit={}, edge_anyip_prefixes=[],
                             edge_anyip_purge=False, edge_tproxy_rules=[], edge_tenants=[], edge_tenants_purge=False,

@@ -4,17 +4,12 @@
 - every documented option has a default or is required (and then has no default),
 - the defaults pass the role's own argument spec,
 - names follow the public `transparent_proxy_` / private `__transparent_proxy_` rule,
-- files/route_plan.py (the preflight's route checks) turns routes into the AnyIP prefixes
-  and TPROXY rules, and names what does not fit,
 - the route options, choices and configuration keys are the ones the proxy program knows.
 """
 import copy
 import importlib.util
-import json
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -113,84 +108,6 @@ def test_public_and_private_names(defaults, options):
     assert [n for n in list(defaults) + list(options) if not n.startswith(PUBLIC)] == []
     private = load("vars/main.yml")
     assert private and [n for n in private if not n.startswith(PRIVATE)] == []
-
-
-# --- files/route_plan.py: the preflight's view of the routes ---------------------------
-
-def route_plan():
-    spec = importlib.util.spec_from_file_location("route_plan", ROLE / "files" / "route_plan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.plan
-
-
-LISTEN = ["127.0.0.1", "::1"]
-
-
-def test_plan_derives_prefixes_and_rules_from_routes():
-    result = route_plan()([
-        {"destination": "192.0.2.0/25", "origin": "o:80"},
-        {"destination": "192.0.2.128/25", "origin": "o", "ports": 443},
-        {"destination": "192.0.2.128/25", "origin": "o", "ports": "8000-8100", "protocol": "udp"},
-        {"destination": "2001:db8::/64", "origin": "o", "ports": "1-65535"},
-    ], [], LISTEN, 1234)
-    assert result["errors"] == []
-    assert result["prefixes_ipv4"] == ["192.0.2.0/24"]  # the two halves collapse into one local route
-    assert result["prefixes_ipv6"] == ["2001:db8::/64"]
-    assert result["tproxy_rules"] == [
-        {"destination": "192.0.2.0/25", "protocol": "tcp", "on_ip": "127.0.0.1", "on_port": 1234},
-        {"destination": "192.0.2.128/25", "protocol": "tcp", "on_ip": "127.0.0.1", "on_port": 1234, "ports": "443"},
-        {"destination": "192.0.2.128/25", "protocol": "udp", "on_ip": "127.0.0.1", "on_port": 1234,
-         "ports": "8000-8100"},
-        {"destination": "2001:db8::/64", "protocol": "tcp", "on_ip": "::1", "on_port": 1234},
-    ]
-
-
-def test_plan_names_a_prefix_without_a_route_and_a_route_outside_the_prefixes():
-    result = route_plan()([
-        {"destination": "192.0.2.0/24", "origin": "o"},
-        {"destination": "203.0.113.0/24", "origin": "o"},
-    ], ["192.0.2.0/23", "198.51.100.0/24"], LISTEN, 1234)
-    assert result["prefixes_ipv4"] == ["192.0.2.0/23", "198.51.100.0/24"]
-    assert len(result["errors"]) == 2
-    assert "198.51.100.0/24 has no route" in result["errors"][0]
-    assert "203.0.113.0/24 is not inside any of transparent_proxy_prefixes" in result["errors"][1]
-
-
-@pytest.mark.parametrize("routes, listen_port, first_unprivileged_port, needed", [
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp"}], 1234, 1024, True),   # every port
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 1234, 1024, True),
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "1000-1100"}], 1234, 1024, True),
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": "5300-5400"}], 1234, 1024, False),
-    ([{"destination": "192.0.2.0/24", "origin": "o"}], 1234, 1024, False),   # TCP answers on the accepted socket
-    ([{"destination": "192.0.2.0/24", "origin": "o"}], 999, 1024, True),     # the listeners' own port
-    ([{"destination": "192.0.2.0/24", "origin": "o", "protocol": "udp", "ports": 53}], 999, 0, False),
-])
-def test_plan_says_when_the_proxy_binds_a_port_that_needs_cap_net_bind_service(routes, listen_port,
-                                                                               first_unprivileged_port, needed):
-    result = route_plan()(routes, [], LISTEN, listen_port, first_unprivileged_port)
-    assert result["errors"] == []
-    assert result["needs_net_bind_service"] is needed
-
-
-@pytest.mark.parametrize("route, listen, message", [
-    ({"destination": "192.0.2.1/24", "origin": "o"}, LISTEN, "transparent_proxy_routes[0].destination"),
-    ({"destination": "192.0.2.0/24", "origin": "o", "ports": "70000"}, LISTEN, "transparent_proxy_routes[0].ports"),
-    ({"destination": "192.0.2.0/24", "origin": "o", "ports": "90-80"}, LISTEN, "transparent_proxy_routes[0].ports"),
-    ({"destination": "2001:db8::/64", "origin": "o"}, ["127.0.0.1"], "has no IPv6 address"),
-    ({"destination": "192.0.2.0/24", "origin": "o"}, ["localhost"], "transparent_proxy_listen_addresses"),
-])
-def test_plan_refuses_bad_input_naming_the_variable(route, listen, message):
-    result = route_plan()([route], [], listen, 1234)
-    assert any(message in e for e in result["errors"]), result["errors"]
-
-
-def test_plan_runs_as_the_role_runs_it():
-    request = {"routes": [{"destination": "192.0.2.0/24", "origin": "o"}], "prefixes": [],
-               "listen_addresses": LISTEN, "listen_port": 1234}
-    out = subprocess.run([sys.executable, str(ROLE / "files" / "route_plan.py"), json.dumps(request)],
-                         check=True, capture_output=True, text=True).stdout
-    assert json.loads(out)["prefixes_ipv4"] == ["192.0.2.0/24"]
 
 
 # --- the role documents the proxy's route keys and choices as the program knows them ------

@@ -32,3 +32,5 @@ else
 fi
 # IP_TRANSPARENT listeners and the TPROXY target (xt_TPROXY) come together.
 echo "xt_tproxy=$(answer has /proc/net/ip_tables_targets TPROXY xt_TPROXY CONFIG_NETFILTER_XT_TARGET_TPROXY)"
+# For the route plan: below this port the proxy needs CAP_NET_BIND_SERVICE (IPv6 included).
+echo "unprivileged_port_start=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null || echo 1024)"

@@ -1,18 +1,19 @@
 # Copyright: anycast.edge developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Turn the role's routes into AnyIP prefixes and TPROXY rules, and find what does not fit.
+"""route_plan: the transparent_proxy role's routes as AnyIP prefixes and TPROXY rules, and what does
+not fit (controller side, pure: the role's preflight asserts on its errors before anything changes).
 
-Run by the role's preflight on the managed host with its python3 (ipaddress does
-the prefix containment that Jinja cannot do without netaddr, and roles inside a
-collection cannot carry filter plugins). Reads one JSON argument
-{"routes", "prefixes", "listen_addresses", "listen_port"}, prints one JSON object
-{"prefixes_ipv4", "prefixes_ipv6", "tproxy_rules", "needs_net_bind_service", "errors"}.
-Changes nothing.
+Input: {"routes", "prefixes", "listen_addresses", "listen_port"} (the role's variables without their
+``transparent_proxy_`` prefix). Output: {"prefixes_ipv4", "prefixes_ipv6", "tproxy_rules",
+"needs_net_bind_service", "errors"}. ipaddress does the prefix containment that Jinja cannot do
+without netaddr.
 """
 
+from __future__ import annotations
+
 import ipaddress
-import json
-import sys
+
+from ansible.errors import AnsibleFilterError
 
 ALL_PORTS = (1, 65535)
 
@@ -48,15 +49,6 @@ def _collapse(networks):
         same = [n for n in networks if n.version == version]
         result.extend(ipaddress.collapse_addresses(same))
     return result
-
-
-def unprivileged_port_start():
-    """net.ipv4.ip_unprivileged_port_start of this host (it covers IPv6 as well)."""
-    try:
-        with open('/proc/sys/net/ipv4/ip_unprivileged_port_start') as handle:
-            return int(handle.read())
-    except (OSError, ValueError):
-        return 1024
 
 
 def plan(routes, prefixes, listen_addresses, listen_port, first_unprivileged_port=1024):
@@ -140,14 +132,24 @@ def plan(routes, prefixes, listen_addresses, listen_port, first_unprivileged_por
     }
 
 
-def main(argv):
-    request = json.loads(argv[1])
-    result = plan(request.get('routes') or [], request.get('prefixes') or [],
-                  request.get('listen_addresses') or [], request.get('listen_port'), unprivileged_port_start())
-    json.dump(result, sys.stdout, sort_keys=True)
-    sys.stdout.write('\n')
-    return 0
+def route_plan(request, first_unprivileged_port=1024):
+    """The filter: plan() of REQUEST {"routes", "prefixes", "listen_addresses", "listen_port"}.
+
+    FIRST_UNPRIVILEGED_PORT is the host's net.ipv4.ip_unprivileged_port_start (it covers IPv6 as
+    well; the role's kernel probe reads it).
+    """
+    if not isinstance(request, dict):
+        raise AnsibleFilterError('route_plan: expected a dictionary of routes, prefixes, listen_addresses and '
+                                 'listen_port, got %s' % type(request).__name__)
+    try:
+        first_unprivileged_port = int(first_unprivileged_port)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError('route_plan: first_unprivileged_port must be a port number, got %r'
+                                 % (first_unprivileged_port,))
+    return plan(request.get('routes') or [], request.get('prefixes') or [],
+                request.get('listen_addresses') or [], request.get('listen_port'), first_unprivileged_port)
 
 
-if __name__ == '__main__':
-    sys.exit(main(sys.argv))
+class FilterModule(object):
+    def filters(self):
+        return {'route_plan': route_plan}
