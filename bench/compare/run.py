@@ -105,8 +105,8 @@ def cases(ns, state_dir, opts):
          {'netns': ns, 'local_as': 64512, 'router_id': '192.0.2.1', 'prefixes': bgp_prefixes,
           'neighbors': [{'name': 'r4', 'address': '198.18.0.1', 'remote_as': 64500}],
           # what the role passes: the served prefixes, here the announced ones collapsed
-          'served_prefixes': [str(n) for n in ipaddress.collapse_addresses(ipaddress.ip_network(p)
-                                                                            for p in bgp_prefixes)],
+          'served_prefixes': [str(n) for n in ipaddress.collapse_addresses(
+              ipaddress.ip_network(p) for p in bgp_prefixes)],
           'config_file': os.path.join(os.path.dirname(state_dir), 'bird.conf'),
           'control_socket': os.path.join(os.path.dirname(state_dir), 'bird.ctl')}),
         ('anyip_route: no-op, %d prefixes' % opts.routes, 'anyip_route', dict(common, prefixes=prefixes(opts.routes))),

@@ -159,13 +159,7 @@ def anycast_origins_up(ns, metrics_port):
     sock.settimeout(5)
     with sock:
         sock.connect(("127.0.0.1", metrics_port))
-        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = support.ask(sock, b"GET /metrics HTTP/1.0\r\n\r\n")
     samples = support.parse_metrics(data.partition(b"\r\n\r\n")[2].decode())
     return {dict(labels)["origin"]: value == 1 for (name, labels), value in samples.items()
             if name == "anycast_proxy_origin_up"}
@@ -177,13 +171,7 @@ def haproxy_origins_up(stats_socket):
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(5)
         sock.connect(stats_socket)
-        sock.sendall(b"show stat\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = support.ask(sock, b"show stat\n")
     lines = data.decode().splitlines()
     header = lines[0].lstrip("# ").split(",")
     state = {}

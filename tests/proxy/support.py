@@ -41,6 +41,17 @@ LISTEN_PORT = 1234
 
 
 # -- namespaces ---------------------------------------------------------------
+def ask(sock, request):
+    """Send REQUEST on the connected SOCK and return everything the peer sends until it closes."""
+    sock.sendall(request)
+    data = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def socket_in(ns, family=socket.AF_INET, type=socket.SOCK_STREAM):
     """A socket created inside network namespace NS."""
     result = {}
@@ -521,13 +532,7 @@ class ProxyProcess(object):
         sock.settimeout(5)
         with sock:
             sock.connect((address, port))
-            sock.sendall(b'GET /metrics HTTP/1.0\r\n\r\n')
-            data = b''
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = ask(sock, b'GET /metrics HTTP/1.0\r\n\r\n')
         head, _unused1, body = data.partition(b'\r\n\r\n')
         assert head.startswith(b'HTTP/1.0 200'), head
         return parse_metrics(body.decode())
