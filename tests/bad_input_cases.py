@@ -170,11 +170,15 @@ CASES = [
     ('bgp_speaker', _bgp(communities=['65535:0']), 'communities[0]', 'GRACEFUL_SHUTDOWN'),
     ('bgp_speaker', _bgp(communities=['64500:70000']), 'communities[0]', 'at most 65535'),
     ('bgp_speaker', _bgp(health_table=254), 'health_table', "'main' table"),
-    # edge_info, confirm
+    # edge_info, confirm, install_info
     ('edge_info', {'driver': 'nft'}, 'driver', 'must be one of'),
     ('edge_info', {'netns': 'ae9-no-such-ns'}, 'netns', 'does not exist'),
     ('edge_info', {'proxy_metrics': 'localhost:9464'}, 'proxy_metrics', 'not an IP address'),
     ('confirm', {'tokens': {'a': 1}}, 'tokens', 'list'),
+    ('install_info', {'paths': ['/etc/app', 'etc/app/app.conf']}, 'paths[1]', 'not an absolute path'),
+    ('install_info', {'units': ['--all']}, 'units[0]', 'not a unit name'),
+    ('install_info', {'units': ['app.service'], 'properties': ['Id,ExecStart']}, 'properties[0]',
+     'not a unit property name'),
 ]
 
 

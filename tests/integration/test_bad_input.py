@@ -28,7 +28,8 @@ def run_case(module, args, host, tenant, bird=None):
     mapping = {'HOST': host, 'TENANT': tenant}
     args = substitute(dict(args), mapping)
     env = args.pop('_env', None)
-    args.setdefault('netns', host)
+    if module != 'install_info':     # it reads files, units and accounts, no namespace
+        args.setdefault('netns', host)
     if module == 'tenant':
         args['netns_prefix'] = NS_PREFIX + 't-'
     if module == 'bgp_speaker':
