@@ -2,12 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller-side checks that let a role skip the tasks whose file is already as wanted.
 
-A role reads its files once with ansible.builtin.find (one module run for all of them, with
-checksums) and runs a copy, template or file task only where file_differs() says so: a no-op
-run then costs one module run instead of two per file (stat, then file for the attributes).
-file_sha1() gives the checksum copy would compare with, for a file on the controller.
-systemd_units() reads one `systemctl show` of several units, so that the systemd_service tasks
-run only for a unit that is not yet enabled or running.
+A role reads its files once with the module anycast.edge.install_info (one module run for all
+of them, with checksums, and for its units, user and group) and runs a copy, template or file
+task only where file_differs() says so: a no-op run then costs one module run instead of two
+per file (stat, then file for the attributes). file_sha1() gives the checksum copy would
+compare with, for a file on the controller.
 """
 
 from __future__ import annotations
@@ -31,10 +30,11 @@ def file_sha1(path):
 
 
 def file_differs(found, path, checksum=None, mode=None, owner=None, group=None, directory=False):
-    """True unless FOUND (the files list of ansible.builtin.find) has PATH as wanted: a directory or a
-    regular file with CHECKSUM (sha1), MODE ('0644'), OWNER and GROUP (names); None means any."""
+    """True unless FOUND (the files list of anycast.edge.install_info or ansible.builtin.find) has PATH
+    as wanted: a directory or a regular file with CHECKSUM (sha1), MODE ('0644'), OWNER and GROUP
+    (names); None means any."""
     if not isinstance(found, list):
-        raise AnsibleFilterError('file_differs: expected the files list of ansible.builtin.find, got %s'
+        raise AnsibleFilterError('file_differs: expected the files list of install_info or find, got %s'
                                  % type(found).__name__)
     entry = next((f for f in found if isinstance(f, dict) and f.get('path') == path), None)
     if entry is None:
@@ -50,19 +50,6 @@ def file_differs(found, path, checksum=None, mode=None, owner=None, group=None, 
     return group is not None and entry.get('gr_name') != group
 
 
-def systemd_units(stdout):
-    """{unit: {property: value}} from the output of `systemctl show -p Id,... UNIT...` (blocks of
-    NAME=VALUE lines, one per unit, separated by empty lines; Id names the unit)."""
-    if not isinstance(stdout, str):
-        raise AnsibleFilterError('systemd_units: expected the output of systemctl show, got %s' % type(stdout).__name__)
-    units = {}
-    for block in stdout.strip().split('\n\n'):
-        properties = dict(line.split('=', 1) for line in block.splitlines() if '=' in line)
-        if properties.get('Id'):
-            units[properties['Id']] = properties
-    return units
-
-
 class FilterModule(object):
     def filters(self):
-        return {'file_sha1': file_sha1, 'file_differs': file_differs, 'systemd_units': systemd_units}
+        return {'file_sha1': file_sha1, 'file_differs': file_differs}

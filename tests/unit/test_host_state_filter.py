@@ -1,11 +1,10 @@
-"""plugins/filter/host_state.py: what lets the roles skip a copy, template, file or systemd task whose
-host state is already as wanted (one find and one systemctl show per role instead of two module runs per
-file and one per unit).
+"""plugins/filter/host_state.py: what lets the roles skip a copy, template, file, systemd, user or group
+task whose host state is already as wanted (one anycast.edge.install_info per role instead of two module
+runs per file and one per unit, user or group).
 
 - file_sha1 is the checksum ansible.builtin.find and stat report for the same bytes;
 - file_differs is false only for the exact path, type, checksum, mode, owner and group;
-- systemd_units reads the blocks of one `systemctl show` of several units;
-- the roles guard every file and unit task with them, and read their files and units once.
+- the roles read their files, units, user and group once and guard every task that writes with it.
 """
 import hashlib
 import pathlib
@@ -15,8 +14,7 @@ import yaml
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.anycast.edge.plugins.filter.host_state import (
-    FilterModule, file_differs, file_sha1, systemd_units)
+from ansible_collections.anycast.edge.plugins.filter.host_state import FilterModule, file_differs, file_sha1
 
 ROLES = pathlib.Path(__file__).resolve().parents[2] / "roles"
 UNIT = {"path": "/etc/systemd/system/a.service", "isreg": True, "isdir": False, "checksum": "c" * 40,
@@ -25,8 +23,7 @@ DIRECTORY = {"path": "/etc/a", "isreg": False, "isdir": True, "mode": "0750", "p
 
 
 def test_filters_are_registered():
-    assert FilterModule().filters() == {"file_sha1": file_sha1, "file_differs": file_differs,
-                                        "systemd_units": systemd_units}
+    assert FilterModule().filters() == {"file_sha1": file_sha1, "file_differs": file_differs}
 
 
 def test_file_sha1_is_the_hosts_checksum_of_the_same_bytes(tmp_path):
@@ -54,20 +51,6 @@ def test_file_differs_only_when_something_would_change():
         file_differs({"files": found}, UNIT["path"])
 
 
-def test_systemd_units_reads_one_show_of_several_units():
-    stdout = ("Id=bird.service\nActiveState=active\nUnitFileState=enabled\n\n"
-              "Id=missing.service\nActiveState=inactive\nUnitFileState=\n\n"
-              "Id=x.socket\nActiveState=active\nUnitFileState=enabled\nExecStart={ path=/bin/a=b }\n")
-    units = systemd_units(stdout)
-    assert sorted(units) == ["bird.service", "missing.service", "x.socket"]
-    assert units["bird.service"] == {"Id": "bird.service", "ActiveState": "active", "UnitFileState": "enabled"}
-    assert units["missing.service"]["UnitFileState"] == ""
-    assert units["x.socket"]["ExecStart"] == "{ path=/bin/a=b }"     # split at the first '=' only
-    assert systemd_units("") == {}
-    with pytest.raises(AnsibleFilterError, match="systemctl show"):
-        systemd_units(None)
-
-
 def tasks(path):
     return yaml.safe_load((ROLES / path).read_text())
 
@@ -78,24 +61,45 @@ def action(task):
     return next(key for key in task if key.startswith("ansible.builtin.") or key.startswith("anycast.edge."))
 
 
-@pytest.mark.parametrize("path, found, shown", [
-    ("transparent_proxy/tasks/service.yml", "__transparent_proxy_found", "__transparent_proxy_units_now"),
-    ("bgp/tasks/main.yml", "__bgp_found", "__bgp_units_now"),
+def reads(role_tasks):
+    """The tasks of ROLE_TASKS that read the host: install_info, find, stat, command, shell, getent."""
+    return [t for t in role_tasks if action(t) in ("anycast.edge.install_info", "ansible.builtin.find",
+                                                   "ansible.builtin.stat", "ansible.builtin.command",
+                                                   "ansible.builtin.shell", "ansible.builtin.getent")]
+
+
+@pytest.mark.parametrize("path, installed, shown", [
+    ("transparent_proxy/tasks/service.yml", "__transparent_proxy_installed", "__transparent_proxy_units_now"),
+    ("bgp/tasks/main.yml", "__bgp_installed", "__bgp_units_now"),
 ])
-def test_roles_read_files_and_units_once_and_guard_every_task_that_writes(path, found, shown):
+def test_roles_read_files_units_and_accounts_once_and_guard_every_task_that_writes(path, installed, shown):
     role_tasks = tasks(path)
-    assert [action(t) for t in role_tasks].count("ansible.builtin.find") == 1
-    shows = [t for t in role_tasks if action(t) == "ansible.builtin.command"
-             and "show" in str(t["ansible.builtin.command"]["argv"])]
-    assert len(shows) == 1
+    assert [action(t) for t in reads(role_tasks)] == ["anycast.edge.install_info"]
+    read = reads(role_tasks)[0]
+    assert read["register"] == installed
+    writes = ("ansible.builtin.copy", "ansible.builtin.template", "ansible.builtin.file",
+              "ansible.builtin.systemd_service", "ansible.builtin.user", "ansible.builtin.group")
+    assert all(role_tasks.index(read) < i for i, t in enumerate(role_tasks) if action(t) in writes)
     for task in role_tasks:
         if action(task) in ("ansible.builtin.copy", "ansible.builtin.template", "ansible.builtin.file"):
-            assert found in str(task.get("when")), task["name"]
+            assert installed in str(task.get("when")), task["name"]
             # a removal runs where the path is there; everything else where the file differs
             absent = task[action(task)].get("state") == "absent"
             assert absent or "file_differs" in str(task["when"]), task["name"]
         if action(task) == "ansible.builtin.systemd_service":
             assert shown in str(task.get("when")), task["name"]
+        if action(task) in ("ansible.builtin.user", "ansible.builtin.group"):
+            assert installed in str(task.get("when")), task["name"]
+
+
+def test_the_proxy_user_is_compared_on_what_the_user_task_sets():
+    """An existing user is left alone only when the user task would change nothing: group, comment, home, shell."""
+    service = tasks("transparent_proxy/tasks/service.yml")
+    user = next(t for t in service if action(t) == "ansible.builtin.user")["ansible.builtin.user"]
+    compared = yaml.safe_load((ROLES / "transparent_proxy/vars/main.yml").read_text())["__transparent_proxy_user_entry"]
+    set_by_task = {key for key in user if key not in ("name", "system", "create_home", "state")}
+    assert set_by_task == set(compared)
+    assert all(user[key] == "{{ __transparent_proxy_user_entry['%s'] }}" % key for key in compared)
 
 
 def test_edge_restore_reads_its_unit_once_and_runs_once_per_play_run():
@@ -107,6 +111,13 @@ def test_edge_restore_reads_its_unit_once_and_runs_once_per_play_run():
     include = next(t for t in proxy if action(t) == "ansible.builtin.include_role")
     assert include["ansible.builtin.include_role"]["name"] == "anycast.edge.edge_restore"
     assert "edge_restore_applied_before_units" in include["when"]
+    # one read before anything: the unit file and the state of the unit and of networkd
+    assert [action(t) for t in reads(main)] == ["anycast.edge.install_info"] and reads(main)[0] is main[0]
+    read = main[0]["anycast.edge.install_info"]
+    assert read["paths"] == ["/etc/systemd/system/anycast-edge-restore.service"]
+    assert sorted(read["units"]) == ["anycast-edge-restore.service", "systemd-networkd.service"]
+    # networkd.yml reads nothing more but the systemd version, and that only where the guard goes
     networkd = tasks("edge_restore/tasks/networkd.yml")
-    probes = [t for t in networkd if action(t) == "ansible.builtin.command"]
-    assert len(probes) == 1 and "anycast-edge-restore.service" in probes[0]["ansible.builtin.command"]["argv"]
+    assert reads(networkd) == []
+    guard = next(t for t in networkd if action(t) == "block")
+    assert [t["ansible.builtin.command"]["argv"] for t in reads(guard["block"])] == [["systemctl", "--version"]]
