@@ -9,7 +9,8 @@ extra vars and gathered facts, e.g. {"ansible_facts": {"packages": {...}}, "ansi
 false}); a `set_fact` that runs sets its facts for the tasks after it, as it would. Prints JSON:
 [{"name", "serial", "max_fail_percentage", "tasks": [{"name", "action", "runs", "args"}]}]; an
 `assert` that runs also gets "false": its conditions that do not hold. Arguments of tasks that do
-not run are not templated.
+not run are not templated. A task with a loop runs when it runs for some item; it also gets
+"items": [{"item", "runs", "args"}], each item's `when` and arguments.
 
 A separate process: Ansible's plugin loader installs an import hook for ansible_collections that
 the unit tests' own imports of the collection should not go through.
@@ -59,6 +60,17 @@ def render(playbook, inventory, host_name, extra):
                 task_vars = dict(variables.get_vars(play=play, host=host, task=task), **facts)
                 task_vars.update(extra)
                 templar = Templar(loader=loader, variables=task_vars)
+                if task.loop is not None:
+                    items = []
+                    loop_var = task.loop_control.loop_var if task.loop_control else 'item'
+                    for item in templar.template(task.loop):
+                        item_templar = Templar(loader=loader, variables=dict(task_vars, **{loop_var: item}))
+                        item_runs = all(item_templar.evaluate_conditional(c) for c in task.when)
+                        items.append({'item': item, 'runs': item_runs,
+                                      'args': item_templar.template(task.args) if item_runs else None})
+                    rendered['tasks'].append({'name': task.get_name(), 'action': task.action,
+                                              'runs': any(i['runs'] for i in items), 'args': None, 'items': items})
+                    continue
                 runs = all(templar.evaluate_conditional(condition) for condition in task.when)
                 args = templar.template(task.args) if runs else None
                 rendered['tasks'].append({'name': task.get_name(), 'action': task.action, 'runs': runs,
