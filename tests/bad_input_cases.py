@@ -179,6 +179,7 @@ CASES = [
     ('install_info', {'units': ['--all']}, 'units[0]', 'not a unit name'),
     ('install_info', {'units': ['app.service'], 'properties': ['Id,ExecStart']}, 'properties[0]',
      'not a unit property name'),
+    ('install_info', {'packages': ['python3*']}, 'packages[0]', 'not a package name'),
 ]
 
 

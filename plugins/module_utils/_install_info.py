@@ -5,7 +5,8 @@
 
 Files are reported as ansible.builtin.find reports them (the keys the controller's
 file_differs filter compares), units as the properties one `systemctl show` prints,
-users and groups as the name service has them. Nothing is changed.
+users and groups as the name service has them, packages as dpkg has them. Nothing is
+changed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def check(params):
     for index, name in enumerate(params['properties']):
         if not name.isalnum():
             raise ParamError('properties[%d]' % index, "'%s' is not a unit property name" % name)
+    for index, name in enumerate(params['packages']):
+        # dpkg-query would read a leading '-' as an option, and a pattern as many packages
+        if not name or name.startswith('-') or any(c in name for c in '*?[] \t'):
+            raise ParamError('packages[%d]' % index, "'%s' is not a package name" % name)
 
 
 def _name(lookup, number):
@@ -110,6 +115,38 @@ def read_units(run_command, units, properties):
     return parse_units(out)
 
 
+# dpkg-query's second status letter (db:Status-Abbrev) of a package that has no installed version:
+# not-installed and config-files. Every other state has one, as package_facts (python-apt) counts it.
+NO_VERSION = ('n', 'c')
+DPKG_FORMAT = '${Package}\t${Architecture}\t${Version}\t${db:Status-Abbrev}\n'
+
+
+def parse_packages(stdout):
+    """{name: {version, arch}} of the installed packages in dpkg-query's output (DPKG_FORMAT)."""
+    packages = {}
+    for line in stdout.splitlines():
+        fields = line.split('\t')
+        if len(fields) == 4 and len(fields[3]) >= 2 and fields[3][1] not in NO_VERSION:
+            packages.setdefault(fields[0], {'version': fields[2], 'arch': fields[1]})
+    return packages
+
+
+def read_packages(run_command, names):
+    """The installed packages among NAMES (Debian's dpkg), from one dpkg-query; RUN_COMMAND is
+    AnsibleModule.run_command. A name dpkg has never heard of is not installed."""
+    if not names:
+        return {}
+    argv = ['dpkg-query', '--show', '--showformat=' + DPKG_FORMAT] + list(dict.fromkeys(names))
+    rc, out, err = run_command(argv)
+    unknown = [line for line in err.splitlines() if line.strip()
+               and 'no packages found matching' not in line]
+    # exit status 1: some name is unknown to dpkg (said on stderr), the others are listed
+    if rc not in (0, 1) or unknown:
+        raise EdgeError('dpkg-query --show %s failed (exit status %d): %s'
+                        % (' '.join(argv[3:]), rc, (err or out).strip()))
+    return parse_packages(out)
+
+
 def read_users(names):
     """{name: {uid, gid, group, comment, home, shell}} of the NAMES that exist (group: the primary
     group's name, empty when it has none)."""
@@ -145,4 +182,5 @@ def read(module):
         'units': read_units(module.run_command, params['units'], params['properties']),
         'users': read_users(params['users']),
         'groups': read_groups(params['groups']),
+        'packages': read_packages(module.run_command, params['packages']),
     }

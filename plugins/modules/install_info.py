@@ -8,17 +8,22 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 ---
 module: install_info
-short_description: What a role has installed on a host - files, systemd units, users, groups - in one read
+short_description: What a role has installed on a host - files, units, users, groups, packages - in one read
 version_added: "0.1.0"
 description:
-  - Reads, and never changes, the files, systemd units, users and groups a role installs, so that the role runs
-    each of its copy, template, file, systemd, user and group tasks only where the host differs from what the
-    task would make. A run with nothing to do then costs this one module run instead of one or two per object.
+  - Reads, and never changes, the files, systemd units, users, groups and packages a role installs, so that the
+    role runs each of its copy, template, file, systemd, user, group and package tasks only where the host differs
+    from what the task would make. A run with nothing to do then costs this one module run instead of one or two
+    per object.
   - Each file that exists is reported as M(ansible.builtin.find) reports it (not following a symbolic link), with
     the SHA-1 of a regular file's content; P(anycast.edge.file_differs#filter) compares such an entry with what a
     task would write.
   - The units' properties come from one C(systemctl show); a unit systemd does not know is reported with
     C(LoadState=not-found).
+  - The packages come from one C(dpkg-query) (Debian and Ubuntu), for the names asked only; unlike
+    M(ansible.builtin.package_facts) it does not load the package lists, whose size makes that module take
+    seconds on a host with a full mirror. A package counts as installed where it has an installed version, as
+    M(ansible.builtin.package_facts) counts it (any state but not-installed and config-files).
 author:
   - anycast.edge developers (@anycast-edge)
 options:
@@ -47,6 +52,11 @@ options:
     type: list
     elements: str
     default: []
+  packages:
+    description: Debian packages to look up (names, no patterns); those not installed are left out of RV(packages).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -57,6 +67,7 @@ attributes:
 seealso:
   - module: ansible.builtin.find
   - module: ansible.builtin.getent
+  - module: ansible.builtin.package_facts
 '''
 
 EXAMPLES = r'''
@@ -66,7 +77,13 @@ EXAMPLES = r'''
     units: [app.service]
     users: [app]
     groups: [app]
+    packages: [python3, app]
   register: installed
+
+- name: Install the packages that are missing
+  ansible.builtin.apt:
+    name: "{{ ['python3', 'app'] | difference(installed.packages.keys()) }}"
+  when: "['python3', 'app'] | difference(installed.packages.keys()) | length > 0"
 
 - name: Create the service group where it is missing
   ansible.builtin.group:
@@ -151,6 +168,11 @@ groups:
   returned: always
   type: dict
   sample: {app: {gid: 998}}
+packages:
+  description: Each package of O(packages) that is installed, with its version and architecture.
+  returned: always
+  type: dict
+  sample: {python3: {version: 3.11.2-1+b1, arch: amd64}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -167,6 +189,7 @@ def main():
             properties=dict(type='list', elements='str', default=list(DEFAULT_PROPERTIES)),
             users=dict(type='list', elements='str', default=[]),
             groups=dict(type='list', elements='str', default=[]),
+            packages=dict(type='list', elements='str', default=[]),
         ),
         supports_check_mode=True,
     )

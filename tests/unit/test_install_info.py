@@ -3,6 +3,7 @@
 - each file is the entry ansible.builtin.find gives for it (what file_differs compares), checksum included;
 - missing paths, users and groups are left out; nothing is followed or changed;
 - units come from one `systemctl show` (split at the first '=' only); a failing systemctl is a sentence;
+- packages come from one dpkg-query, installed as package_facts counts them (an installed version);
 - input that cannot name a file, unit or property is refused naming the parameter;
 - the module process returns all of it (real files, the real name service, the real systemctl).
 """
@@ -20,7 +21,7 @@ from ansible.modules.find import statinfo
 
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError, ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._install_info import (
-    check, parse_units, read_files, read_groups, read_units, read_users)
+    check, parse_packages, parse_units, read_files, read_groups, read_packages, read_units, read_users)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -94,15 +95,55 @@ def test_users_and_groups_as_the_name_service_has_them():
     assert read_groups([group, "ae-no-such-group"]) == {group: {"gid": 0}}
 
 
+def dpkg_installed():
+    """The package names dpkg-query lists as installed on this machine (Debian, like the managed hosts)."""
+    out = subprocess.run(["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Abbrev}\n"],
+                         capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.split()[1] == "ii"}
+
+
+def test_packages_are_read_with_one_dpkg_query_for_the_names_asked():
+    installed = dpkg_installed()
+    assert {"bash", "python3"} <= installed
+    calls = []
+
+    def run_command(argv):      # AnsibleModule.run_command's contract, the real dpkg-query
+        calls.append(argv)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+    packages = read_packages(run_command, ["bash", "ae-no-such-package", "python3", "bash"])
+    assert len(calls) == 1 and calls[0][3:] == ["bash", "ae-no-such-package", "python3"]
+    assert sorted(packages) == ["bash", "python3"]
+    version = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", "bash"], capture_output=True,
+                             text=True, check=True).stdout
+    assert packages["bash"]["version"] == version and packages["bash"]["arch"]
+    assert read_packages(run_command, []) == {} and len(calls) == 1     # no names, no dpkg-query
+
+
+def test_a_package_counts_as_installed_where_it_has_an_installed_version():
+    out = "".join("%s\tamd64\t1.0\t%s\n" % (name, status) for name, status in [
+        ("installed", "ii "), ("held", "hi "), ("unpacked", "iU "), ("half-configured", "iF "),
+        ("triggers", "it "), ("removed-keeping-config", "rc "), ("not-installed", "un "), ("purged", "pn ")])
+    assert sorted(parse_packages(out)) == ["half-configured", "held", "installed", "triggers", "unpacked"]
+
+
+def test_a_failing_dpkg_query_is_a_sentence():
+    with pytest.raises(EdgeError, match=r"^dpkg-query --show bash failed \(exit status 2\): "
+                                        r"dpkg-query: error: parsing file"):
+        read_packages(lambda argv: (2, "", "dpkg-query: error: parsing file '/var/lib/dpkg/status'\n"), ["bash"])
+
+
 @pytest.mark.parametrize("params, param", [
     ({"paths": ["/etc/app", "etc/app.conf"]}, "paths[1]"),
     ({"units": ["app.service", "--all"]}, "units[1]"),
     ({"units": ["app service"]}, "units[0]"),
     ({"units": [""]}, "units[0]"),
     ({"properties": ["Id,ExecStart"]}, "properties[0]"),
+    ({"packages": ["bash", "python3*"]}, "packages[1]"),
+    ({"packages": ["--list"]}, "packages[0]"),
 ])
 def test_input_that_cannot_name_a_file_unit_or_property_is_refused(params, param):
-    given = dict({"paths": [], "units": [], "properties": ["Id"]}, **params)
+    given = dict({"paths": [], "units": [], "properties": ["Id"], "packages": []}, **params)
     with pytest.raises(ParamError) as refused:
         check(given)
     assert str(refused.value).startswith(param + ": ")
@@ -121,11 +162,12 @@ def test_the_module_reads_everything_in_one_run_and_changes_nothing(tree):
     root, group = pwd.getpwuid(0).pw_name, grp.getgrgid(0).gr_name
     before = sorted(os.listdir(tree)), os.stat(conf).st_mtime_ns
     result = run_module({"paths": [conf, str(tree / "nothing")], "users": [root, "ae-no-such-user"],
-                         "groups": [group]})
+                         "groups": [group], "packages": ["bash", "ae-no-such-package"]})
     assert not result.get("failed"), result
     assert result["changed"] is False
     assert [f["path"] for f in result["files"]] == [conf] and result["files"][0]["checksum"]
     assert list(result["users"]) == [root] and list(result["groups"]) == [group]
+    assert list(result["packages"]) == ["bash"]
     assert result["units"] == {}
     assert (sorted(os.listdir(tree)), os.stat(conf).st_mtime_ns) == before
     result = run_module({"units": ["ae-no-such.service"]})
