@@ -5,8 +5,8 @@ usage: python render_playbook.py PLAYBOOK INVENTORY HOST [VARS_JSON]
 Ansible loads the playbook and the inventory as ansible-playbook does; for every play and every
 task (blocks flattened, includes not followed) the task's `when` is evaluated and its arguments
 templated with the host's variables, the task's and the play's, plus VARS_JSON (standing in for
-extra vars and gathered facts, e.g. {"ansible_facts": {"packages": {...}}, "ansible_check_mode":
-false}); a `set_fact` that runs sets its facts for the tasks after it, as it would. Prints JSON:
+extra vars, gathered facts and registered results, e.g. {"edge_installed_packages": {"packages":
+{...}}, "ansible_check_mode": false}); a `set_fact` that runs sets its facts for the tasks after it, as it would. Prints JSON:
 [{"name", "serial", "max_fail_percentage", "tasks": [{"name", "action", "runs", "args"}]}]; an
 `assert` that runs also gets "false": its conditions that do not hold. Arguments of tasks that do
 not run are not templated. A task with a loop runs when it runs for some item; it also gets

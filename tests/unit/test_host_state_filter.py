@@ -55,6 +55,17 @@ def tasks(path):
     return yaml.safe_load((ROLES / path).read_text())
 
 
+def role_main(role):
+    """The tasks of ROLE's tasks/main.yml with its import_tasks files in place (what runs, in order)."""
+    flat = []
+    for task in tasks(role + "/tasks/main.yml"):
+        if "ansible.builtin.import_tasks" in task:
+            flat.extend(tasks(role + "/tasks/" + task["ansible.builtin.import_tasks"]))
+        else:
+            flat.append(task)
+    return flat
+
+
 def action(task):
     if "block" in task:
         return "block"
@@ -68,19 +79,24 @@ def reads(role_tasks):
                                                    "ansible.builtin.shell", "ansible.builtin.getent")]
 
 
-@pytest.mark.parametrize("path, installed, shown", [
-    ("transparent_proxy/tasks/service.yml", "__transparent_proxy_installed", "__transparent_proxy_units_now"),
-    ("bgp/tasks/main.yml", "__bgp_installed", "__bgp_units_now"),
+@pytest.mark.parametrize("role, installed, shown", [
+    ("transparent_proxy", "__transparent_proxy_installed", "__transparent_proxy_units_now"),
+    ("bgp", "__bgp_installed", "__bgp_units_now"),
 ])
-def test_roles_read_files_units_and_accounts_once_and_guard_every_task_that_writes(path, installed, shown):
-    role_tasks = tasks(path)
+def test_roles_read_packages_files_units_and_accounts_once_and_guard_every_task_that_writes(role, installed, shown):
+    role_tasks = role_main(role)
+    # besides the preflight's kernel probe (a script) and the proxy's self-test (a check after the changes), one read
+    role_tasks = [t for t in role_tasks if "--self-test" not in str(t.get("ansible.builtin.command"))]
     assert [action(t) for t in reads(role_tasks)] == ["anycast.edge.install_info"]
+    assert not [t for t in role_tasks if action(t) == "ansible.builtin.package_facts"]
     read = reads(role_tasks)[0]
-    assert read["register"] == installed
-    writes = ("ansible.builtin.copy", "ansible.builtin.template", "ansible.builtin.file",
+    assert read["register"] == installed and "packages" in read["anycast.edge.install_info"]
+    writes = ("ansible.builtin.copy", "ansible.builtin.template", "ansible.builtin.file", "ansible.builtin.apt",
               "ansible.builtin.systemd_service", "ansible.builtin.user", "ansible.builtin.group")
     assert all(role_tasks.index(read) < i for i, t in enumerate(role_tasks) if action(t) in writes)
     for task in role_tasks:
+        if action(task) == "ansible.builtin.apt":
+            assert installed + "['packages']" in str(task.get("when")), task["name"]
         if action(task) in ("ansible.builtin.copy", "ansible.builtin.template", "ansible.builtin.file"):
             assert installed in str(task.get("when")), task["name"]
             # a removal runs where the path is there; everything else where the file differs
