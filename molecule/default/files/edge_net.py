@@ -51,6 +51,9 @@ class DualStackServer(socketserver.ThreadingTCPServer):
     address_family = socket.AF_INET6
     allow_reuse_address = True
     daemon_threads = True
+    # socketserver's default backlog is 5: a restarted proxy dials every connection queued
+    # meanwhile at once, the origin's queue overflows and their SYNs wait 1 s to be sent again.
+    request_queue_size = 1024
 
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
