@@ -76,6 +76,11 @@ def test_service_death_withdraws_within_3s_and_it_comes_back_only_after_the_hold
         edge1.kill_listener()
         withdrawn = lab.wait_nexthops(PREFIX4, {edge2.address4}, timeout=3)
         lab.wait_nexthops(PREFIX6, {edge2.address6}, timeout=3)
+        # The daemon removes the route, then writes its status file: the router can see the
+        # withdrawal a moment before the file says why.
+        deadline = time.monotonic() + 2.0
+        while '127.0.0.1:1234' not in edge1.status()['groups'][0]['reason'] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert '127.0.0.1:1234' in edge1.status()['groups'][0]['reason']
         # Back up: not announced before the hold-down (2 s here) has passed.
         edge1.start_listener()
