@@ -5,6 +5,7 @@ bad file is refused before anything listens.
 """
 import ipaddress
 import json
+import math
 import socket
 
 DEFAULT_LISTEN = ["127.0.0.1:1234", "[::1]:1234"]
@@ -41,14 +42,25 @@ ROUTE_DEFAULTS = {
 }
 # HAProxy's defaults (inter 2s, rise 2, fall 3), with a timeout below the interval.
 HEALTH_CHECK_DEFAULTS = {"interval": 2.0, "timeout": 1.0, "rise": 2, "fall": 3}
+# A route name is a label in every log line and metric: short, printable, one line.
+MAX_NAME_LENGTH = 128
+# 10,000 routes are about 2 MiB of JSON; a file bigger than this is a mistake (or /dev/zero).
+MAX_CONFIG_BYTES = 32 * 1024 * 1024
 
 
 class ConfigError(ValueError):
     """A configuration problem; str() starts with the key path."""
 
     def __init__(self, key, message):
+        if len(message) > 400:
+            message = message[:400] + "..."   # a value quoted in it may be megabytes long
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+def _excerpt(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(value)} characters)"
 
 
 class Endpoint:
@@ -197,8 +209,9 @@ def parse_endpoint(text, key, allow_no_port=False):
 
 
 def _port(text, key, whole):
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(key, f"{whole!r}: port {text!r} is not a number from 1 to 65535")
+    # isdigit() alone admits "²" and Arabic-Indic digits, which int() then reads or refuses.
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= 65535:
+        raise ConfigError(key, f"{_excerpt(whole)}: port {_excerpt(text)} is not a number from 1 to 65535")
     return int(text)
 
 
@@ -230,6 +243,9 @@ def _number(value, key, minimum, integer=False, allow_zero=False):
     if isinstance(value, bool) or not ok_type:
         kind = "an integer" if integer else "a number of seconds"
         raise ConfigError(key, f"expected {kind}, got {value!r}")
+    if not math.isfinite(value):
+        # NaN compares false with everything: it would pass every bound and never time out.
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
     if minimum == 0 and not allow_zero and value <= 0:
         raise ConfigError(key, f"must be greater than 0, got {value!r}")
     if value < minimum:
@@ -276,7 +292,7 @@ def parse_origin(raw, key):
     if family is None and host.replace(".", "").isdigit():
         # inet_aton() would read 10.0.2.02 as 10.0.2.2 and 010 as octal: say so instead.
         raise ConfigError(address_key, f"{text!r}: {host!r} is not a valid IPv4 address")
-    if family is None and not _valid_name(host):
+    if family is None and not (host.isascii() and _valid_name(host)):
         raise ConfigError(address_key, f"{text!r}: {host!r} is neither an IP address nor a host name")
     if family is not None:
         host = str(ipaddress.ip_address(host))   # one spelling, for duplicates and labels
@@ -390,8 +406,16 @@ def parse_route(raw, index, defaults):
     name = merged.get("name")
     if name is None:
         name = f"{network}:{port_lo}" + (f"-{port_hi}" if port_hi != port_lo else "") + f"/{protocol}"
-    elif not isinstance(name, str) or not name or any(c in name for c in '"\\\n'):
-        raise ConfigError(f"{base}.name", f"expected a non-empty string without quotes or backslashes, got {name!r}")
+    elif not isinstance(name, str) or not name or any(c in name for c in '"\\'):
+        raise ConfigError(f"{base}.name", f"expected a non-empty string without quotes or backslashes, "
+                                          f"got {_excerpt(name)}")
+    elif len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{base}.name", f"at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+    elif not name.isprintable():
+        # CR, LF, U+2028 and the like would forge log lines; format characters hide text.
+        bad = next(c for c in name if not c.isprintable())
+        raise ConfigError(f"{base}.name", f"{name!r} contains the control or separator character "
+                                          f"U+{ord(bad):04X}")
     family = socket.AF_INET if network.version == 4 else socket.AF_INET6
     return Route(
         index=index, name=name, network=network, family=family,
@@ -402,6 +426,15 @@ def parse_route(raw, index, defaults):
         proxy_protocol=proxy_protocol, connect_timeout=float(connect_timeout),
         idle_timeout=float(idle_timeout), max_connections=max_connections,
     )
+
+
+def _binds_overlap(a, b):
+    """Whether sockets bound to A and to B collide (Linux refuses the second bind, SO_REUSEADDR
+    or not, once the first listens). IPv6 sockets here are IPV6_V6ONLY: no overlap across families."""
+    if a.family != b.family or a.port != b.port:
+        return False
+    return a.host == b.host or ipaddress.ip_address(a.host).is_unspecified or \
+        ipaddress.ip_address(b.host).is_unspecified
 
 
 def _where(key, raw, base):
@@ -422,13 +455,22 @@ def parse_config(data, source="<config>"):
     listen = []
     for i, item in enumerate(listen_raw):
         ep = parse_listen_address(item, f"listen[{i}]")
-        if ep in listen:
-            raise ConfigError(f"listen[{i}]", f"{item!r} is listed twice")
+        for j, other in enumerate(listen):
+            if _binds_overlap(ep, other):
+                raise ConfigError(f"listen[{i}]", f"{item!r} " + (
+                    "is listed twice" if ep == other else f"overlaps listen[{j}] {str(other)!r}: "
+                    "both cannot be bound (a wildcard address covers every address of its family)"))
         listen.append(ep)
 
     metrics = data.get("metrics")
     if metrics is not None:
         metrics = parse_listen_address(metrics, "metrics")
+        for j, other in enumerate(listen):
+            if _binds_overlap(metrics, other):
+                raise ConfigError("metrics", f"{str(metrics)!r} is the address of listen[{j}] {str(other)!r}"
+                                  + ("" if metrics == other else " (a wildcard address covers every address "
+                                                                 "of its family)")
+                                  + ": the proxy could not bind both")
 
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -444,17 +486,19 @@ def parse_config(data, source="<config>"):
     if not isinstance(routes_raw, list):
         raise ConfigError("routes", f"expected a list, got {type(routes_raw).__name__}")
     routes = [parse_route(r, i, defaults) for i, r in enumerate(routes_raw)]
-    seen = {}
+    # One dict probe per route (a scan of the earlier routes made 10,000 routes take 11 s).
+    seen_names, seen_keys = {}, {}
     for r in routes:
-        same = [o for o in routes[:r.index]
-                if (o.network, o.port_lo, o.port_hi, o.protocol) == (r.network, r.port_lo, r.port_hi, r.protocol)]
-        if same:
+        identity = (r.network, r.port_lo, r.port_hi, r.protocol)
+        if identity in seen_keys:
             raise ConfigError(f"routes[{r.index}].destination",
-                              f"routes[{same[0].index}] already covers {r.network} "
+                              f"routes[{seen_keys[identity]}] already covers {r.network} "
                               f"ports {r.port_lo}-{r.port_hi}/{r.protocol}")
-        if r.name in seen:
-            raise ConfigError(f"routes[{r.index}].name", f"{r.name!r} is also the name of routes[{seen[r.name]}]")
-        seen[r.name] = r.index
+        seen_keys[identity] = r.index
+        if r.name in seen_names:
+            raise ConfigError(f"routes[{r.index}].name",
+                              f"{r.name!r} is also the name of routes[{seen_names[r.name]}]")
+        seen_names[r.name] = r.index
 
     workers = _number(data.get("workers", 1), "workers", 1, integer=True)
     if workers > 64:
@@ -489,11 +533,15 @@ def parse_config(data, source="<config>"):
 def load_config(path):
     try:
         with open(path, "rb") as fh:
-            text = fh.read()
+            text = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError("(file)", f"cannot read {path}: {exc.strerror}") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError("(file)", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a configuration")
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError("(file)", f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError("(file)", f"{path} nests arrays or objects too deeply") from None
     return parse_config(data, source=str(path))
