@@ -247,6 +247,19 @@ PROXY_CASES = [
     (_route(origin=O1, name='web\rroute=admin'), 'routes[0].name', 'U+000D'),
     (_route(origin=O1, name='web\u2028outcome=ok'), 'routes[0].name', 'U+2028'),
     (_route(origin=O1, name='web\u200eweb'), 'routes[0].name', 'U+200E'),
+    # defect 15: an origin that is the proxy itself (its listener, or inside one of its routes)
+    (dict(_route(origin='192.0.2.77:1234'), listen=['0.0.0.0:1234']), 'routes[0].origin',
+     'inside routes[0]'),
+    (_route(origin='127.0.0.1:1234'), 'routes[0].origin', "the proxy's own listener listen[0]"),
+    (dict(_route(origin='127.0.0.2:1234'), listen=['0.0.0.0:1234']), 'routes[0].origin',
+     "the proxy's own listener listen[0]"),
+    (_route(origins=[O1, {'address': '[::1]:1234'}]), 'routes[0].origins[1].address',
+     "the proxy's own listener listen[1]"),
+    (_route(origin='192.0.2.9'), 'routes[0].origin', 'with the port the client dialled'),
+    ({'routes': [{'destination': R4, 'ports': '80', 'origin': O1},
+                 {'destination': '198.51.100.0/24', 'origin': '192.0.2.9:80'}]}, 'routes[1].origin',
+     'inside routes[0]'),
+    (_route(origin='0.0.0.0:8080'), 'routes[0].origin', 'no address to dial'),
 ]
 
 

@@ -289,6 +289,30 @@ def test_per_source_limit(topo, start_proxy, origin):
             sock.close()
 
 
+def test_one_source_holds_at_most_a_quarter_of_the_descriptors_by_default(topo, start_proxy, origin):
+    # Issue 18: no default per-source cap, so one client (or a chain of the proxy dialling itself,
+    # all from one address) could take every descriptor. Unset, the cap is RLIMIT_NOFILE / 4:
+    # two descriptors per connection, so one source gets at most half of them.
+    origin(port=8080)
+    proxy = start_proxy(base_config(), user_cmd=['prlimit', '--nofile=200:200'])   # cap: 50
+    other = '10.0.1.3'
+    helpers.nsexec(topo.client, ['ip', 'addr', 'add', other + '/24', 'dev', 'cli0'])
+    held = []
+    try:
+        for _unused1 in range(50):
+            held.append(topo.connect(random_v4(), random_port()))
+            talk(held[-1])
+        assert_reset(topo, random_v4(), random_port())
+        assert metric(proxy.metrics(), 'anycast_proxy_refused_total', reason='source_limit') == 1
+        # Another client is served meanwhile.
+        with topo.connect(random_v4(), random_port(), source=other) as sock:
+            assert talk(sock)[1] == b'ping'
+    finally:
+        for sock in held:
+            sock.close()
+        helpers.nsexec(topo.client, ['ip', 'addr', 'del', other + '/24', 'dev', 'cli0'])
+
+
 @pytest.mark.parametrize('workers', [1, 2])
 def test_sighup_with_200_open_connections_drops_none(topo, start_proxy, origin, workers):
     origin(port=8080)

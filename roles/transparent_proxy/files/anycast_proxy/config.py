@@ -97,9 +97,10 @@ class OriginSpec:
     """One entry of a route's origins, as configured. `family` None: `host` is a name, resolved
     at run time (every A/AAAA record is an origin); `port` None: the port that was dialled."""
 
-    __slots__ = ("text", "host", "port", "family", "weight", "backup")
+    __slots__ = ("text", "host", "port", "family", "weight", "backup", "key")
 
-    def __init__(self, text, host, port, family, weight=1, backup=False):
+    def __init__(self, text, host, port, family, weight=1, backup=False, key=None):
+        self.key = key          # where it was configured: "routes[2].origins[0].address"
         self.text = text
         self.host = host
         self.port = port
@@ -155,7 +156,7 @@ class Config:
     __slots__ = (
         "listen", "routes", "metrics", "workers", "max_connections_per_source",
         "drain_timeout", "drain_socket", "log_connections", "log_level", "buffer_size",
-        "bulk_buffer_size", "splice", "source",
+        "bulk_buffer_size", "splice", "source", "self_dial_index",
     )
 
     def __init__(self, **kw):
@@ -295,8 +296,12 @@ def parse_origin(raw, key):
     if family is None and not (host.isascii() and _valid_name(host)):
         raise ConfigError(address_key, f"{text!r}: {host!r} is neither an IP address nor a host name")
     if family is not None:
-        host = str(ipaddress.ip_address(host))   # one spelling, for duplicates and labels
-    return OriginSpec(text, host, port, family, weight, backup)
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            raise ConfigError(address_key, f"{text!r}: {host} is no address to dial (a connection to it reaches "
+                                            "this host, the proxy included)")
+        host = str(address)   # one spelling, for duplicates and labels
+    return OriginSpec(text, host, port, family, weight, backup, address_key)
 
 
 def _valid_name(host):
@@ -428,6 +433,68 @@ def parse_route(raw, index, defaults):
     )
 
 
+class SelfDialIndex:
+    """Which address:port the proxy must not dial because it would reach the proxy itself:
+    one of its listeners, or an address and port inside one of its routes (on a host where the
+    routes' destinations are AnyIP prefixes, a connection to one goes through TPROXY back to a
+    listener: one client connection became an endless chain of the proxy dialling itself).
+
+    A lookup is one dict probe per distinct prefix length, as routing.RouteTable's."""
+
+    def __init__(self, routes, listen):
+        self.listen = list(listen)
+        self._index = {}      # (protocol, IP version) -> [(prefixlen, mask, {net_int: [routes]})]
+        groups = {}
+        for r in routes:
+            by_net = groups.setdefault((r.protocol, r.network.version), {}).setdefault(r.prefixlen, {})
+            by_net.setdefault(r.net_int, []).append(r)
+        for key, by_len in groups.items():
+            bits = 32 if key[1] == 4 else 128
+            self._index[key] = [(plen, ((1 << plen) - 1) << (bits - plen) if plen else 0, by_len[plen])
+                                for plen in sorted(by_len, reverse=True)]
+
+    def covers_host(self, protocol, address):
+        """Whether some route of PROTOCOL contains ADDRESS (an ipaddress object), at any port."""
+        value = int(address)
+        return any(value & mask in nets for _plen, mask, nets in self._index.get((protocol, address.version), ()))
+
+    def reason(self, protocol, address, lo, hi, is_local):
+        """Why dialling ADDRESS at a port from LO to HI over PROTOCOL reaches the proxy itself, or None.
+        IS_LOCAL(address): whether a wildcard listener takes connections to ADDRESS."""
+        for j, ep in enumerate(self.listen):
+            if lo <= ep.port <= hi and ep.family == (socket.AF_INET if address.version == 4 else socket.AF_INET6):
+                listener = ipaddress.ip_address(ep.host)
+                if listener == address or (listener.is_unspecified and is_local(address)):
+                    return f"it is the proxy's own listener listen[{j}] {str(ep)!r}"
+        value = int(address)
+        for _plen, mask, nets in self._index.get((protocol, address.version), ()):
+            for other in nets.get(value & mask, ()):
+                if other.port_lo <= hi and lo <= other.port_hi:
+                    return (f"it is inside routes[{other.index}] ({other.network} ports {other.port_lo}-"
+                            f"{other.port_hi}/{other.protocol}), whose connections come to the proxy")
+        return None
+
+
+def _statically_local(address):
+    """What validation knows to be this host without asking it: loopback."""
+    return address.is_loopback
+
+
+def _check_self_dials(routes, listen):
+    index = SelfDialIndex(routes, listen)
+    for r in routes:
+        for spec in r.origins:
+            if spec.is_name:
+                continue     # resolved at run time, and refused there (server.SelfDialGuard)
+            lo, hi = (spec.port, spec.port) if spec.port else (r.port_lo, r.port_hi)
+            why = index.reason(r.protocol, ipaddress.ip_address(spec.host), lo, hi, _statically_local)
+            if why:
+                dialled = "" if spec.port else " (with the port the client dialled)"
+                raise ConfigError(spec.key, f"{spec.text!r}{dialled}: {why}; the proxy would relay "
+                                            "connections to itself")
+    return index
+
+
 def _binds_overlap(a, b):
     """Whether sockets bound to A and to B collide (Linux refuses the second bind, SO_REUSEADDR
     or not, once the first listens). IPv6 sockets here are IPV6_V6ONLY: no overlap across families."""
@@ -499,12 +566,14 @@ def parse_config(data, source="<config>"):
             raise ConfigError(f"routes[{r.index}].name",
                               f"{r.name!r} is also the name of routes[{seen_names[r.name]}]")
         seen_names[r.name] = r.index
+    self_dial_index = _check_self_dials(routes, listen)
 
     workers = _number(data.get("workers", 1), "workers", 1, integer=True)
     if workers > 64:
         raise ConfigError("workers", f"at most 64 worker processes, got {workers}")
-    per_source = _number(data.get("max_connections_per_source", 0), "max_connections_per_source", 0,
-                         integer=True, allow_zero=True)
+    per_source = data.get("max_connections_per_source")
+    if per_source is not None:    # None: a quarter of the descriptor limit (netutil.default_per_source_limit)
+        per_source = _number(per_source, "max_connections_per_source", 0, integer=True, allow_zero=True)
     drain_timeout = _number(data.get("drain_timeout", 30), "drain_timeout", 0, allow_zero=True)
     log_connections = _bool(data.get("log_connections", True), "log_connections")
     log_level = _choice(data.get("log_level", "info"), "log_level", LOG_LEVELS)
@@ -526,7 +595,7 @@ def parse_config(data, source="<config>"):
         listen=listen, routes=routes, metrics=metrics, workers=workers,
         max_connections_per_source=per_source, drain_timeout=float(drain_timeout),
         drain_socket=drain_socket, log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
-        bulk_buffer_size=bulk_buffer_size, splice=splice, source=source,
+        bulk_buffer_size=bulk_buffer_size, splice=splice, source=source, self_dial_index=self_dial_index,
     )
 
 

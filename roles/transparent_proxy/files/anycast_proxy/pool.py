@@ -27,7 +27,7 @@ from .balance import METHODS
 class Origin:
     __slots__ = ("route_name", "spec", "host", "port", "family", "weight", "backup", "label",
                  "up", "successes", "failures", "active", "total", "connect_failures", "check_failures",
-                 "last_error")
+                 "last_error", "self_dial")
 
     def __init__(self, route_name, spec, host, family):
         self.route_name = route_name
@@ -46,6 +46,7 @@ class Origin:
         self.connect_failures = 0        # failed connection attempts of clients
         self.check_failures = 0          # failed active checks
         self.last_error = ""             # what the last failure was, for the log
+        self.self_dial = None            # (guard, verdict...): selfdial.SelfDialGuard's, per configuration
 
     def sockaddr(self, dialled_port):
         return (self.host, self.port or dialled_port)

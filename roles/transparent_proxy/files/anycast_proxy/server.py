@@ -28,6 +28,7 @@ from .netutil import make_listener, udp_bind_problem
 from .pool import build_pools, build_pools_stepwise
 from .resolve import Resolver
 from .routing import RouteTable
+from .selfdial import SelfDialGuard
 from .tcp_relay import TcpRelay
 from .udp_relay import UdpRelay
 
@@ -142,6 +143,7 @@ class ProxyServer:
             self.metrics.route(r.name, r.protocol)
         self.tcp.configure(config, table)
         self.udp.configure(config, table)
+        self.tcp.guard = self.udp.guard = SelfDialGuard(config.self_dial_index, self.log)
         self.log.set_level(config.log_level)
         wanted = set(self._wanted_listeners(config))
         for key in list(self.listeners):
