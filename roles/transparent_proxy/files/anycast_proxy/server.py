@@ -143,7 +143,7 @@ class ProxyServer:
             self.metrics.route(r.name, r.protocol)
         self.tcp.configure(config, table)
         self.udp.configure(config, table)
-        self.tcp.guard = self.udp.guard = SelfDialGuard(config.self_dial_index, self.log)
+        self.tcp.guard = self.udp.guard = self.checker.guard = SelfDialGuard(config.self_dial_index, self.log)
         self.log.set_level(config.log_level)
         wanted = set(self._wanted_listeners(config))
         for key in list(self.listeners):
