@@ -419,7 +419,7 @@ def parse_route(raw, index, defaults):
     elif not name.isprintable():
         # CR, LF, U+2028 and the like would forge log lines; format characters hide text.
         bad = next(c for c in name if not c.isprintable())
-        raise ConfigError(f"{base}.name", f"{name!r} contains the control or separator character "
+        raise ConfigError(f"{base}.name", f"{name!r} contains the control, format or separator character "
                                           f"U+{ord(bad):04X}")
     family = socket.AF_INET if network.version == 4 else socket.AF_INET6
     return Route(
