@@ -298,8 +298,8 @@ def parse_origin(raw, key):
     if family is not None:
         address = ipaddress.ip_address(host)
         if address.is_unspecified:
-            raise ConfigError(address_key, f"{text!r}: {host} is no address to dial (a connection to it reaches "
-                                            "this host, the proxy included)")
+            raise ConfigError(address_key, f"{text!r}: {host} is no address to dial "
+                                           "(a connection to it reaches this host, the proxy included)")
         host = str(address)   # one spelling, for duplicates and labels
     return OriginSpec(text, host, port, family, weight, backup, address_key)
 
