@@ -289,6 +289,30 @@ def test_per_source_limit(topo, start_proxy, origin):
             sock.close()
 
 
+def test_one_source_holds_at_most_a_quarter_of_the_descriptors_by_default(topo, start_proxy, origin):
+    # Issue 18: no default per-source cap, so one client (or a chain of the proxy dialling itself,
+    # all from one address) could take every descriptor. Unset, the cap is RLIMIT_NOFILE / 4:
+    # two descriptors per connection, so one source gets at most half of them.
+    origin(port=8080)
+    proxy = start_proxy(base_config(), user_cmd=['prlimit', '--nofile=200:200'])   # cap: 50
+    other = '10.0.1.3'
+    helpers.nsexec(topo.client, ['ip', 'addr', 'add', other + '/24', 'dev', 'cli0'])
+    held = []
+    try:
+        for _unused1 in range(50):
+            held.append(topo.connect(random_v4(), random_port()))
+            talk(held[-1])
+        assert_reset(topo, random_v4(), random_port())
+        assert metric(proxy.metrics(), 'anycast_proxy_refused_total', reason='source_limit') == 1
+        # Another client is served meanwhile.
+        with topo.connect(random_v4(), random_port(), source=other) as sock:
+            assert talk(sock)[1] == b'ping'
+    finally:
+        for sock in held:
+            sock.close()
+        helpers.nsexec(topo.client, ['ip', 'addr', 'del', other + '/24', 'dev', 'cli0'])
+
+
 @pytest.mark.parametrize('workers', [1, 2])
 def test_sighup_with_200_open_connections_drops_none(topo, start_proxy, origin, workers):
     origin(port=8080)
@@ -322,6 +346,35 @@ def test_sighup_with_200_open_connections_drops_none(topo, start_proxy, origin, 
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_a_reload_with_10000_routes_does_not_stall_the_connections(topo, start_proxy, origin):
+    # Issue 18: validation compared every route with each earlier one and the reload ran on the
+    # event loop: one SIGHUP with 10,000 routes stalled every connection for about 11 s. Now
+    # the worst echo stays in tens of ms (bench/proxy/reload.py); 1 s leaves a busy machine room.
+    origin(port=8080)
+    config = base_config()
+    config['routes'] += [{'name': 'r%d' % i, 'destination': '10.%d.%d.0/24' % (i // 256 + 100, i % 256),
+                          'origin': '%s:8080' % ORIGIN_V4} for i in range(9999)]
+    proxy = start_proxy(config)
+    with topo.connect(random_v4(), random_port()) as sock:
+        talk(sock)
+        worst, reloaded = 0.0, None
+        config['routes'][1]['name'] = 'renamed'
+        proxy.write_config(config)
+        proxy.signal(signal.SIGHUP)
+        signalled = time.monotonic()
+        while time.monotonic() - signalled < 3.0 or reloaded is None:
+            started = time.monotonic()
+            sock.sendall(b'e')
+            assert support.read_exact(sock, 1) == b'e'
+            worst = max(worst, time.monotonic() - started)
+            if reloaded is None and 'reloaded ' in proxy.logs():
+                reloaded = time.monotonic() - signalled
+            assert time.monotonic() - signalled < 60, proxy.logs()
+            time.sleep(0.005)
+    assert worst < 1.0, 'an echo waited %.3f s during the reload (which took %.2f s)' % (worst, reloaded)
+    assert metric(proxy.metrics(), 'anycast_proxy_config_reloads_total') == 1
 
 
 def test_sighup_with_a_broken_config_keeps_running(topo, start_proxy, origin):

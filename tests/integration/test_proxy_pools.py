@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import helpers  # noqa: E402
 import support  # noqa: E402
-from fixtures import base_config, origin, random_port, random_v4, start_proxy, topo  # noqa: E402,F401  pylint: disable=unused-import
+from fixtures import assert_reset, base_config, origin, random_port, random_v4, start_proxy, topo  # noqa: E402,F401  pylint: disable=unused-import
 from support import ORIGIN_V4, metric, talk, wait_for  # noqa: E402
 
 NS_PREFIX = helpers.ns_prefix('aeo')
@@ -328,6 +328,39 @@ def test_a_name_is_re_resolved_and_keeps_its_last_good_addresses_when_resolution
     wait_for(lambda: metric(proxy.metrics(), 'anycast_proxy_origin_resolve_ok', name='origin.test:8101') == 1,
              what='the name to resolve again')
     assert {a for a, _unused1 in served_by(topo, 2)} == {ORIGIN_V4}
+
+
+def test_origins_that_are_the_proxy_itself_are_not_dialled_and_others_are_served(topo, start_proxy, origin, edge_hosts):
+    # Issue 18, defect 15: an origin on one of the edge's own AnyIP addresses at the listener's
+    # port turned one client connection into an endless chain of the proxy dialling itself, until
+    # it held every descriptor; that client and the next hung. Validation refuses such addresses;
+    # names are resolved at run time, so each dial is checked: inside a route ('loop' dials its
+    # own prefix, which TPROXY steers back to the proxy), or the wildcard listener on an address of the edge ('mine' dials the edge's
+    # own 10.0.1.2:1234, which only the kernel knows to be local).
+    origin(port=8080)
+    edge_hosts([('198.51.100.77', 'anyip.test'), (support.EDGE_CLIENT_V4, 'edge.test')])
+    proxy = start_proxy(base_config(listen=['0.0.0.0:1234', '[::1]:1234'], routes=[
+        {'name': 'web', 'destination': '192.0.2.0/24', 'origin': '%s:8080' % ORIGIN_V4},
+        {'name': 'loop', 'destination': '198.51.100.0/25', 'origin': 'anyip.test:80', 'health_check': False},
+        {'name': 'mine', 'destination': '198.51.100.128/25', 'origin': 'edge.test:1234', 'health_check': False},
+    ]))
+    for address, route in (('198.51.100.5', 'loop'), ('198.51.100.200', 'mine')):
+        for _unused1 in range(3):
+            started = time.monotonic()
+            assert_reset(topo, address, 80)
+            assert time.monotonic() - started < 2
+        assert metric(proxy.metrics(), 'anycast_proxy_origin_connect_errors_total', route=route, error='self_dial') == 3
+    logs = proxy.logs()
+    assert ('route loop: origin 198.51.100.77:80 is not dialled: it is inside routes[1] (198.51.100.0/25 '
+            'ports 1-65535/tcp)') in logs, logs
+    assert "route mine: origin 10.0.1.2:1234 is not dialled: it is the proxy's own listener listen[0]" in logs, logs
+    # Said once per origin, not per connection.
+    assert logs.count('is not dialled') == 2, logs
+    # No chain of the proxy's own connections: a handful of descriptors, and everyone else is served.
+    assert len(os.listdir('/proc/%d/fd' % proxy.proc.pid)) < 40
+    for _unused1 in range(3):
+        with topo.connect(random_v4(), random_port()) as sock:
+            assert talk(sock)[1] == b'ping'
 
 
 def test_a_name_that_does_not_resolve_at_start_is_retried(topo, start_proxy, origin, edge_hosts):

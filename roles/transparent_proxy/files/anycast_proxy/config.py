@@ -5,6 +5,7 @@ bad file is refused before anything listens.
 """
 import ipaddress
 import json
+import math
 import socket
 
 DEFAULT_LISTEN = ["127.0.0.1:1234", "[::1]:1234"]
@@ -41,14 +42,25 @@ ROUTE_DEFAULTS = {
 }
 # HAProxy's defaults (inter 2s, rise 2, fall 3), with a timeout below the interval.
 HEALTH_CHECK_DEFAULTS = {"interval": 2.0, "timeout": 1.0, "rise": 2, "fall": 3}
+# A route name is a label in every log line and metric: short, printable, one line.
+MAX_NAME_LENGTH = 128
+# 10,000 routes are about 2 MiB of JSON; a file bigger than this is a mistake (or /dev/zero).
+MAX_CONFIG_BYTES = 32 * 1024 * 1024
 
 
 class ConfigError(ValueError):
     """A configuration problem; str() starts with the key path."""
 
     def __init__(self, key, message):
+        if len(message) > 400:
+            message = message[:400] + "..."   # a value quoted in it may be megabytes long
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+def _excerpt(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(value)} characters)"
 
 
 class Endpoint:
@@ -85,9 +97,10 @@ class OriginSpec:
     """One entry of a route's origins, as configured. `family` None: `host` is a name, resolved
     at run time (every A/AAAA record is an origin); `port` None: the port that was dialled."""
 
-    __slots__ = ("text", "host", "port", "family", "weight", "backup")
+    __slots__ = ("text", "host", "port", "family", "weight", "backup", "key")
 
-    def __init__(self, text, host, port, family, weight=1, backup=False):
+    def __init__(self, text, host, port, family, weight=1, backup=False, key=None):
+        self.key = key          # where it was configured: "routes[2].origins[0].address"
         self.text = text
         self.host = host
         self.port = port
@@ -143,7 +156,7 @@ class Config:
     __slots__ = (
         "listen", "routes", "metrics", "workers", "max_connections_per_source",
         "drain_timeout", "drain_socket", "log_connections", "log_level", "buffer_size",
-        "bulk_buffer_size", "splice", "source",
+        "bulk_buffer_size", "splice", "source", "self_dial_index",
     )
 
     def __init__(self, **kw):
@@ -197,8 +210,9 @@ def parse_endpoint(text, key, allow_no_port=False):
 
 
 def _port(text, key, whole):
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(key, f"{whole!r}: port {text!r} is not a number from 1 to 65535")
+    # isdigit() alone admits "²" and Arabic-Indic digits, which int() then reads or refuses.
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= 65535:
+        raise ConfigError(key, f"{_excerpt(whole)}: port {_excerpt(text)} is not a number from 1 to 65535")
     return int(text)
 
 
@@ -230,6 +244,9 @@ def _number(value, key, minimum, integer=False, allow_zero=False):
     if isinstance(value, bool) or not ok_type:
         kind = "an integer" if integer else "a number of seconds"
         raise ConfigError(key, f"expected {kind}, got {value!r}")
+    if not math.isfinite(value):
+        # NaN compares false with everything: it would pass every bound and never time out.
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
     if minimum == 0 and not allow_zero and value <= 0:
         raise ConfigError(key, f"must be greater than 0, got {value!r}")
     if value < minimum:
@@ -276,11 +293,15 @@ def parse_origin(raw, key):
     if family is None and host.replace(".", "").isdigit():
         # inet_aton() would read 10.0.2.02 as 10.0.2.2 and 010 as octal: say so instead.
         raise ConfigError(address_key, f"{text!r}: {host!r} is not a valid IPv4 address")
-    if family is None and not _valid_name(host):
+    if family is None and not (host.isascii() and _valid_name(host)):
         raise ConfigError(address_key, f"{text!r}: {host!r} is neither an IP address nor a host name")
     if family is not None:
-        host = str(ipaddress.ip_address(host))   # one spelling, for duplicates and labels
-    return OriginSpec(text, host, port, family, weight, backup)
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            raise ConfigError(address_key, f"{text!r}: {host} is no address to dial "
+                                           "(a connection to it reaches this host, the proxy included)")
+        host = str(address)   # one spelling, for duplicates and labels
+    return OriginSpec(text, host, port, family, weight, backup, address_key)
 
 
 def _valid_name(host):
@@ -390,8 +411,16 @@ def parse_route(raw, index, defaults):
     name = merged.get("name")
     if name is None:
         name = f"{network}:{port_lo}" + (f"-{port_hi}" if port_hi != port_lo else "") + f"/{protocol}"
-    elif not isinstance(name, str) or not name or any(c in name for c in '"\\\n'):
-        raise ConfigError(f"{base}.name", f"expected a non-empty string without quotes or backslashes, got {name!r}")
+    elif not isinstance(name, str) or not name or any(c in name for c in '"\\'):
+        raise ConfigError(f"{base}.name", f"expected a non-empty string without quotes or backslashes, "
+                                          f"got {_excerpt(name)}")
+    elif len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{base}.name", f"at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+    elif not name.isprintable():
+        # CR, LF, U+2028 and the like would forge log lines; format characters hide text.
+        bad = next(c for c in name if not c.isprintable())
+        raise ConfigError(f"{base}.name", f"{name!r} contains the control, format or separator character "
+                                          f"U+{ord(bad):04X}")
     family = socket.AF_INET if network.version == 4 else socket.AF_INET6
     return Route(
         index=index, name=name, network=network, family=family,
@@ -402,6 +431,77 @@ def parse_route(raw, index, defaults):
         proxy_protocol=proxy_protocol, connect_timeout=float(connect_timeout),
         idle_timeout=float(idle_timeout), max_connections=max_connections,
     )
+
+
+class SelfDialIndex:
+    """Which address:port the proxy must not dial because it would reach the proxy itself:
+    one of its listeners, or an address and port inside one of its routes (on a host where the
+    routes' destinations are AnyIP prefixes, a connection to one goes through TPROXY back to a
+    listener: one client connection became an endless chain of the proxy dialling itself).
+
+    A lookup is one dict probe per distinct prefix length, as routing.RouteTable's."""
+
+    def __init__(self, routes, listen):
+        self.listen = list(listen)
+        self._index = {}      # (protocol, IP version) -> [(prefixlen, mask, {net_int: [routes]})]
+        groups = {}
+        for r in routes:
+            by_net = groups.setdefault((r.protocol, r.network.version), {}).setdefault(r.prefixlen, {})
+            by_net.setdefault(r.net_int, []).append(r)
+        for key, by_len in groups.items():
+            bits = 32 if key[1] == 4 else 128
+            self._index[key] = [(plen, ((1 << plen) - 1) << (bits - plen) if plen else 0, by_len[plen])
+                                for plen in sorted(by_len, reverse=True)]
+
+    def covers_host(self, protocol, address):
+        """Whether some route of PROTOCOL contains ADDRESS (an ipaddress object), at any port."""
+        value = int(address)
+        return any(value & mask in nets for _plen, mask, nets in self._index.get((protocol, address.version), ()))
+
+    def reason(self, protocol, address, lo, hi, is_local):
+        """Why dialling ADDRESS at a port from LO to HI over PROTOCOL reaches the proxy itself, or None.
+        IS_LOCAL(address): whether a wildcard listener takes connections to ADDRESS."""
+        for j, ep in enumerate(self.listen):
+            if lo <= ep.port <= hi and ep.family == (socket.AF_INET if address.version == 4 else socket.AF_INET6):
+                listener = ipaddress.ip_address(ep.host)
+                if listener == address or (listener.is_unspecified and is_local(address)):
+                    return f"it is the proxy's own listener listen[{j}] {str(ep)!r}"
+        value = int(address)
+        for _plen, mask, nets in self._index.get((protocol, address.version), ()):
+            for other in nets.get(value & mask, ()):
+                if other.port_lo <= hi and lo <= other.port_hi:
+                    return (f"it is inside routes[{other.index}] ({other.network} ports {other.port_lo}-"
+                            f"{other.port_hi}/{other.protocol}), whose connections come to the proxy")
+        return None
+
+
+def _statically_local(address):
+    """What validation knows to be this host without asking it: loopback."""
+    return address.is_loopback
+
+
+def _check_self_dials(routes, listen):
+    index = SelfDialIndex(routes, listen)
+    for r in routes:
+        for spec in r.origins:
+            if spec.is_name:
+                continue     # resolved at run time, and refused there (server.SelfDialGuard)
+            lo, hi = (spec.port, spec.port) if spec.port else (r.port_lo, r.port_hi)
+            why = index.reason(r.protocol, ipaddress.ip_address(spec.host), lo, hi, _statically_local)
+            if why:
+                dialled = "" if spec.port else " (with the port the client dialled)"
+                raise ConfigError(spec.key, f"{spec.text!r}{dialled}: {why}; the proxy would relay "
+                                            "connections to itself")
+    return index
+
+
+def _binds_overlap(a, b):
+    """Whether sockets bound to A and to B collide (Linux refuses the second bind, SO_REUSEADDR
+    or not, once the first listens). IPv6 sockets here are IPV6_V6ONLY: no overlap across families."""
+    if a.family != b.family or a.port != b.port:
+        return False
+    return a.host == b.host or ipaddress.ip_address(a.host).is_unspecified or \
+        ipaddress.ip_address(b.host).is_unspecified
 
 
 def _where(key, raw, base):
@@ -422,13 +522,22 @@ def parse_config(data, source="<config>"):
     listen = []
     for i, item in enumerate(listen_raw):
         ep = parse_listen_address(item, f"listen[{i}]")
-        if ep in listen:
-            raise ConfigError(f"listen[{i}]", f"{item!r} is listed twice")
+        for j, other in enumerate(listen):
+            if _binds_overlap(ep, other):
+                raise ConfigError(f"listen[{i}]", f"{item!r} " + (
+                    "is listed twice" if ep == other else f"overlaps listen[{j}] {str(other)!r}: "
+                    "both cannot be bound (a wildcard address covers every address of its family)"))
         listen.append(ep)
 
     metrics = data.get("metrics")
     if metrics is not None:
         metrics = parse_listen_address(metrics, "metrics")
+        for j, other in enumerate(listen):
+            if _binds_overlap(metrics, other):
+                raise ConfigError("metrics", f"{str(metrics)!r} is the address of listen[{j}] {str(other)!r}"
+                                  + ("" if metrics == other else " (a wildcard address covers every address "
+                                                                 "of its family)")
+                                  + ": the proxy could not bind both")
 
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -444,23 +553,27 @@ def parse_config(data, source="<config>"):
     if not isinstance(routes_raw, list):
         raise ConfigError("routes", f"expected a list, got {type(routes_raw).__name__}")
     routes = [parse_route(r, i, defaults) for i, r in enumerate(routes_raw)]
-    seen = {}
+    # One dict probe per route (a scan of the earlier routes made 10,000 routes take 11 s).
+    seen_names, seen_keys = {}, {}
     for r in routes:
-        same = [o for o in routes[:r.index]
-                if (o.network, o.port_lo, o.port_hi, o.protocol) == (r.network, r.port_lo, r.port_hi, r.protocol)]
-        if same:
+        identity = (r.network, r.port_lo, r.port_hi, r.protocol)
+        if identity in seen_keys:
             raise ConfigError(f"routes[{r.index}].destination",
-                              f"routes[{same[0].index}] already covers {r.network} "
+                              f"routes[{seen_keys[identity]}] already covers {r.network} "
                               f"ports {r.port_lo}-{r.port_hi}/{r.protocol}")
-        if r.name in seen:
-            raise ConfigError(f"routes[{r.index}].name", f"{r.name!r} is also the name of routes[{seen[r.name]}]")
-        seen[r.name] = r.index
+        seen_keys[identity] = r.index
+        if r.name in seen_names:
+            raise ConfigError(f"routes[{r.index}].name",
+                              f"{r.name!r} is also the name of routes[{seen_names[r.name]}]")
+        seen_names[r.name] = r.index
+    self_dial_index = _check_self_dials(routes, listen)
 
     workers = _number(data.get("workers", 1), "workers", 1, integer=True)
     if workers > 64:
         raise ConfigError("workers", f"at most 64 worker processes, got {workers}")
-    per_source = _number(data.get("max_connections_per_source", 0), "max_connections_per_source", 0,
-                         integer=True, allow_zero=True)
+    per_source = data.get("max_connections_per_source")
+    if per_source is not None:    # None: a quarter of the descriptor limit (netutil.default_per_source_limit)
+        per_source = _number(per_source, "max_connections_per_source", 0, integer=True, allow_zero=True)
     drain_timeout = _number(data.get("drain_timeout", 30), "drain_timeout", 0, allow_zero=True)
     log_connections = _bool(data.get("log_connections", True), "log_connections")
     log_level = _choice(data.get("log_level", "info"), "log_level", LOG_LEVELS)
@@ -482,18 +595,22 @@ def parse_config(data, source="<config>"):
         listen=listen, routes=routes, metrics=metrics, workers=workers,
         max_connections_per_source=per_source, drain_timeout=float(drain_timeout),
         drain_socket=drain_socket, log_connections=log_connections, log_level=log_level, buffer_size=buffer_size,
-        bulk_buffer_size=bulk_buffer_size, splice=splice, source=source,
+        bulk_buffer_size=bulk_buffer_size, splice=splice, source=source, self_dial_index=self_dial_index,
     )
 
 
 def load_config(path):
     try:
         with open(path, "rb") as fh:
-            text = fh.read()
+            text = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError("(file)", f"cannot read {path}: {exc.strerror}") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError("(file)", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a configuration")
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError("(file)", f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError("(file)", f"{path} nests arrays or objects too deeply") from None
     return parse_config(data, source=str(path))

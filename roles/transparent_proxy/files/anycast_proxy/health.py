@@ -24,6 +24,7 @@ class HealthChecker:
     def __init__(self, loop):
         self.loop = loop
         self.tasks = {}      # Origin -> task
+        self.guard = None    # selfdial.SelfDialGuard: an origin that is the proxy itself is never up
 
     def sync(self, pools):
         """Check exactly the origins of POOLS whose route checks actively."""
@@ -51,6 +52,12 @@ class HealthChecker:
         route = pool.route
         settings = route.health_check
         address = (origin.host, settings.port or origin.port)
+        if self.guard is not None:
+            why = self.guard.check(origin, "tcp", address[1])
+            if why:
+                # The proxy would accept its own check: a success that no connection would see.
+                origin.last_error = f"check: not dialled: {why}"
+                return False
         try:
             sock = socket.socket(origin.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:

@@ -1,4 +1,5 @@
 """Socket options and listener sockets shared by the TCP and UDP relays."""
+import resource
 import socket
 import struct
 
@@ -66,6 +67,20 @@ def udp_bind_problem(routes):
     return (f"udp route(s) {', '.join(low)} answer from the port the client dialled, and ports below {start} "
             f"(net.ipv4.ip_unprivileged_port_start) need CAP_NET_BIND_SERVICE, which this process lacks: "
             f"datagrams to those ports get no answer")
+
+
+MIN_PER_SOURCE = 16
+
+
+def default_per_source_limit():
+    """Connections (and UDP flows) one source may hold when the configuration does not say:
+    a quarter of the descriptor limit. Each takes two descriptors, so one client -- or a chain of
+    the proxy dialling itself, which all comes from one address -- can take at most half of them;
+    the rest keep serving everyone else. Under the role's LimitNOFILE=16384: 4096."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(MIN_PER_SOURCE, soft // 4)
 
 
 def describe_os_error(exc):

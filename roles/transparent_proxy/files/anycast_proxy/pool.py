@@ -27,7 +27,7 @@ from .balance import METHODS
 class Origin:
     __slots__ = ("route_name", "spec", "host", "port", "family", "weight", "backup", "label",
                  "up", "successes", "failures", "active", "total", "connect_failures", "check_failures",
-                 "last_error")
+                 "last_error", "self_dial")
 
     def __init__(self, route_name, spec, host, family):
         self.route_name = route_name
@@ -46,6 +46,7 @@ class Origin:
         self.connect_failures = 0        # failed connection attempts of clients
         self.check_failures = 0          # failed active checks
         self.last_error = ""             # what the last failure was, for the log
+        self.self_dial = None            # (guard, verdict...): selfdial.SelfDialGuard's, per configuration
 
     def sockaddr(self, dialled_port):
         return (self.host, self.port or dialled_port)
@@ -202,15 +203,28 @@ class Pool:
         return len(self.origins)
 
 
+BUILD_STEP = 500   # routes per step of build_pools_stepwise (about 5 ms of work)
+
+
 def build_pools(routes, old_pools=None, on_change=None, resolved=None):
     """{route name: Pool} for ROUTES; a route name that stays keeps its Pool (reconfigured).
     RESOLVED: {name: [(family, address)] or an error text} for names new to their pool."""
     pools = {}
-    for route in routes:
-        pool = (old_pools or {}).get(route.name)
+    for _unused1 in build_pools_stepwise(pools, routes, old_pools, on_change, resolved):
+        pass
+    return pools
+
+
+def build_pools_stepwise(pools, routes, old_pools=None, on_change=None, resolved=None, step=BUILD_STEP):
+    """build_pools() into POOLS, yielding after every STEP routes: a reload on the event loop
+    lets the connections run between steps instead of stalling them for all its routes."""
+    old_pools = old_pools or {}
+    for i, route in enumerate(routes, 1):
+        pool = old_pools.get(route.name)
         if pool is None:
             pool = Pool(route, on_change, resolved)
         else:
             pool.reconfigure(route, resolved)
         pools[route.name] = pool
-    return pools
+        if i % step == 0:
+            yield i

@@ -133,7 +133,8 @@ class Supervisor:
     async def _reload(self):
         self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
+            # In a thread: the supervisor keeps answering systemd and the metrics meanwhile.
+            config = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
             self._open_listeners(config)
         except (ConfigError, OSError) as exc:
             self.reload_failures += 1

@@ -31,7 +31,7 @@ import os
 import socket
 import time
 
-from .netutil import fmt_addr, reset_and_close
+from .netutil import default_per_source_limit, fmt_addr, reset_and_close
 from .poller import EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
 
 _READ_EVENTS = EPOLLIN | EPOLLERR | EPOLLHUP
@@ -339,6 +339,12 @@ class TcpSession:
         self.target = target
         target.active += 1
         self.origin_addr = addr = target.sockaddr(self.dst[1])
+        guard = self.relay.guard
+        if guard is not None:
+            why = guard.check(target, "tcp", self.dst[1])
+            if why:
+                self._attempt_failed(0, "self_dial", f"not dialled: {why}")
+                return
         try:
             origin = _RawSocket(target.family, _STREAM_NONBLOCK)
         except OSError as exc:
@@ -374,14 +380,15 @@ class TcpSession:
         self.connect_deadline = now + (self.deadline - now) / min(max(left, 1), MAX_SHARES)
         self.relay.connecting.add(self)
 
-    def _attempt_failed(self, err):
-        """The current attempt failed: count it against the origin, then try the next one."""
+    def _attempt_failed(self, err, kind=None, error=None):
+        """The current attempt failed: count it against the origin, then try the next one.
+        KIND and ERROR: what failed when it was not a system call (err 0)."""
         target = self.target
-        kind = CONNECT_ERRORS.get(err, errno.errorcode.get(err, str(err)).lower())
+        kind = kind or CONNECT_ERRORS.get(err, errno.errorcode.get(err, str(err)).lower())
         self.stats.connect_error(kind)
         target.active -= 1
         target.connect_failures += 1
-        target.last_error = f"connect: {os.strerror(err) if err else kind}"
+        target.last_error = error or f"connect: {os.strerror(err) if err else kind}"
         self.target = None
         self.relay.connecting.discard(self)
         if self.origin is not None:
@@ -533,6 +540,7 @@ class TcpRelay:
         self.connecting = set()
         self.per_source = {}
         self.max_per_source = 0
+        self.guard = None          # selfdial.SelfDialGuard of the running configuration
         self.buffer_size = self.bulk_buffer_size = 0
         self.scratch = self.scratch_view = self.bulk_scratch = self.bulk_view = None
         self.splice = _HAVE_SPLICE
@@ -547,7 +555,8 @@ class TcpRelay:
 
     def configure(self, config, table):
         self.table = table
-        self.max_per_source = config.max_connections_per_source
+        per_source = config.max_connections_per_source
+        self.max_per_source = default_per_source_limit() if per_source is None else per_source
         if config.buffer_size != self.buffer_size:
             # Pending data is copied out of the scratch buffer, so it can be replaced at any time.
             self.buffer_size = config.buffer_size

@@ -15,7 +15,7 @@ import errno
 import socket
 import time
 
-from .netutil import fmt_addr, parse_origdstaddr, set_transparent, unprivileged_port_start
+from .netutil import default_per_source_limit, fmt_addr, parse_origdstaddr, set_transparent, unprivileged_port_start
 
 _monotonic = time.monotonic
 MAX_DATAGRAM = 65535
@@ -86,6 +86,9 @@ class UdpFlow:
         """The flow's origin is down: send the next datagrams to the one the pool gives now."""
         target = self.pool.pick(self.source_key)
         if target is None or target is self.target:
+            return
+        guard = self.relay.guard
+        if guard is not None and guard.check(target, "udp", self.dst[1]):
             return
         try:
             origin = self._origin_socket(target)
@@ -184,6 +187,7 @@ class UdpRelay:
         self.flows = {}
         self.per_source = {}
         self.max_per_source = 0
+        self.guard = None          # selfdial.SelfDialGuard of the running configuration
         self.log_connections = True
         self.first_unprivileged_port = 1024   # read at configure(); only words error messages
         self.draining = False
@@ -194,7 +198,8 @@ class UdpRelay:
 
     def configure(self, config, table):
         self.table = table
-        self.max_per_source = config.max_connections_per_source
+        per_source = config.max_connections_per_source
+        self.max_per_source = default_per_source_limit() if per_source is None else per_source
         self.log_connections = config.log_connections
         self.first_unprivileged_port = unprivileged_port_start()
 
@@ -240,12 +245,14 @@ class UdpRelay:
         if self.max_per_source and held >= self.max_per_source:
             return self._refuse(client_addr, dst, route, "source_limit")
         target = route.pool.pick(source_key)
+        outcome = "no_origin"    # only names that never resolved: counted like a failed connection
+        if target is not None and self.guard is not None and self.guard.check(target, "udp", dst[1]):
+            target, outcome = None, "self_dial"
         if target is None:
-            # Only names that never resolved: counted like a failed connection, not a refusal.
-            stats.connect_error("no_origin")
+            stats.connect_error(outcome)
             if self.log_connections:
                 self.log.event(f"udp closed client={fmt_addr(client_addr)} dst={fmt_addr(dst)} "
-                               f"route={route.name} origin=- outcome=no_origin duration=0.000s")
+                               f"route={route.name} origin=- outcome={outcome} duration=0.000s")
             return None
         flow = UdpFlow(self, key, client_addr, dst, route, stats, source_key, target)
         try:
