@@ -545,7 +545,35 @@ class Tenants(Domain):
                 firewall.check(tenant, handles.nft)
             if cur.netns is not None:
                 self.namespaces.release(tenant.netns)
-        plan.run()
+        try:
+            plan.run()
+        except EdgeError as exc:
+            created = [tenant for tenant, cur, _want in plan.present if cur.netns is None]
+            if not created:
+                raise       # existing tenants: the next run repairs what is half-changed
+            raise EdgeError('%s; %s' % (exc, self._undo_created(created)))
+
+    def _undo_created(self, created):
+        """Remove every tenant this run was creating (namespace, veth with its routes, ip rules, mark
+        chains), read afresh, so that a failed apply leaves nothing it created. Returns a sentence."""
+        names = ', '.join(tenant.name for tenant in created)
+        try:
+            state = self.read()
+            marks = xt_owned_marks(state.tables)
+            ops = []
+            for tenant in created:
+                marker = state.markers.get(tenant.netns)
+                owned = marker is not None and marker['name'] == tenant.name and marker['host'] == state.host.inode
+                ops += self._absent_ops(state, tenant, absent_view(state.host, tenant, owned,
+                                                                    marker if owned else None, marks.get(tenant.name)))
+            specs = [spec for tenant in created for spec in absent_xt_specs(tenant.name)]
+            xt = _xtables.plan_chains(state.tables, specs, self.driver.name)
+            _xtables.apply_chains(self.driver, xt)
+            for op in ops:
+                op.run()
+        except EdgeError as exc:
+            return 'undoing what this run created for tenant(s) %s failed too: %s' % (names, exc)
+        return 'what this run created for tenant(s) %s was removed again' % names
 
     def _ipr(self, netns):
         return self.namespaces.get(netns).ipr if netns else self.namespaces.host.ipr

@@ -716,3 +716,26 @@ def test_one_bad_rule_among_3000_is_named_quickly(site):
     assert result.get('failed') and result['msg'].startswith("tenants[0].firewall.rules[2345]: nft rejects"), result
     assert not _netns_files(site.prefix)
     print('3000 rules, one bad: refused in %.1f s' % elapsed)
+
+
+def test_a_failed_apply_leaves_nothing_it_created(site, tmp_path):
+    """The mark chains are written last; when iptables-restore fails there, the namespaces, veths, table
+    routes and ip rules of the tenants this run was creating are removed again (an existing tenant is left
+    for the next run to repair)."""
+    ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': site.tenants(b=False)}))
+    state = host_state(site.host)
+    failing = tmp_path / 'bin'
+    failing.mkdir()
+    for tool in ('iptables-restore', 'ip6tables-restore'):
+        script = failing / tool
+        script.write_text('#!/bin/sh\necho "forced failure injected by the test" >&2\nexit 1\n')
+        script.chmod(0o755)
+    new = _tenant('c', '0x30', 130, ['198.18.0.0/24', '2001:db8:c::/48'], firewall={'rules': ['tcp dport 22 accept']})
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'driver': 'iptables',
+                                   'tenants': site.tenants(b=False) + [new]},
+                        env={'PATH': str(failing) + os.pathsep + os.environ['PATH']})
+    assert result.get('failed') and 'forced failure' in result['msg'], result
+    assert 'what this run created for tenant(s) c was removed again' in result['msg'], result['msg']
+    assert host_state(site.host) == state
+    assert _netns_files(site.ns('c')) == []
+    assert 'ae-c' not in nsexec(site.host, ['ip', '-o', 'link']).stdout
