@@ -171,8 +171,9 @@ def test_confirmed_change_stays_and_is_persisted(edge, state_dir):
     key = 'tproxy_rule@%s@ANYCAST-LOCKOUT' % edge_ns
     results = run_playbook([
         {'anycast.edge.tproxy_rule': dict(CUT_OFF, netns=edge_ns, confirm_timeout=4)},
-        {'anycast.edge.confirm': {}, 'check_mode': True},
-        {'anycast.edge.confirm': {}},
+        # by token: a confirm without tokens confirms every pending change of the machine, other test runs' too
+        {'anycast.edge.confirm': {'tokens': ['{{ ae_r0.confirm_token }}']}, 'check_mode': True},
+        {'anycast.edge.confirm': {'tokens': ['{{ ae_r0.confirm_token }}']}},
     ], state_dir=state_dir)
     token = ok(results[0])['confirm_token']
     # check mode predicts the confirmation and confirms nothing: the real run still finds it pending
