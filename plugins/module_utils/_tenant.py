@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import re
 import socket
 
@@ -31,7 +30,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeEr
 from ansible_collections.anycast.edge.plugins.module_utils._iproute import call, open_iproute
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import FAMILY, LO_INDEX, ROUTE_PROTO, TABLE_LOCAL, TABLE_MAIN
 from ansible_collections.anycast.edge.plugins.module_utils._netns import (
-    Namespaces, create_netns, delete_netns, exists, host_inode, in_netns, list_netns, netns_path, sysctl_name,
+    Namespaces, create_netns, delete_netns, exists, host_inode, in_netns, list_netns, sysctl_name,
     write_sysctl)
 from ansible_collections.anycast.edge.plugins.module_utils._tenant_spec import (
     OWNER, XT_CHAIN_PREFIX, Tenant, _derived_link, default_interfaces, mark_text, parse_marker, validate)
@@ -564,8 +563,8 @@ class Tenants(Domain):
             for tenant in created:
                 marker = state.markers.get(tenant.netns)
                 owned = marker is not None and marker['name'] == tenant.name and marker['host'] == state.host.inode
-                ops += self._absent_ops(state, tenant, absent_view(state.host, tenant, owned,
-                                                                    marker if owned else None, marks.get(tenant.name)))
+                view = absent_view(state.host, tenant, owned, marker if owned else None, marks.get(tenant.name))
+                ops += self._absent_ops(state, tenant, view)
             specs = [spec for tenant in created for spec in absent_xt_specs(tenant.name)]
             xt = _xtables.plan_chains(state.tables, specs, self.driver.name)
             _xtables.apply_chains(self.driver, xt)
