@@ -26,6 +26,11 @@ options:
         rolled back automatically after this many seconds unless M(anycast.edge.confirm) runs on the host
         before that (run it as the next task; if the change cut the controller off, it cannot, and the host
         heals itself). Only a confirmed change replaces the persisted record. 0 disables it.
+      - A later applying run that writes the same record (same module, namespace and instance), with or without
+        O(confirm_timeout), supersedes a change still waiting for confirmation - it confirms it and cancels its
+        rollback (it reached the host, which is what M(anycast.edge.confirm) proves), warns and returns the keys
+        as C(superseded); with O(confirm_timeout) it then arms its own rollback to the state it superseded.
+        While a rollback whose deadline passed is being applied, such a run is refused and changes nothing.
     type: int
     default: 0
 '''

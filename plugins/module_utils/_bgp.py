@@ -46,7 +46,7 @@ BFD_MULTIPLIER_MIN, BFD_MULTIPLIER_MAX = 2, 255
 TCP_MD5_KEY_MAX = 80                             # TCP_MD5SIG_MAXKEYLEN
 RESERVED_TABLES = {0: 'unspec', 253: 'default', 254: 'main', 255: 'local'}
 # Names become BIRD symbols (protocol bgp_NAME): letters, digits, underscores.
-NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]{0,31}$')
+NAME_RE = re.compile(r'[A-Za-z][A-Za-z0-9_]{0,31}')     # fullmatch: '$' would admit a trailing newline
 # Anything that could end a BIRD string or start a new statement is refused
 # rather than escaped: BIRD's strings have no escapes at all.
 PASSWORD_FORBIDDEN = {'"': 'a double quote', "'": 'a quote', '{': 'a brace', '}': 'a brace',
@@ -220,7 +220,7 @@ class Speaker(object):
                                  'unspecified addresses are refused)' % raw.get('address'))
             nb.remote_as = parse_asn(raw.get('remote_as'), param + '.remote_as')
             nb.name = raw.get('name') or default_name(nb.address)
-            if not isinstance(nb.name, str) or not NAME_RE.match(nb.name):
+            if not isinstance(nb.name, str) or not NAME_RE.fullmatch(nb.name):
                 raise ParamError(param + '.name', "'%s' is not a valid name (a letter, then up to 31 letters, digits "
                                  'or underscores)' % (nb.name,))
             password = raw.get('password')

@@ -23,6 +23,7 @@ PROC = '/proc/sys/net/netfilter/'
 KEYS = ('nf_conntrack_buckets', 'nf_conntrack_max')    # buckets first: max is sized on them
 BUCKETS_PER_PAGE = 512      # PAGE_SIZE / sizeof(struct hlist_nulls_head)
 ENTRIES_PER_BUCKET = 4
+HEADROOM_MAX = 1000         # a factor above the expected peak; more is a typo, not a sizing
 HEADER_RE = re.compile(r'^# Managed by anycast\.edge\.conntrack_sizing: (\d+) expected connections x headroom (\S+)\.$',
                        re.M)
 
@@ -101,19 +102,40 @@ class ConntrackSizing(Domain):
         self.path = params['sysctl_file']
         self.present = params['state'] != 'absent'
         self.wanted = None
+        self._check_path(params['state'] != 'rendered')
         if params['state'] in ('present', 'rendered'):
+            if isinstance(params['expected_connections'], bool):
+                raise ParamError('expected_connections', 'expected a number of connections, got %r'
+                                 % params['expected_connections'])
             if params['expected_connections'] < 1:
                 raise ParamError('expected_connections', 'must be at least 1, got %d' % params['expected_connections'])
-            if not params['headroom'] >= 1.0:
-                raise ParamError('headroom', 'must be at least 1 (a factor above the expected peak), got %s'
-                                 % params['headroom'])
-            maximum, buckets = compute(params['expected_connections'], params['headroom'])
+            headroom = params['headroom']
+            if isinstance(headroom, bool) or not math.isfinite(headroom):
+                raise ParamError('headroom', 'must be a finite number from 1 to %d (a factor above the expected '
+                                 'peak), got %s' % (HEADROOM_MAX, headroom))
+            if not 1.0 <= headroom <= HEADROOM_MAX:
+                raise ParamError('headroom', 'must be at least 1 and at most %d (a factor above the expected peak), '
+                                 'got %s' % (HEADROOM_MAX, headroom))
+            if params['expected_connections'] * headroom > 2 ** 31 - 1:
+                raise ParamError('expected_connections', '%d x headroom %s is more connections than the kernel can '
+                                 'track (nf_conntrack_max is at most %d)'
+                                 % (params['expected_connections'], headroom, 2 ** 31 - 1))
+            maximum, buckets = compute(params['expected_connections'], headroom)
             if maximum > 2 ** 31 - 1:
                 raise ParamError('expected_connections', '%d x headroom %s needs nf_conntrack_max %d, more than the '
                                  'kernel accepts' % (params['expected_connections'], params['headroom'], maximum))
             self.wanted = {'nf_conntrack_max': maximum, 'nf_conntrack_buckets': buckets}
             self.text = file_text(params['expected_connections'], params['headroom'], maximum, buckets)
         self.notes = []
+
+    def _check_path(self, on_host):
+        """sysctl_file must be an absolute path to a file (ON_HOST: also look at what is there)."""
+        if not os.path.isabs(self.path):
+            raise ParamError('sysctl_file', "'%s' is a relative path: it would be written wherever the module happens "
+                             "to run; give an absolute path (systemd-sysctl reads /etc/sysctl.d/*.conf)" % self.path)
+        if on_host and os.path.isdir(self.path):
+            raise ParamError('sysctl_file', '%s is a directory: give the path of the file to write, like '
+                             '%s/90-anycast-edge-conntrack.conf' % (self.path, self.path.rstrip('/')))
 
     def read(self):
         return ConntrackState(read_file(self.path), dict((key, read_value(key)) for key in KEYS),

@@ -14,6 +14,7 @@ subclass; :func:`run_module` does the rest, always in this order::
         state=gathered: return what the host has, in the module's input shape
       plan (pure)
       verify a changing plan with the host's own checker (bird -p), in check mode too
+      supersede: confirm pending commit-confirm changes of the records this run writes
       apply the plan unless check mode (a domain's apply undoes itself if the kernel refuses)
       read back: the re-plan must be empty; if not, apply it once more, read back
         again, and fail naming what still differs
@@ -34,7 +35,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeEr
 from ansible_collections.anycast.edge.plugins.module_utils._lock import host_lock
 from ansible_collections.anycast.edge.plugins.module_utils._netns import enter_netns
 from ansible_collections.anycast.edge.plugins.module_utils._persist import (
-    CONTROL_KEYS, PERSIST_ARGUMENT_SPEC, Persistence)
+    CONTROL_KEYS, PERSIST_ARGUMENT_SPEC, Persistence, supersede_pending)
 
 GATHERED = 'gathered'
 RENDERED = 'rendered'
@@ -247,6 +248,7 @@ class Engine(object):
         readback = None
         if plan.changed:
             domain.verify(plan)
+        superseded = self._supersede(current, plan)
         if plan.changed and not self.module.check_mode:
             domain.apply(plan)
             readback, domain.correction = self._read_back()
@@ -260,6 +262,8 @@ class Engine(object):
             result['after'] = domain.gather(readback)
         elif plan.changed:
             result['after'] = domain.expected(current, plan)
+        if superseded:
+            result['superseded'] = superseded
         result.update(domain.result(current, plan, readback))
         if domain.persist:
             result.update(self._persist(current, plan))
@@ -267,6 +271,27 @@ class Engine(object):
         if diff:
             result['diff'] = diff if isinstance(diff, dict) else {'before': diff[0], 'after': diff[1]}
         return result
+
+    def _supersede(self, current, plan):
+        """Confirm the pending changes of the records this run writes: a later run supersedes them.
+
+        Before anything changes, under the host lock (see _persist.supersede_pending); in check mode
+        only predicted. Returns the keys superseded.
+        """
+        if not self.domain.persist:
+            return []
+        records = self.domain.records(current, plan)
+        if records is None:
+            return []
+        items = [records] if isinstance(records, Record) else [records[key] for key in sorted(records)]
+        keys = [Persistence(self.module, self.domain.name, record.instance).key for record in items]
+        superseded = supersede_pending(keys, check=self.module.check_mode)
+        for key in superseded:
+            self.module.warn('%s: %s the change still waiting for confirmation (applied with confirm_timeout); '
+                             'its rollback %s: this run reached the host, which is what anycast.edge.confirm '
+                             'proves' % (key, 'would confirm' if self.module.check_mode else 'confirmed',
+                                         'would be cancelled' if self.module.check_mode else 'is cancelled'))
+        return superseded
 
     def _read_back(self):
         """Read back and re-plan; correct once. Returns (state, the correcting plan or None)."""

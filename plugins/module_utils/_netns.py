@@ -60,7 +60,11 @@ def check_netns_name(name):
     """Return an error sentence for a name iproute2 would refuse, else None."""
     if not name:
         return 'must not be empty'
-    if name in ('.', '..') or '/' in name or '\x00' in name:
+    if not name.isprintable():
+        # a newline or another control character: `ip netns list` and every tool reading it line by line
+        # would show (and look up) another name
+        return '%r contains a control character; namespace names are printable text' % (name,)
+    if name in ('.', '..') or '/' in name:
         return "'%s' is not a valid namespace name (no '/', not '.' or '..')" % name
     if len(name) > 255:
         return 'is longer than 255 characters'
@@ -68,7 +72,8 @@ def check_netns_name(name):
 
 
 def exists(name):
-    return os.path.exists(netns_path(name))
+    """True when namespace NAME exists (a stale file of a killed creation does not count)."""
+    return os.path.exists(netns_path(name)) and not is_stale(name)
 
 
 def list_netns():
@@ -165,27 +170,54 @@ def _shared_run_dir():
            'making %s a shared mount' % NETNS_RUN_DIR)
 
 
-def create_netns(name):
+def is_stale(name):
+    """True when /run/netns/NAME is a plain file with no namespace mounted on it.
+
+    ``ip netns add`` and :func:`create_netns` create that file first and mount the new
+    namespace onto it; a process killed in between leaves the file alone, which nothing can
+    enter ("Invalid argument") and which blocks creating the name again.
+    """
+    path = netns_path(name)
+    try:
+        stat = os.lstat(path)
+        parent = os.stat(NETNS_RUN_DIR)
+    except OSError:
+        return False
+    # a mounted namespace shows nsfs's device, a bare file the directory's
+    return stat.st_dev == parent.st_dev and os.path.isfile(path) and stat.st_size == 0
+
+
+def create_netns(name, setup=None):
     """Create namespace NAME as ``ip netns add`` does (unshare + bind mount), without a process.
 
+    SETUP, when given, runs inside the new namespace before it gets its name (sockets it opens
+    belong to the new namespace): what it does is there as soon as the name is, so a process
+    killed at any point leaves either no namespace (at most a stale file, see :func:`is_stale`)
+    or one with SETUP done. A stale file of a previous attempt is replaced.
     The calling thread comes back to where it was.
     """
     path = netns_path(name)
     try:
         _shared_run_dir()
+        if is_stale(name):
+            os.unlink(path)
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
     except OSError as exc:
         raise EdgeError("cannot create network namespace '%s': %s" % (name, exc))
     home = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc().unshare(CLONE_NEWNET), 'unshare')
+        if setup is not None:
+            setup()
         _check(_libc().mount(THREAD_NETNS.encode(), path.encode(), b'none', MS_BIND, None),
                'bind mount onto %s' % path)
-    except OSError as exc:
+    except (OSError, EdgeError) as exc:
         try:
             os.unlink(path)
         except OSError:
             pass
+        if isinstance(exc, EdgeError):
+            raise
         raise EdgeError("cannot create network namespace '%s': %s" % (name, exc.strerror))
     finally:
         try:

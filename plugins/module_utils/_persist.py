@@ -35,7 +35,7 @@ import time
 import uuid
 
 from ansible_collections.anycast.edge.plugins.module_utils import _restore
-from ansible_collections.anycast.edge.plugins.module_utils._errors import ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError, ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._restore import DEFAULT_STATE_DIR, PROGRAM_NAME
 
 PENDING_DIR = '/run/anycast-edge/pending'
@@ -232,26 +232,76 @@ def list_pending():
     return found
 
 
+def _confirm_one(pending):
+    """Make one pending change permanent; False when its watchdog (or another confirm) got there first."""
+    # Whoever renames the pending file first wins: this confirm or the watchdog's rollback.
+    claimed = pending['path'] + '.confirming'
+    try:
+        os.rename(pending['path'], claimed)
+    except FileNotFoundError:
+        return False
+    record_path = os.path.join(pending['state_dir'], pending['key'] + '.json')
+    if pending.get('confirm') is None:
+        if os.path.exists(record_path):
+            os.unlink(record_path)
+    else:
+        _atomic_write(record_path, (json.dumps(pending['confirm'], indent=2, sort_keys=True) + '\n').encode())
+    os.unlink(claimed)
+    return True
+
+
 def confirm_pending(tokens=None):
     """Make pending changes permanent; returns the keys confirmed."""
     confirmed = []
     for pending in list_pending():
-        path = pending['path']
         if tokens and pending.get('token') not in tokens:
             continue
-        # Whoever renames the pending file first wins: this confirm or the watchdog's rollback.
-        claimed = path + '.confirming'
-        try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            continue
-        path = claimed
-        record_path = os.path.join(pending['state_dir'], pending['key'] + '.json')
-        if pending.get('confirm') is None:
-            if os.path.exists(record_path):
-                os.unlink(record_path)
-        else:
-            _atomic_write(record_path, (json.dumps(pending['confirm'], indent=2, sort_keys=True) + '\n').encode())
-        os.unlink(path)
-        confirmed.append(pending['key'])
+        if _confirm_one(pending):
+            confirmed.append(pending['key'])
     return confirmed
+
+
+def supersede_pending(keys, check=False):
+    """A later run of KEYS supersedes their pending changes: each is confirmed, its rollback cancelled.
+
+    Called under the host lock, before the run changes anything. The run itself reached the host
+    after the pending change was applied, the very proof anycast.edge.confirm gives, so nothing is
+    lost by confirming; leaving the rollback armed would revert this run's change later (issue 18:
+    1111, then 2222 with confirm_timeout, then 3333 without it ended as 1111 in the kernel and the
+    record). This run then persists, or arms its own rollback to the state it superseded.
+
+    A rollback already running for a key (its deadline passed, its watchdog holds the change) would
+    re-apply the old state right after this run: refused, nothing changed. The watchdog's own run
+    (ROLLBACK_ENV set to the key) is not refused. CHECK: only predict. Returns the keys superseded.
+    """
+    superseded = []
+    own_rollback = os.environ.get(_restore.ROLLBACK_ENV)
+    for key in keys:
+        path = os.path.join(PENDING_DIR, key + '.json')
+        if not check and own_rollback != key:
+            _refuse_running_rollback(key, path + '.rolling')
+        try:
+            with open(path) as handle:
+                pending = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        pending['path'] = path
+        if check or _confirm_one(pending):
+            superseded.append(key)
+        else:
+            _refuse_running_rollback(key, path + '.rolling')
+    return superseded
+
+
+def _refuse_running_rollback(key, rolling):
+    try:
+        with open(rolling) as handle:
+            deadline = json.load(handle).get('deadline', 0)
+    except (OSError, ValueError):
+        return
+    # A watchdog killed mid-rollback leaves its claim behind: past the longest a rollback can take, it is stale.
+    if time.time() > deadline + _restore.MODULE_TIMEOUT + 60:
+        return
+    raise EdgeError('nothing was changed: the commit-confirm rollback of %s is running (its confirm_timeout ran '
+                    'out %d s ago) and would undo this run; run again when it has finished (edge_info lists '
+                    'pending changes)' % (key, max(0, time.time() - deadline)))

@@ -28,6 +28,9 @@ DEFAULT_STATE_DIR = '/etc/anycast-edge/state'
 PROGRAM_NAME = 'anycast-edge-restore'
 MODULE_PACKAGE = 'ansible_collections.anycast.edge.plugins.modules.'
 MODULE_TIMEOUT = 600
+# Set to the record's key for the module run a commit-confirm rollback makes: that run, and only
+# it, may change the key while its rollback is in progress (see _persist.supersede_pending).
+ROLLBACK_ENV = 'ANYCAST_EDGE_ROLLBACK'
 # Runs a module from its payload zip: python3 -c BOOT PAYLOAD DOTTED.NAME
 BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
         "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
@@ -43,8 +46,11 @@ def records(state_dir):
     return sorted(found, key=lambda r: (r.get('order', 90), r['key']))
 
 
-def run(state_dir, record, check=False, persist=False):
-    """Run the record's module with its recorded parameters; return the module's result."""
+def run(state_dir, record, check=False, persist=False, rollback=False):
+    """Run the record's module with its recorded parameters; return the module's result.
+
+    ROLLBACK: this run is the commit-confirm rollback of the record's key.
+    """
     params = dict(record['params'])
     params['persist'] = persist
     params['state_dir'] = state_dir
@@ -53,9 +59,13 @@ def run(state_dir, record, check=False, persist=False):
     params['_ansible_diff'] = check
     payload = os.path.join(state_dir, record['payload'])
     python = record.get('python') if os.path.exists(record.get('python') or '') else sys.executable
+    env = dict(os.environ)
+    env.pop(ROLLBACK_ENV, None)
+    if rollback:
+        env[ROLLBACK_ENV] = record['key']
     proc = subprocess.run([python, '-c', BOOT, payload, MODULE_PACKAGE + record['module']],
                           input=json.dumps({'ANSIBLE_MODULE_ARGS': params}), capture_output=True, text=True,
-                          timeout=MODULE_TIMEOUT, check=False)
+                          timeout=MODULE_TIMEOUT, check=False, env=env)
     try:
         return json.loads(proc.stdout)
     except ValueError:
@@ -110,7 +120,7 @@ def watch(path, poll=0.2):
             os.rename(claimed, path)  # superseded by a newer change with its own watchdog
             return 0
     rollback = pending['rollback']
-    result = run(pending['state_dir'], rollback, persist=not rollback.get('absent'))
+    result = run(pending['state_dir'], rollback, persist=not rollback.get('absent'), rollback=True)
     if rollback.get('absent'):
         record_path = os.path.join(pending['state_dir'], pending['key'] + '.json')
         if os.path.exists(record_path):

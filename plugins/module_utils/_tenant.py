@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import re
 import socket
 
@@ -28,13 +27,13 @@ from ansible_collections.anycast.edge.plugins.module_utils import _tenant_firewa
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Op, OpPlan, Record
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
-from ansible_collections.anycast.edge.plugins.module_utils._iproute import call
-from ansible_collections.anycast.edge.plugins.module_utils._netlink import FAMILY, LO_INDEX, ROUTE_PROTO, TABLE_MAIN
+from ansible_collections.anycast.edge.plugins.module_utils._iproute import call, open_iproute
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import FAMILY, LO_INDEX, ROUTE_PROTO, TABLE_LOCAL, TABLE_MAIN
 from ansible_collections.anycast.edge.plugins.module_utils._netns import (
-    Namespaces, create_netns, delete_netns, exists, host_inode, in_netns, list_netns, netns_path, sysctl_name,
+    Namespaces, create_netns, delete_netns, exists, host_inode, in_netns, list_netns, sysctl_name,
     write_sysctl)
 from ansible_collections.anycast.edge.plugins.module_utils._tenant_spec import (
-    XT_CHAIN_PREFIX, Tenant, _derived_link, default_interfaces, mark_text, parse_marker, validate)
+    OWNER, XT_CHAIN_PREFIX, Tenant, _derived_link, default_interfaces, mark_text, parse_marker, validate)
 from ansible_collections.anycast.edge.plugins.module_utils._tenant_view import (
     FORWARDING, HOST_LL6, SYSCTL_V6_OFF, HostState, NamespaceRead, View, absent_view, current_view, desired_view)
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
@@ -170,6 +169,15 @@ def describe(tenant, cur, want):
     return acts
 
 
+def _mark_new_namespace(marker, what):
+    """Bring up lo and give it the ownership marker, in the namespace the calling thread is in."""
+    ipr = open_iproute()
+    try:
+        call('%s: marking its new namespace' % what, ipr.link, 'set', index=LO_INDEX, state='up', ifalias=marker)
+    finally:
+        ipr.close()
+
+
 # --------------------------------------------------------------------------
 # The commands the steps amount to
 
@@ -294,8 +302,48 @@ class Tenants(Domain):
             return "%s.netns: network namespace '%s' belongs to tenant %s" % (tenant.param, tenant.netns, marker['name'])
         return None
 
+    def _check_link_addresses(self, state):
+        """Refuse link addresses that clash with the host's own networks, before anything changes.
+
+        A pool overlapping a connected subnet puts a neighbour's address on a tenant veth (the
+        host then answers for it); one overlapping another tenant's or an AnyIP prefix routes the
+        link into that tenant. Addresses on the veths of our own tenants are the pool in use.
+        """
+        ours = set(link.index for link in state.host.links.values()
+                   if link.alias and link.alias.startswith(OWNER + ' '))
+        connected = []
+        for link in state.host.links.values():
+            if link.index in ours:
+                continue
+            for text in state.host.addrs.get(link.index, ()):
+                connected.append((ipaddress.ip_interface(text).network, 'the connected subnet of %s' % link.name))
+        for route in state.host.routes:
+            net = ipaddress.ip_network(route['prefix'])
+            if net.prefixlen and route['oif'] not in ours:
+                connected.append((net, 'the AnyIP prefix' if route['table'] == TABLE_LOCAL else
+                                  'a prefix routed in table %d' % route['table']))
+            elif net.prefixlen:
+                connected.append((net, "another tenant's prefix (table %d)" % route['table']))
+        for key, pool in (('link_pool_ipv4', self.settings['pool4']), ('link_pool_ipv6', self.settings['pool6'])):
+            if not any(pool.version in t.derived_links for t in self.tenants if t.present):
+                continue    # no tenant of this call takes its link addresses from the pool
+            for net, what in connected:
+                if net.version == pool.version and net.overlaps(pool):
+                    raise EdgeError('%s: %s overlaps %s %s in the host namespace; nothing was changed: choose a '
+                                    'pool no address of the host is in' % (key, pool, what, net))
+        for tenant in self.tenants:
+            if not tenant.present:
+                continue
+            for family, pair in tenant.links():
+                for net, what in connected:
+                    if net.version == family and net.overlaps(pair[0].network):
+                        raise EdgeError('%s.link: the link %s overlaps %s %s in the host namespace; nothing was '
+                                        'changed' % (tenant.param, pair[0].network, what, net))
+
     def plan(self, state):
         rendered = state.host is None
+        if not rendered:
+            self._check_link_addresses(state)
         inode = RENDERED_HOST_INODE if rendered else state.host.inode
         present, absent = [], []
         xt_marks = xt_owned_marks(state.tables) if not rendered else {}
@@ -376,12 +424,10 @@ class Tenants(Domain):
         what = 'tenant %s' % tenant.name
         ops = []
         if cur.netns is None:
-            ops.append(Op(['ip netns add %s' % ns], create_netns, ns))
-            ops.append(Op([_n(ns) + 'link set dev lo up'], self._ns_link_set, ns, LO_INDEX,
-                          '%s: bringing up lo' % what, state='up'))
-            # Marked ours at once, so a failure later still leaves it recognisable.
-            ops.append(Op([_n(ns) + 'link set dev lo alias "%s"' % want.marker], self._ns_link_set, ns, LO_INDEX,
-                          '%s: marking namespace' % what, ifalias=want.marker))
+            # Marked ours before it has a name: a run killed at any point leaves no namespace,
+            # or one this module recognises as its own (and completes on the next run).
+            ops.append(Op(['ip netns add %s' % ns, _n(ns) + 'link set dev lo up alias "%s"' % want.marker],
+                          create_netns, ns, lambda marker=want.marker: _mark_new_namespace(marker, what)))
         host_addrs, tenant_addrs, defaults, routes = cur.host_addrs, cur.tenant_addrs, cur.defaults, cur.routes
         ipv6_off = cur.host_ipv6_off
         relink = needs_relink(cur, want)
@@ -396,7 +442,10 @@ class Tenants(Domain):
                 if link.name == tenant_if or link.alias == tenant.alias:
                     ops.append(Op([_n(ns) + 'link del %s' % link.name], self._del_link, ns, link.index,
                                   '%s: deleting stale interface %s in %s' % (what, link.name, ns)))
-            ops.append(Op(['ip link add %s type veth peer name %s netns %s' % (host_if, tenant_if, ns)],
+            ops.append(Op([_n(ns) + 'link add %s type veth peer name %s' % (host_if, tenant_if),
+                           _n(ns) + 'link set dev %s alias "%s"' % (tenant_if, tenant.alias),
+                           _n(ns) + 'link set dev %s alias "%s" netns %s' % (host_if, tenant.alias, self.params['netns']
+                                                                             or '1')],
                           self._add_veth, tenant))
             # No IPv6 link-local on the host end: it would put fe80::/64 into the main table.
             path = '/proc/sys/net/ipv6/conf/%s/addr_gen_mode' % host_if
@@ -495,7 +544,35 @@ class Tenants(Domain):
                 firewall.check(tenant, handles.nft)
             if cur.netns is not None:
                 self.namespaces.release(tenant.netns)
-        plan.run()
+        try:
+            plan.run()
+        except EdgeError as exc:
+            created = [tenant for tenant, cur, _want in plan.present if cur.netns is None]
+            if not created:
+                raise       # existing tenants: the next run repairs what is half-changed
+            raise EdgeError('%s; %s' % (exc, self._undo_created(created)))
+
+    def _undo_created(self, created):
+        """Remove every tenant this run was creating (namespace, veth with its routes, ip rules, mark
+        chains), read afresh, so that a failed apply leaves nothing it created. Returns a sentence."""
+        names = ', '.join(tenant.name for tenant in created)
+        try:
+            state = self.read()
+            marks = xt_owned_marks(state.tables)
+            ops = []
+            for tenant in created:
+                marker = state.markers.get(tenant.netns)
+                owned = marker is not None and marker['name'] == tenant.name and marker['host'] == state.host.inode
+                view = absent_view(state.host, tenant, owned, marker if owned else None, marks.get(tenant.name))
+                ops += self._absent_ops(state, tenant, view)
+            specs = [spec for tenant in created for spec in absent_xt_specs(tenant.name)]
+            xt = _xtables.plan_chains(state.tables, specs, self.driver.name)
+            _xtables.apply_chains(self.driver, xt)
+            for op in ops:
+                op.run()
+        except EdgeError as exc:
+            return 'undoing what this run created for tenant(s) %s failed too: %s' % (names, exc)
+        return 'what this run created for tenant(s) %s was removed again' % names
 
     def _ipr(self, netns):
         return self.namespaces.get(netns).ipr if netns else self.namespaces.host.ipr
@@ -529,13 +606,17 @@ class Tenants(Domain):
         call(what, self._ipr(netns).link, 'del', index=index, ignore=(errno.ENODEV,))   # gone with its peer
 
     def _add_veth(self, tenant):
-        fd = os.open(netns_path(tenant.netns), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            call('tenant %s: creating veth %s <-> %s' % (tenant.name, tenant.host_if, tenant.tenant_if),
-                 self._ipr(None).link, 'add', ifname=tenant.host_if, kind='veth',
-                 peer={'ifname': tenant.tenant_if, 'net_ns_fd': fd})
-        finally:
-            os.close(fd)
+        """The veth pair, made inside the tenant's (marked) namespace, both ends named ours, then the host
+        end moved out: a run killed at any point leaves no interface in the host's namespace that is not
+        recognisably this tenant's (the kernel ignores an alias given with the creation itself)."""
+        what = 'tenant %s' % tenant.name
+        ipr = self._ipr(tenant.netns)
+        call('%s: creating veth %s <-> %s' % (what, tenant.host_if, tenant.tenant_if), ipr.link, 'add',
+             ifname=tenant.host_if, kind='veth', peer={'ifname': tenant.tenant_if})
+        for ifname in (tenant.tenant_if, tenant.host_if):
+            self._ns_link_set(tenant.netns, ifname, '%s: naming %s ours' % (what, ifname), ifalias=tenant.alias)
+        call('%s: moving %s to the host namespace' % (what, tenant.host_if), ipr.link, 'set',
+             index=self._index(tenant.netns, tenant.host_if), net_ns_fd=self.namespaces.host.fd)
 
     def _addr(self, netns, ifname, verb, text, where, host_side):
         iface = ipaddress.ip_interface(text)

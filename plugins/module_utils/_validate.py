@@ -19,6 +19,28 @@ IFNAMSIZ_CHARS = 15         # IFNAMSIZ (16) less the terminating NUL
 XT_CHAIN_MAXLEN = 28        # XT_EXTENSION_MAXNAMELEN (29) less the NUL
 BUILTIN_CHAINS = frozenset(('PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'))
 XT_VERDICTS = frozenset(('ACCEPT', 'DROP', 'RETURN', 'QUEUE'))
+# Whole-string patterns, used with fullmatch(): a '$' at the end would also admit "name\n".
+CHAIN_NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
+def shown(text):
+    """TEXT for a message: quoted as written, with any control character escaped (repr)."""
+    if isinstance(text, str) and text.isprintable():
+        return "'%s'" % text
+    return repr(text)
+
+
+def check_printable(text, param, what):
+    """Refuse a name holding a control character or other unprintable text (a newline, a tab, NUL...).
+
+    Such a name is a different kernel object than it looks like in every listing, and a tool that
+    parses those listings line by line can neither find nor remove it.
+    """
+    if isinstance(text, str) and not text.isprintable():
+        bad = next(char for char in text if not char.isprintable())
+        raise ParamError(param, '%s %s contains the control character %r; names are printable text'
+                         % (what, shown(text), bad))
+    return text
 
 
 def parse_prefix(value, param, family=None):
@@ -76,13 +98,13 @@ def check_unicast_prefix(net, param):
             relation = 'lies in'
         else:
             relation = 'contains'
-        shown = str(net)
+        text = str(net)
         mapped = getattr(net.network_address, 'ipv4_mapped', None)
         if mapped is not None and net.prefixlen >= 96:
-            shown += ' (%s written as IPv4-mapped IPv6; give IPv4 prefixes as IPv4)' % ipaddress.ip_network(
+            text += ' (%s written as IPv4-mapped IPv6; give IPv4 prefixes as IPv4)' % ipaddress.ip_network(
                 '%s/%d' % (mapped, net.prefixlen - 96))
         raise ParamError(param, '%s %s %s %s; only unicast prefixes routed to this host can be made local'
-                         % (shown, relation, what, special))
+                         % (text, relation, what, special))
     return net
 
 
@@ -158,12 +180,12 @@ def parse_port(value, param):
     return port
 
 
-_RANGE = re.compile(r'^\s*(\d+)\s*[-:]\s*(\d+)\s*$')
+_RANGE = re.compile(r'\s*(\d+)\s*[-:]\s*(\d+)\s*')
 
 
 def parse_port_range(value, param):
     """``443`` / ``"8000-8100"`` / ``"8000:8100"`` -> (first, last)."""
-    match = _RANGE.match(str(value)) if not isinstance(value, (int, bool)) else None
+    match = _RANGE.fullmatch(str(value)) if not isinstance(value, (int, bool)) else None
     if match:
         first = parse_port(match.group(1), param)
         last = parse_port(match.group(2), param)
@@ -200,6 +222,7 @@ def parse_ports(value, param):
 def check_ifname(name, param):
     if not isinstance(name, str) or not name:
         raise ParamError(param, 'expected an interface name')
+    check_printable(name, param, 'interface name')
     if len(name) > IFNAMSIZ_CHARS:
         raise ParamError(param, "interface name '%s' is %d characters; the kernel allows at most %d"
                          % (name, len(name), IFNAMSIZ_CHARS))
@@ -211,13 +234,14 @@ def check_ifname(name, param):
 def check_chain_name(name, param):
     if not isinstance(name, str) or not name:
         raise ParamError(param, 'expected a chain name')
+    check_printable(name, param, 'chain name')
     if len(name) > XT_CHAIN_MAXLEN:
         raise ParamError(param, "chain name '%s' is %d characters; the kernel allows at most %d"
                          % (name, len(name), XT_CHAIN_MAXLEN))
     if name in BUILTIN_CHAINS or name in XT_VERDICTS:
         raise ParamError(param, "'%s' is a built-in chain or verdict; the collection only manages chains of its own" % name)
-    if not re.match(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$', name):
-        raise ParamError(param, "'%s' is not a valid chain name (letters, digits, '_', '.', '-')" % name)
+    if not CHAIN_NAME_RE.fullmatch(name):
+        raise ParamError(param, "%s is not a valid chain name (letters, digits, '_', '.', '-')" % shown(name))
     return name
 
 

@@ -31,14 +31,19 @@ options:
   expected_connections:
     description:
       - Concurrent connections the host is expected to track at peak (required with O(state=present) and
-        O(state=rendered)).
+        O(state=rendered)). A number; C(true) is refused rather than taken as 1.
     type: int
   headroom:
-    description: Factor applied to O(expected_connections), at least 1.
+    description:
+      - Factor applied to O(expected_connections), a finite number from 1 to 1000 (more is a typo, not a sizing;
+        C(inf) and C(nan) are refused).
     type: float
     default: 2.0
   sysctl_file:
-    description: The file that persists the settings (read by C(systemd-sysctl) at boot).
+    description:
+      - The file that persists the settings (read by C(systemd-sysctl) at boot).
+      - An absolute path to a file; a relative path (it would land in whatever directory the module runs in)
+        and a directory are refused.
     type: path
     default: /etc/sysctl.d/90-anycast-edge-conntrack.conf
   runtime:

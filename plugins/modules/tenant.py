@@ -67,6 +67,8 @@ options:
         description:
           - The tenant's IPv4 and IPv6 prefixes (CIDR, host bits zero). Prefixes of different tenants must
             not overlap.
+          - A default route (C(0.0.0.0/0), C(::/0)) and prefixes touching loopback, link-local, multicast,
+            unspecified or IPv4-mapped ranges are refused.
         type: list
         elements: str
         default: []
@@ -74,6 +76,8 @@ options:
         description:
           - Firewall mark (C(VALUE) or C(VALUE/MASK), decimal or C(0x) hex) of packets for the tenant's
             prefixes. Required when O(tenants[].state=present); unique per tenant; not 0.
+          - No packet mark may match two tenants' C(VALUE/MASK) (C(0x100/0x100) and C(0x300/0x300) both match
+            C(0x300)); that is refused, since the ip rules would then only work by falling through.
         type: str
       table:
         description:
@@ -124,6 +128,10 @@ options:
                 C(ip daddr 203.0.113.100 tcp dport 20-21 accept).
               - Traffic that does not enter through the tenant's veth end (its loopback, its tunnels) is
                 accepted before these rules.
+              - Each item is one rule and cannot leave its chain. Refused before anything changes - a control
+                character (newline included); C(;), C(#) or C($) outside quotes; unbalanced braces; and
+                statements that are not rules - C(include), C(define), C(redefine), C(undefine) and the chain's
+                own settings (C(type), C(hook), C(priority), C(policy), C(flags), C(comment), C(devices)).
             type: list
             elements: str
             default: []
@@ -149,11 +157,18 @@ options:
     type: str
     default: tenant-
   link_pool_ipv4:
-    description: Pool of the default IPv4 link addresses, one /31 per tenant.
+    description:
+      - Pool of the default IPv4 link addresses, one /31 per tenant.
+      - Refused, before anything changes, when a tenant takes its link from it and it overlaps a connected
+        subnet of the host namespace, a prefix this collection routes (another tenant's, an AnyIP prefix), a
+        tenant's prefix, or loopback, C(0.0.0.0/8), multicast or C(240.0.0.0/4).
     type: str
     default: 169.254.0.0/17
   link_pool_ipv6:
-    description: Pool of the default IPv6 link addresses, one /127 per tenant.
+    description:
+      - Pool of the default IPv6 link addresses, one /127 per tenant.
+      - Refused like O(link_pool_ipv4) when it overlaps the host's networks, and in C(::/127), IPv4-mapped,
+        C(fe80::/10) or C(ff00::/8).
     type: str
     default: fdac:ed6e:7e4a::/64
   rule_priority:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -170,8 +171,9 @@ def test_confirmed_change_stays_and_is_persisted(edge, state_dir):
     key = 'tproxy_rule@%s@ANYCAST-LOCKOUT' % edge_ns
     results = run_playbook([
         {'anycast.edge.tproxy_rule': dict(CUT_OFF, netns=edge_ns, confirm_timeout=4)},
-        {'anycast.edge.confirm': {}, 'check_mode': True},
-        {'anycast.edge.confirm': {}},
+        # by token: a confirm without tokens confirms every pending change of the machine, other test runs' too
+        {'anycast.edge.confirm': {'tokens': ['{{ ae_r0.confirm_token }}']}, 'check_mode': True},
+        {'anycast.edge.confirm': {'tokens': ['{{ ae_r0.confirm_token }}']}},
     ], state_dir=state_dir)
     token = ok(results[0])['confirm_token']
     # check mode predicts the confirmation and confirms nothing: the real run still finds it pending
@@ -274,3 +276,83 @@ def test_an_ssh_exemption_is_recorded_so_a_reboot_cannot_lock_the_operator_out(e
     assert result['ssh_exempt'] == '198.51.100.2/32'
     with open(os.path.join(state_dir, 'hashlimit@%s@RATE-LIMIT.json' % edge_ns)) as handle:
         assert json.load(handle)['params']['exempt'] == ['198.51.100.2/32']
+
+
+# -- issue 18: a later change while a confirmation is pending -------------------------------------
+
+PENDING_DIR = '/run/anycast-edge/pending'
+
+
+def on_port_rules(ns, chain):
+    save = nsexec(ns, ['iptables-save', '-t', 'mangle']).stdout
+    return re.findall(r'-A %s .*--on-port (\d+)' % chain, save)
+
+
+def recorded_port(state_dir_path, key):
+    path = os.path.join(state_dir_path, key + '.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)['params']['rules'][0]['on_port']
+
+
+def on_port_task(ns, port, **extra):
+    return {'anycast.edge.tproxy_rule': dict({'netns': ns, 'chain': 'Q9', 'rules': [
+        {'destination': PREFIX4, 'on_port': port}]}, **extra)}
+
+
+def test_a_later_change_supersedes_a_pending_confirmation(edge, state_dir):
+    """1111; then 2222 with confirm_timeout; then 3333 without it: the pending rollback used to put 1111
+    back (kernel and record) at its deadline. The later run confirms the pending change and cancels its
+    rollback: it reached the host, which is all anycast.edge.confirm proves."""
+    edge_ns, _ctl = edge
+    key = 'tproxy_rule@%s@Q9' % edge_ns
+    results = run_playbook([on_port_task(edge_ns, 1111), on_port_task(edge_ns, 2222, confirm_timeout=4)],
+                           state_dir=state_dir)
+    deadline = ok(results[1])['confirm_deadline']
+    assert os.path.exists(os.path.join(PENDING_DIR, key + '.json'))
+    predicted = ok(run_module('tproxy_rule', on_port_task(edge_ns, 3333)['anycast.edge.tproxy_rule'], check=True,
+                              state_dir=state_dir))
+    assert predicted['superseded'] == [key]
+    assert os.path.exists(os.path.join(PENDING_DIR, key + '.json'))     # check mode confirms nothing
+    later = ok(run_playbook([on_port_task(edge_ns, 3333)], state_dir=state_dir)[0])
+    assert later['changed'] and later['superseded'] == [key], later
+    assert any('confirmed the change still waiting for confirmation' in w for w in later.get('warnings', [])), later
+    assert not os.path.exists(os.path.join(PENDING_DIR, key + '.json'))
+    time.sleep(max(0.0, deadline - time.time()) + 3)      # past the deadline: the rollback would have run
+    assert on_port_rules(edge_ns, 'Q9') == ['3333']
+    assert recorded_port(state_dir, key) == 3333
+
+
+def test_a_later_unconfirmed_change_rolls_back_to_the_state_it_superseded(edge, state_dir):
+    """2222 with confirm_timeout, then 3333 with confirm_timeout and nobody confirms: 2222 was proven
+    reachable by the second run, so that is what the host returns to (kernel and record)."""
+    edge_ns, _ctl = edge
+    key = 'tproxy_rule@%s@Q9' % edge_ns
+    results = run_playbook([on_port_task(edge_ns, 1111), on_port_task(edge_ns, 2222, confirm_timeout=30),
+                            on_port_task(edge_ns, 3333, confirm_timeout=3)], state_dir=state_dir)
+    assert ok(results[2])['superseded'] == [key]
+    assert recorded_port(state_dir, key) == 2222
+    assert on_port_rules(edge_ns, 'Q9') == ['3333']
+    assert wait_until(lambda: on_port_rules(edge_ns, 'Q9') == ['2222'], 20), on_port_rules(edge_ns, 'Q9')
+    assert wait_until(lambda: not os.path.exists(os.path.join(PENDING_DIR, key + '.json.rolling')), 20)
+    time.sleep(1)
+    assert on_port_rules(edge_ns, 'Q9') == ['2222'] and recorded_port(state_dir, key) == 2222
+
+
+def test_a_change_while_its_rollback_runs_is_refused_and_changes_nothing(edge, state_dir):
+    edge_ns, _ctl = edge
+    key = 'tproxy_rule@%s@Q9' % edge_ns
+    ok(run_module('tproxy_rule', on_port_task(edge_ns, 1111)['anycast.edge.tproxy_rule'], state_dir=state_dir))
+    rolling = os.path.join(PENDING_DIR, key + '.json.rolling')
+    os.makedirs(PENDING_DIR, exist_ok=True)
+    with open(rolling, 'w') as handle:      # what a watchdog holds while it re-applies the previous state
+        json.dump({'token': 'x', 'key': key, 'deadline': time.time() - 1}, handle)
+    try:
+        result = run_module('tproxy_rule', on_port_task(edge_ns, 3333)['anycast.edge.tproxy_rule'],
+                            state_dir=state_dir)
+        assert result.get('failed') and 'rollback of %s is running' % key in result['msg'], result
+        assert result['msg'].startswith('nothing was changed'), result['msg']
+        assert on_port_rules(edge_ns, 'Q9') == ['1111'] and recorded_port(state_dir, key) == 1111
+    finally:
+        os.unlink(rolling)

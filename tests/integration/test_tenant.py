@@ -514,3 +514,228 @@ def test_many_tenants_with_few_file_descriptors(site, netns_factory):
         gone = run({'netns': site.host, 'tenants': [], 'purge': True})
     assert len(ok(gone)['purged']) == 60
     assert leftovers(site) == []
+
+
+# -- issue 18: hostile or careless input ---------------------------------------------------------
+
+def _netns_files(prefix):
+    """Names under /run/netns starting with PREFIX, stale files included (ip netns list shows those too)."""
+    return sorted(name for name in os.listdir('/run/netns') if name.startswith(prefix))
+
+
+@pytest.mark.parametrize('rule, words', [
+    ('include "/etc/passwd"', "'include' is not a rule"),
+    ('define evil = 1', "'define' is not a rule"),
+    ('redefine evil = 1', "'redefine' is not a rule"),
+    ('policy accept', "'policy' is not a rule"),
+    ('type filter hook input priority 0', "'type' is not a rule"),
+    ('tcp dport $ssh accept', "'$'"),
+    ('accept } } table inet evil { chain c { type filter hook input priority 0', "'}' without its '{'"),
+    ('tcp dport 22 accept\n', 'printable'),
+])
+def test_a_firewall_statement_that_is_not_a_rule_is_refused(site, rule, words):
+    """The docs say a rule cannot escape its chain: include (which read any file and could close the chain
+    from inside it), define and the chain's own settings are refused before nft sees them."""
+    state = host_state(site.host)
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix,
+                                   'tenants': site.tenants(a_rules=['tcp dport 21 accept', rule], b=False)})
+    assert result.get('failed') and result['msg'].startswith('tenants[0].firewall.rules[1]: '), result
+    assert words in result['msg'], result['msg']
+    assert host_state(site.host) == state
+    assert not _netns_files(site.prefix)
+
+
+def test_an_included_file_can_neither_open_a_table_nor_show_its_contents(site, tmp_path):
+    """What the tester ran: a crafted file that closes the chain and opens a table of its own, and
+    /etc/passwd. Both are refused as input; and nft's messages never quote a file's lines."""
+    ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': site.tenants(b=False)}))
+    crafted = tmp_path / 'crafted.nft'
+    crafted.write_text('accept\n}\n}\ntable inet evil {\n chain c {\n  type filter hook input priority 0;\n'
+                       '  accept\n')
+    ruleset = nsexec(site.ns('a'), ['nft', 'list', 'ruleset']).stdout
+    for path in (str(crafted), '/etc/passwd'):
+        result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix,
+                                       'tenants': site.tenants(a_rules=['include "%s"' % path], b=False)})
+        assert result.get('failed') and 'tenants[0].firewall.rules[0]' in result['msg'], result
+        assert 'root:' not in result['msg'] and 'evil' not in result['msg'], result['msg']
+    assert nsexec(site.ns('a'), ['nft', 'list', 'ruleset']).stdout == ruleset
+    assert 'evil' not in nsexec(site.ns('a'), ['nft', 'list', 'tables']).stdout
+
+    sys.path.insert(0, helpers.COLLECTIONS)
+    from ansible_collections.anycast.edge.plugins.module_utils._tenant_firewall import quiet
+    said = ('In file included from <cmdline>:1:86-109:\n/etc/passwd:1:5-5: Error: syntax error, unexpected colon\n'
+            'root:x:0:0:root:/root:/bin/bash\n    ^\n')
+    assert 'root:x' not in quiet(said) and '/etc/passwd:1:5-5: Error: syntax error' in quiet(said)
+
+
+@pytest.mark.parametrize('field', ['name', 'netns', 'host_if', 'tenant_if'])
+def test_a_name_with_a_trailing_newline_is_refused_and_leaves_nothing(site, netns_factory, field):
+    """'rzq\\n' passed checks ending in '$' and left a namespace, a veth and an ip rule nothing could remove."""
+    tenant = _tenant('rzq', '0x71', 171, ['192.0.2.0/24'], link={'host_if': 'qb-rzq', 'tenant_if': 'qb-rzq-t'})
+    netns_factory.track(site.prefix + 'rzq\n')
+    netns_factory.track(site.prefix + 'rzq')
+    if field == 'name':
+        tenant['name'] = 'rzq\n'
+        param = 'tenants[0].name'
+    elif field == 'netns':
+        tenant['netns'] = site.prefix + 'rzq\n'
+        param = 'tenants[0].netns'
+    else:
+        tenant['link'][field] += '\n'
+        param = 'tenants[0].link.' + field
+    state = host_state(site.host)
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': [tenant]})
+    assert result.get('failed') and result['msg'].startswith(param + ': '), result
+    assert "\\n" in result['msg'], result['msg']       # shown escaped, not as a line break
+    assert host_state(site.host) == state
+    assert not _netns_files(site.prefix)
+    assert 'qb-rzq' not in nsexec(site.host, ['ip', '-o', 'link']).stdout
+
+
+def test_link_pools_that_overlap_the_hosts_networks_are_refused_before_anything_changes(site):
+    ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': site.tenants(b=False)}))
+    state = host_state(site.host)
+    neighbour = nsexec(site.host, ['ip', 'route', 'get', '198.51.100.2']).stdout
+    c = _tenant('c', '0x30', 130, ['198.18.0.0/24'])
+    cases = [
+        ({'link_pool_ipv4': '198.51.100.0/24'}, [c], 'link_pool_ipv4', 'the connected subnet of up0 198.51.100.0/24'),
+        ({'link_pool_ipv4': '127.0.0.0/8'}, [c], 'link_pool_ipv4', 'overlaps 127.0.0.0/8'),
+        ({'link_pool_ipv4': '203.0.113.0/25'}, [c], 'link_pool_ipv4', "another tenant's prefix"),
+        ({'link_pool_ipv6': '2001:db8:ff::/64'}, [dict(c, prefixes=['2001:db8:c::/48'])], 'link_pool_ipv6',
+         'the connected subnet of up0'),
+        ({}, [dict(c, link={'host_ipv4': '198.51.100.10/31', 'tenant_ipv4': '198.51.100.11/31'})], 'tenants[0].link',
+         'the connected subnet of up0'),
+        ({'link_pool_ipv4': '198.18.0.0/24'}, [c], 'link_pool_ipv4', 'overlaps 198.18.0.0/24 of tenant c'),
+    ]
+    for extra, tenants, param, words in cases:
+        args = dict({'netns': site.host, 'netns_prefix': site.prefix, 'tenants': tenants}, **extra)
+        for check in (True, False):
+            result = run_module('tenant', args, check=check)
+            assert result.get('failed') and result['msg'].startswith(param + ': '), (extra, result)
+            assert words in result['msg'], result['msg']
+        assert host_state(site.host) == state
+        assert _netns_files(site.ns('c')) == []
+    assert nsexec(site.host, ['ip', 'route', 'get', '198.51.100.2']).stdout == neighbour
+
+
+@pytest.mark.parametrize('tenants, param, words', [
+    ([_tenant('a', '0x100/0x100', 101, ['192.0.2.0/24']), _tenant('b', '0x300/0x300', 102, ['198.51.100.0/24'])],
+     'tenants[1].mark', 'both match packets marked 0x300'),
+    ([_tenant('a', '0x1/0xf', 101, ['192.0.2.0/24']), _tenant('b', '0x10/0xf0', 102, ['198.51.100.0/24'])],
+     'tenants[1].mark', 'both match packets marked 0x11'),
+    ([_tenant('a', '0x1', 101, ['0.0.0.0/0'])], 'tenants[0].prefixes[0]', 'default route'),
+    ([_tenant('a', '0x1', 101, ['::/0'])], 'tenants[0].prefixes[0]', 'default route'),
+    ([_tenant('a', '0x1', 101, ['127.0.0.0/16'])], 'tenants[0].prefixes[0]', 'loopback'),
+    ([_tenant('a', '0x1', 101, ['224.0.0.0/8'])], 'tenants[0].prefixes[0]', 'multicast'),
+])
+def test_debatable_tenant_input_is_refused(site, tenants, param, words):
+    """Marks that only work by ip rule fall-through, a tenant owning the default route or a special range."""
+    state = host_state(site.host)
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': tenants})
+    assert result.get('failed') and result['msg'].startswith(param + ': '), result
+    assert words in result['msg'], result['msg']
+    assert host_state(site.host) == state
+
+
+def test_marks_that_never_match_the_same_packet_are_fine(site):
+    tenants = [_tenant('a', '0x100/0x300', 101, ['192.0.2.0/24']), _tenant('b', '0x200/0x300', 102, ['198.18.0.0/24'])]
+    ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': tenants}))
+
+
+def test_a_stale_namespace_file_left_by_a_killed_run_is_repaired(site):
+    """`ip netns add` and the module create /run/netns/NAME before mounting the namespace on it: a run
+    killed in between leaves an empty file that nothing can enter ("Invalid argument")."""
+    path = '/run/netns/' + site.ns('a')
+    open(path, 'w').close()
+    result = ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix,
+                                      'tenants': site.tenants(b=False)}))
+    assert "tenant a: create network namespace '%s'" % site.ns('a') in result['actions']
+    assert 'alias anycast.edge tenant a ' in nsexec(site.ns('a'), ['ip', 'link', 'show', 'lo']).stdout
+    assert ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix,
+                                    'tenants': site.tenants(b=False)}))['changed'] is False
+
+
+def _unmarked(prefix):
+    """Namespaces of PREFIX that exist (mounted) but carry no ownership marker."""
+    found = []
+    for name in _netns_files(prefix):
+        shown = helpers.sh(['ip', '-n', name, 'link', 'show', 'lo'], check=False)
+        if shown.returncode == 0 and 'alias anycast.edge tenant' not in shown.stdout:
+            found.append(name)
+    return found
+
+
+def test_a_create_killed_at_any_point_is_completed_by_the_next_run(site, netns_factory):
+    """SIGKILL during a 30-tenant create used to leave a namespace with lo up and no marker: every rerun
+    then failed ("was not created by this module") and purge left it. The namespace is now marked before
+    it gets its name, and a stale file of a half-made one is replaced."""
+    items = [{'name': 'k%02d' % n, 'prefixes': ['10.%d.0.0/16' % n], 'mark': str(n + 1), 'table': 1000 + n,
+              'firewall': {'rules': ['tcp dport 22 accept']}} for n in range(30)]
+    for item in items:
+        netns_factory.track(site.ns(item['name']))
+    args = {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': items,
+            '_ansible_check_mode': False, '_ansible_diff': False, '_ansible_tmpdir': '/tmp'}
+    module = [sys.executable, os.path.join(helpers.REPO, 'plugins', 'modules', 'tenant.py')]
+    kills = 0
+    # kill right as the N-th namespace appears, then at moments in between (veths, addresses, routes)
+    for target, delay in ((1, 0), (4, 0), (9, 0), (0, 0.35), (0, 0.8), (16, 0), (0, 1.5), (24, 0)):
+        proc = subprocess.Popen(module, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=helpers.module_env())
+        proc.stdin.write(json.dumps({'ANSIBLE_MODULE_ARGS': args}).encode())
+        proc.stdin.close()
+        start = len(_netns_files(site.prefix))
+        started = time.monotonic()
+        while proc.poll() is None and time.monotonic() < started + 120:
+            count = len(_netns_files(site.prefix))
+            if (target and count > start and count >= target) or (not target and time.monotonic() > started + delay):
+                proc.kill()
+                kills += 1
+                break
+        proc.wait()
+        assert _unmarked(site.prefix) == [], 'a killed run left a namespace without its marker'
+        unowned = [line for line in nsexec(site.host, ['ip', '-o', 'link']).stdout.splitlines()
+                   if ' ae-k' in line and 'alias anycast.edge tenant' not in line]
+        assert unowned == [], 'a killed run left an interface that is not recognisably ours'
+    assert kills >= 4
+    ok(run_module('tenant', dict((k, v) for k, v in args.items() if not k.startswith('_'))))
+    assert len(_netns_files(site.prefix)) == 30 and _unmarked(site.prefix) == []
+    assert ok(run_module('tenant', dict((k, v) for k, v in args.items() if not k.startswith('_'))))['changed'] is False
+    gone = ok(run_module('tenant', {'netns': site.host, 'tenants': [], 'purge': True}))
+    assert len(gone['purged']) == 30
+    assert leftovers(site) == [] and _netns_files(site.prefix) == []
+
+
+def test_one_bad_rule_among_3000_is_named_quickly(site):
+    """The rejected rule is found by bisection (a dozen dry runs) while the host lock is held, not one by one."""
+    rules = ['ip saddr 10.%d.%d.0/24 tcp dport 443 accept' % (n // 256, n % 256) for n in range(3000)]
+    rules[2345] = 'ip saddr 10.9.9.300 accept'
+    start = time.monotonic()
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix,
+                                   'tenants': site.tenants(a_rules=rules, b=False)})
+    elapsed = time.monotonic() - start
+    assert result.get('failed') and result['msg'].startswith("tenants[0].firewall.rules[2345]: nft rejects"), result
+    assert not _netns_files(site.prefix)
+    print('3000 rules, one bad: refused in %.1f s' % elapsed)
+
+
+def test_a_failed_apply_leaves_nothing_it_created(site, tmp_path):
+    """The mark chains are written last; when iptables-restore fails there, the namespaces, veths, table
+    routes and ip rules of the tenants this run was creating are removed again (an existing tenant is left
+    for the next run to repair)."""
+    ok(run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'tenants': site.tenants(b=False)}))
+    state = host_state(site.host)
+    failing = tmp_path / 'bin'
+    failing.mkdir()
+    for tool in ('iptables-restore', 'ip6tables-restore'):
+        script = failing / tool
+        script.write_text('#!/bin/sh\necho "forced failure injected by the test" >&2\nexit 1\n')
+        script.chmod(0o755)
+    new = _tenant('c', '0x30', 130, ['198.18.0.0/24', '2001:db8:c::/48'], firewall={'rules': ['tcp dport 22 accept']})
+    result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'driver': 'iptables',
+                                   'tenants': site.tenants(b=False) + [new]},
+                        env={'PATH': str(failing) + os.pathsep + os.environ['PATH']})
+    assert result.get('failed') and 'forced failure' in result['msg'], result
+    assert 'what this run created for tenant(s) c was removed again' in result['msg'], result['msg']
+    assert host_state(site.host) == state
+    assert _netns_files(site.ns('c')) == []
+    assert 'ae-c' not in nsexec(site.host, ['ip', '-o', 'link']).stdout
