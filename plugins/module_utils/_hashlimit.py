@@ -781,6 +781,11 @@ class Hashlimit(Domain):
                         'give this chain a table name of its own' % (self.cfg['name'], family))
         _xtables.apply_chains(self.driver, plan.final)
 
+    def undo(self, plan, before):
+        # the first phase starts from the state before the run, whichever phase wrote a table
+        touched = set((t.family, t.table) for phase in plan.phases for t in phase.tables if t.ops)
+        _xtables.undo_chains(self.driver, plan.phases[0], touched)
+
     def _gathered(self, tables):
         defaults = dict((key, spec.get('default')) for key, spec in self.module.argument_spec.items())
         defaults['state'] = 'present'

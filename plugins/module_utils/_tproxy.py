@@ -206,6 +206,9 @@ class TproxyRules(Domain):
     def apply(self, plan):
         _xtables.apply_chains(self.driver, plan)
 
+    def undo(self, plan, before):
+        _xtables.undo_chains(self.driver, plan)
+
     def _gathered(self, state):
         rules = []
         for family in (4, 6):

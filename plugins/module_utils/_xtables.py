@@ -424,6 +424,12 @@ def _restore_ops(current, before, specs):
     return ops
 
 
+def _put_back(driver, table):
+    """Write the owned chains of TABLE (a TablePlan) back as they were in the state it started from."""
+    current = driver.read(table.family, [table.table])[table.table]
+    driver.apply(table.family, table.table, _restore_ops(current, table.state, table.specs))
+
+
 def _roll_back(driver, done):
     """Undo the tables already written in this run; return a sentence for the error."""
     if not done:
@@ -432,12 +438,23 @@ def _roll_back(driver, done):
     for table in reversed(done):
         where = '%s %s' % (FAMILY_NAME[table.family], table.table)
         try:
-            current = driver.read(table.family, [table.table])[table.table]
-            driver.apply(table.family, table.table, _restore_ops(current, table.state, table.specs))
+            _put_back(driver, table)
             names.append(where)
         except EdgeError as exc:
             return '; undoing the change already made to %s FAILED too: %s' % (where, exc)
     return '; the change already made to %s was rolled back' % ', '.join(names)
+
+
+def undo_chains(driver, plan, touched=None):
+    """Put the owned chains of every table PLAN (an XtPlan) wrote, or of the (family, table) keys in TOUCHED,
+    back as they were before it. Raises EdgeError naming the table that could not be put back."""
+    for table in reversed(plan.tables):
+        if not (table.ops if touched is None else (table.family, table.table) in touched):
+            continue
+        try:
+            _put_back(driver, table)
+        except EdgeError as exc:
+            raise EdgeError('%s %s: %s' % (FAMILY_NAME[table.family], table.table, exc))
 
 
 # --------------------------------------------------------------------------

@@ -207,19 +207,19 @@ from ansible_collections.anycast.edge.plugins.module_utils._anyip import AnyipRo
 from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
 
 
+ARGUMENT_SPEC = persisted(dict(
+    prefixes=dict(type='list', elements='str', default=[]),
+    state=dict(type='str', choices=states('present', 'absent'), default='present'),
+    purge=dict(type='bool', default=False),
+    src=dict(type='str', default='127.0.0.1'),
+    device=dict(type='str', default='lo'),
+    lockout_guard=dict(type='bool', default=True),
+    netns=dict(type='str'),
+))
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=persisted(dict(
-            prefixes=dict(type='list', elements='str', default=[]),
-            state=dict(type='str', choices=states('present', 'absent'), default='present'),
-            purge=dict(type='bool', default=False),
-            src=dict(type='str', default='127.0.0.1'),
-            device=dict(type='str', default='lo'),
-            lockout_guard=dict(type='bool', default=True),
-            netns=dict(type='str'),
-        )),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     run_module(module, AnyipRoutes)
 
 
