@@ -143,6 +143,7 @@ def test_a_zone_index_is_refused_naming_the_parameter(value, param):
     ('AE-TENANT-web', 'anycast.edge.tenant owns'), ('ANYCAST-MSS-gre1', 'anycast.edge.gre_tunnel owns'),
 ])
 def test_chain_names_of_extensions_builtins_and_other_modules_are_refused(name, words):
+    with pytest.raises(v.ParamError) as err:
         v.check_chain_name(name, 'chain')
     assert str(err.value).startswith('chain: ') and words in str(err.value), str(err.value)
 
