@@ -571,10 +571,17 @@ class IptablesCliDriver(object):
         return dict((table, parse_save(out, family, table)) for table in tables)
 
     def drop_unused_table(self, family, table):
+        """Delete the nftables table iptables-nft made, if nft shows it truly empty (iptables-save cannot show
+        sets, maps or nft's own chains, which someone else may keep there)."""
         nft = self.module.get_bin_path('nft')
         if self.variant != 'nf_tables' or not nft:
             return
-        self.module.run_command([nft, 'delete', 'table', 'ip6' if family == 6 else 'ip', table])
+        nft_family = 'ip6' if family == 6 else 'ip'
+        rc, out, _err = self.module.run_command([nft, '-j', 'list', 'table', nft_family, table])
+        if rc != 0 or not nft_table_is_empty(out):
+            return
+        self.module.run_command([nft, 'delete', 'table', nft_family, table])
+
 
     def apply(self, family, table, ops):
         restore = self._bin(family, '-restore')
@@ -584,6 +591,26 @@ class IptablesCliDriver(object):
             detail = (err or out).strip()
             raise EdgeError('%s refused the change to table %s (nothing was applied, the '
                             'transaction is atomic): %s' % (os.path.basename(restore), table, detail))
+
+
+def nft_table_is_empty(listing):
+    """Whether ``nft -j list table`` LISTING holds nothing but xtables' built-in base chains without rules,
+    with policy accept: no rule, set, map, element, object or chain of anyone else."""
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+        items = json.loads(listing).get('nftables', [])
+    except (ValueError, AttributeError):
+        return False
+    for item in items:
+        kind = next(iter(item), None)
+        if kind in ('metainfo', 'table'):
+            continue
+        chain = item.get('chain')
+        if kind == 'chain' and chain.get('name') in ('PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING') \
+                and 'hook' in chain and chain.get('policy', 'accept') == 'accept':
+            continue
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------
