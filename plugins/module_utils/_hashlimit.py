@@ -213,6 +213,9 @@ def validate(params):
         net = parse_prefix(value, 'exempt[%d]' % index)
         if net in exempt:
             raise ParamError('exempt[%d]' % index, '%s is listed twice' % net)
+        if net.version not in cfg['families']:
+            raise ParamError('exempt[%d]' % index, '%s is IPv%d, but family is %s: it would exempt nothing'
+                             % (net, net.version, params['family']))
         exempt.append(net)
     cfg['exempt'] = exempt
 
