@@ -60,7 +60,7 @@ options:
         coming back through the TPROXY rules (the reason the Spectrum write-up adds it).
       - IPv6 routes get no preferred source.
       - Must be a unicast address local to the host when the routes are written (a local route of table C(local)
-        covers it): the kernel refuses any other, and writes C(0.0.0.0) as no source at all. Both are refused
+        covers it); the kernel refuses any other, and writes C(0.0.0.0) as no source at all. Both are refused
         naming O(src), before anything changes.
     type: str
     default: 127.0.0.1
@@ -78,7 +78,7 @@ options:
         point-to-point peer; loopback's are not, nor a host prefix that is only the host's own address). Made local,
         replies to the controller are delivered to the host itself and the controller is cut off; the gateway and
         the link's neighbours stop being reachable. The interface's own address as a host prefix (C(10.77.0.1/32))
-        passes: it is the kernel's, left to it and reported in RV(kernel_routes).
+        passes (it is the kernel's, left to it and reported in RV(kernel_routes)).
       - V(false) applies such a prefix anyway. At boot and on rollback the recorded prefixes are re-applied without
         the check (they passed it, or were overridden, when they were applied).
       - Like the SSH check of M(anycast.edge.hashlimit) (O(anycast.edge.hashlimit#module:ssh_guard)), it also

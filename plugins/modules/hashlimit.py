@@ -139,7 +139,7 @@ options:
       - Milliseconds after which an idle entry is removed. Defaults to the kernel's default, 1000 ms per second of
         the rate's unit (1000 for C(/sec), 60000 for C(/min)).
       - Any value from 1 ms is accepted, as the kernel takes it; but an entry that expires before its bucket refills
-        (burst / rate) forgets the source, which then starts again with a full burst: below that, the limit is
+        (burst / rate) forgets the source, which then starts again with a full burst; below that, the limit is
         looser than O(rate) says.
     type: int
   htable_gcinterval:

@@ -29,7 +29,7 @@ options:
     description:
       - The rules of the chain, in order.
       - A rule that an earlier rule already matches entirely (same protocol, a destination and ports inside the
-        earlier one's) is refused naming it: TPROXY ends the packet's way through the chain, so it is never reached.
+        earlier one's) is refused naming it; TPROXY ends the packet's way through the chain, so it is never reached.
         IPv4-mapped IPv6 destinations and O(rules[].on_ip) are refused (they never arrive as IPv6).
     type: list
     elements: dict
@@ -63,7 +63,7 @@ options:
     description:
       - Name of the chain the module owns (at most 28 characters; letters, digits, C(_), C(.), C(-)).
       - Refused, in every O(state) - a built-in chain or verdict; the name of an xtables target or match in any case
-        (C(MARK), C(NFLOG), C(TPROXY), C(limit), ...: iptables reads C(-j MARK) as the target, so such a chain
+        (C(MARK), C(NFLOG), C(TPROXY), C(limit), ...; iptables reads C(-j MARK) as the target, so such a chain
         could be written but never removed again); a name starting with another module's prefix, C(AE-TENANT-)
         (M(anycast.edge.tenant)) or C(ANYCAST-MSS-) (M(anycast.edge.gre_tunnel)), whose chains this module
         never writes or removes.
