@@ -105,7 +105,7 @@ options:
   exempt:
     description:
       - Source prefixes that are never limited (accepted before the hashlimit rule).
-      - A prefix of a family O(family) leaves out (C(::/0) with C(family=ipv4)) is refused: it would exempt nothing.
+      - A prefix of a family O(family) leaves out (C(::/0) with C(family=ipv4)) is refused, as it would exempt nothing.
     type: list
     elements: str
     default: []

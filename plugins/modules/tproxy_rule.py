@@ -103,10 +103,10 @@ attributes:
     description: Shows the chain and its jump before and after, in iptables-save syntax.
 notes:
   - Needs C(CAP_NET_ADMIN) on the managed host (C(become)); O(state=rendered) does not.
-  - O(rules[].on_ip) need not be local and is not checked against the host's addresses: TPROXY looks the listener up
+  - O(rules[].on_ip) need not be local and is not checked against the host's addresses; TPROXY looks the listener up
     by it, and a listener bound to the wildcard address (as the proxy role's is) takes any C(on_ip); one bound to
     a single address must be bound to exactly C(on_ip). C(0.0.0.0) or C(::) means the packet's own destination.
-  - O(rules[].mark) shares the packet mark with M(anycast.edge.tenant)'s marks, which this module does not read:
+  - O(rules[].mark) shares the packet mark with M(anycast.edge.tenant)'s marks, which this module does not read;
     give TPROXY marks bits (a mask) no tenant uses, or redirected packets follow that tenant's routing table.
   - O(state=absent) removes the nftables table that C(iptables-nft) made only when C(nft) shows it truly empty
     (no set, map, object, rule or chain of anyone else in it).
