@@ -171,8 +171,8 @@ def check_lockout(networks, ssh_client, gateways, where='', connected=(), local=
             if net.num_addresses == 1 and net.network_address in local:
                 continue    # the host's own address: the kernel's local route already holds it
             raise ParamError(param, '%s overlaps %s, the subnet connected to %s (%s)%s: its neighbours and gateways '
-                             'would become local and unreachable%s' % (net, subnet.network, subnet.ifname,
-                                                                      subnet.interface, where, override))
+                             'would become local and unreachable%s'
+                             % (net, subnet.network, subnet.ifname, subnet.interface, where, override))
 
 
 def check_source(src, state, plan):

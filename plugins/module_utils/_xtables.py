@@ -582,7 +582,6 @@ class IptablesCliDriver(object):
             return
         self.module.run_command([nft, 'delete', 'table', nft_family, table])
 
-
     def apply(self, family, table, ops):
         restore = self._bin(family, '-restore')
         rc, out, err = self.module.run_command([restore, '--noflush', '--wait'], data=restore_payload(table, ops),
