@@ -21,7 +21,7 @@ import socket
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Plan, Record
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError, ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, TABLE_MAIN, RawRtnl, failure)
+    LO_INDEX, ROUTE_PROTO, RT_SCOPE_HOST, RTN_LOCAL, TABLE_LOCAL, TABLE_MAIN, RawRtnl, failure)
 from ansible_collections.anycast.edge.plugins.module_utils._validate import (
     check_ifname, check_unicast_prefix, parse_address, parse_prefix, require_unique, ssh_client_address)
 
@@ -62,14 +62,28 @@ class AnyipRoute(object):
 NETWORK = {4: ipaddress.IPv4Network, 6: ipaddress.IPv6Network}
 
 
-class AnyipState(object):
-    """Table local's type-local routes (owned or not) by key, the interfaces by name and the default
-    gateways of table main (both None: unknown, as for rendered)."""
+class Connected(object):
+    """A subnet on a link of the host: an interface's address with its prefix length (or its point-to-point
+    peer). Its other addresses are neighbours and gateways; made local, they are no longer reachable."""
 
-    def __init__(self, routes, links, gateways=None):
+    __slots__ = ('network', 'interface', 'ifname')
+
+    def __init__(self, network, interface, ifname):
+        self.network = network
+        self.interface = interface      # the host's own address/prefix length there, as ip shows it
+        self.ifname = ifname
+
+
+class AnyipState(object):
+    """Table local's type-local routes (owned or not) by key, the interfaces by name, the gateways of table
+    main, the connected subnets and the host's own addresses (all but routes None: unknown, as for rendered)."""
+
+    def __init__(self, routes, links, gateways=None, connected=None, local=None):
         self.routes = routes
         self.links = links
         self.gateways = gateways
+        self.connected = connected
+        self.local = local
 
     def owned(self):
         return dict((key, route) for key, route in self.routes.items() if route.proto == ROUTE_PROTO)
@@ -89,18 +103,40 @@ def read_state(raw):
             text = '%s/%d' % (route['dst'], route['dst_len']) if family == 4 else None  # IPv4 text is canonical
             found_route = AnyipRoute(net, names.get(route['oif'], route['oif']), route['prefsrc'], route['proto'], text)
             found[found_route.key] = found_route
-    return AnyipState(found, links, default_gateways(raw))
+    connected, local = connected_subnets(raw.addresses(), names)
+    return AnyipState(found, links, gateways(raw), connected, local)
 
 
-def default_gateways(raw):
-    """The gateway addresses of the default routes in table main (both families, every nexthop)."""
-    gateways = []
+def gateways(raw):
+    """[(gateway address, route destination or None for a default route)] of table main (both families,
+    every nexthop)."""
+    found = []
     for family in (4, 6):
         for route in raw.routes(family, TABLE_MAIN):
-            if route['dst_len'] == 0:
-                found = ([route['gateway']] if route['gateway'] else []) + route['multipath']
-                gateways += [ipaddress.ip_address(address) for address in found]
-    return gateways
+            via = ([route['gateway']] if route['gateway'] else []) + route['multipath']
+            dst = None if route['dst_len'] == 0 else '%s/%d' % (route['dst'], route['dst_len'])
+            found += [(ipaddress.ip_address(address), dst) for address in via]
+    return found
+
+
+def connected_subnets(addresses, names):
+    """([Connected], set of the host's own addresses) from the interfaces' addresses.
+
+    Loopback's addresses are left out (the kernel already makes their whole subnet local), and so is a host
+    prefix that is only the host's own address: neither has a neighbour.
+    """
+    connected, local = [], set()
+    for found in addresses:
+        own = ipaddress.ip_address(found.address)
+        local.add(own)
+        if found.index == LO_INDEX:
+            continue
+        interface = '%s/%d' % (found.address, found.prefixlen)
+        network = ipaddress.ip_network('%s/%d' % (found.peer or found.address, found.prefixlen), strict=False)
+        if network.num_addresses == 1 and network.network_address == own:
+            continue
+        connected.append(Connected(network, interface, names.get(found.index, found.index)))
+    return connected, local
 
 
 def kernel_held(current, desired):
@@ -109,23 +145,49 @@ def kernel_held(current, desired):
             if route.key in current and current[route.key].proto == RTPROT_KERNEL]
 
 
-def check_lockout(networks, ssh_client, gateways, where=''):
-    """Refuse a listed prefix that contains the SSH client's address or a default gateway's: made
-    local, replies to the controller (or everything sent via the gateway's address) never leave.
+def check_lockout(networks, ssh_client, gateways, where='', connected=(), local=()):
+    """Refuse a listed prefix that contains the SSH client's address, a gateway's (of table main) or an
+    address of a connected subnet other than the host's own: made local, replies to the controller (or
+    everything sent via the gateway, or to the link's neighbours) never leave the host.
 
-    NETWORKS are the listed prefixes in order (the parameter is prefixes[N]); WHERE says which
-    namespace the gateways were read in.
+    NETWORKS are the listed prefixes in order (the parameter is prefixes[N]); GATEWAYS (address, the
+    route's destination or None for a default route) and CONNECTED ([Connected]) were read in the
+    namespace WHERE says; LOCAL are the host's own addresses.
     """
+    override = '; set lockout_guard: false if that is meant'
     for index, net in enumerate(networks):
+        param = 'prefixes[%d]' % index
         if ssh_client is not None and ssh_client.version == net.version and ssh_client in net:
-            raise ParamError('prefixes[%d]' % index, '%s contains %s, the address of the SSH client this module runs '
-                             'for: replies to it would be delivered locally and the controller cut off; set '
-                             'lockout_guard: false if that is meant' % (net, ssh_client))
-        for gateway in gateways:
+            raise ParamError(param, '%s contains %s, the address of the SSH client this module runs for: replies to '
+                             'it would be delivered locally and the controller cut off%s' % (net, ssh_client, override))
+        for gateway, dst in gateways:
             if gateway.version == net.version and gateway in net:
-                raise ParamError('prefixes[%d]' % index, '%s contains %s, the IPv%d default gateway%s: its address '
-                                 'would become local, cutting the host off from its gateway; set lockout_guard: '
-                                 'false if that is meant' % (net, gateway, net.version, where))
+                which = 'IPv%d default gateway' % net.version if dst is None else 'gateway of the route to %s' % dst
+                raise ParamError(param, '%s contains %s, the %s%s: its address would become local, cutting the '
+                                 'host off from its gateway%s' % (net, gateway, which, where, override))
+        for subnet in connected:
+            if subnet.network.version != net.version or not net.overlaps(subnet.network):
+                continue
+            if net.num_addresses == 1 and net.network_address in local:
+                continue    # the host's own address: the kernel's local route already holds it
+            raise ParamError(param, '%s overlaps %s, the subnet connected to %s (%s)%s: its neighbours and gateways '
+                             'would become local and unreachable%s'
+                             % (net, subnet.network, subnet.ifname, subnet.interface, where, override))
+
+
+def check_source(src, state, plan):
+    """Refuse a preferred source the kernel would refuse (or drop) for the IPv4 routes PLAN writes: it must be
+    local, that is lie in a local route of table local that stays."""
+    writes = [route for route in plan.add + [new for new, _old in plan.replace] if route.network.version == 4]
+    if not writes:
+        return
+    address = ipaddress.ip_address(src)
+    removed = set(route.key for route in plan.remove)
+    if not any(route.network.version == 4 and address in route.network and key not in removed
+               for key, route in state.routes.items()):
+        raise ParamError('src', "%s is not an address of this host (no local route covers it): the kernel only takes "
+                         "a local preferred source; 127.0.0.1, the default, keeps replies to local clients off the "
+                         "TPROXY rules" % src)
 
 
 class AnyipPlan(Plan):
@@ -234,6 +296,22 @@ def apply_routes(raw, plan):
     raise EdgeError('%s (changes made by this run were undone)' % refusal)
 
 
+def undo_routes(raw, plan, now):
+    """Put every route PLAN touched back as it was before it (NOW: the state read after writing).
+
+    Routes the plan added go if they are still there; routes it removed or replaced come back as they were.
+    """
+    requests = [('del', now.routes[route.key]) for route in plan.add
+                if route.key in now.routes and now.routes[route.key].proto == ROUTE_PROTO]
+    requests += [('replace', old) for old in plan.remove + [old for _new, old in plan.replace]]
+    refused = [(i, code) for i, code in raw.change([(op, _request(r, plan.index_of)) for op, r in requests])
+               if not (requests[i][0] == 'del' and code == errno.ESRCH)]
+    if refused:
+        index, code = refused[0]
+        raise EdgeError(failure('putting back AnyIP route %s' % requests[index][1].network,
+                                OSError(code, os.strerror(code))))
+
+
 def _sorted_keys(routes):
     return sorted(routes, key=lambda key: routes[key].order)
 
@@ -274,7 +352,12 @@ class AnyipRoutes(Domain):
         networks = [check_unicast_prefix(parse_prefix(p, 'prefixes[%d]' % i), 'prefixes[%d]' % i)
                     for i, p in enumerate(params['prefixes'])]
         require_unique([str(n) for n in networks], 'prefixes', 'prefix')
-        self.src = str(parse_address(params['src'], 'src', family=4))
+        src = parse_address(params['src'], 'src', family=4)
+        if src.is_unspecified or src.is_multicast or src == ipaddress.ip_address('255.255.255.255'):
+            raise ParamError('src', '%s is not a unicast address: the kernel would write the routes without a '
+                             'preferred source (or refuse them); give an address of this host, such as 127.0.0.1'
+                             % src)
+        self.src = str(src)
         self.device = check_ifname(params['device'], 'device')
         self.networks = networks
         self.raw = None
@@ -300,17 +383,25 @@ class AnyipRoutes(Domain):
             netns = self.params['netns']
             raise ParamError('device', "interface '%s' does not exist%s" % (
                 self.device, " in network namespace '%s'" % netns if netns else ''))
-        if self.params['state'] == 'present' and self.params['lockout_guard'] and state.gateways is not None:
+        present = self.params['state'] == 'present'
+        if present and self.params['lockout_guard'] and state.gateways is not None:
             netns = self.params['netns']
             check_lockout(self.networks, ssh_client_address(os.environ), state.gateways,
-                          " of network namespace '%s'" % netns if netns else ' of this host')
-        return plan_routes(state, self.desired(), self.params['state'] != 'absent', self.params['purge'])
+                          " of network namespace '%s'" % netns if netns else ' of this host',
+                          state.connected, state.local)
+        planned = plan_routes(state, self.desired(), self.params['state'] != 'absent', self.params['purge'])
+        if state.local is not None:
+            check_source(self.src, state, planned)
+        return planned
 
     def apply(self, plan):
         apply_routes(self.raw, plan)
 
     def problems(self, state, plan):
         return ['%s is not as written' % route.network for _op, route in plan.requests]
+
+    def undo(self, plan, before):
+        undo_routes(self.raw, plan, read_state(self.raw))
 
     def gather(self, state):
         return as_input(state.owned())

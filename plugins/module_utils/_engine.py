@@ -174,6 +174,12 @@ class Domain(object):
         """Sentences saying how STATE (read back) differs from the request; PLAN is its re-plan."""
         return plan.commands
 
+    def undo(self, plan, before):
+        """Put back what applying PLAN (and its corrections) wrote: the kernel as BEFORE, the state plan()
+        started from, had it. Called when the read-back still differs after a correction; raise EdgeError
+        if it cannot. Return False where the domain cannot undo (nothing is tried then)."""
+        return False
+
     # -- reporting ---------------------------------------------------------
     def gather(self, state):
         """What STATE holds of this module's objects, in the module's own input shape."""
@@ -251,7 +257,7 @@ class Engine(object):
         superseded = self._supersede(current, plan)
         if plan.changed and not self.module.check_mode:
             domain.apply(plan)
-            readback, domain.correction = self._read_back()
+            readback, domain.correction = self._read_back(plan, current)
         commands = list(plan.commands)   # after apply: what was really sent
         if domain.correction is not None:
             commands += domain.correction.commands
@@ -293,8 +299,12 @@ class Engine(object):
                                          'would be cancelled' if self.module.check_mode else 'is cancelled'))
         return superseded
 
-    def _read_back(self):
-        """Read back and re-plan; correct once. Returns (state, the correcting plan or None)."""
+    def _read_back(self, plan, before):
+        """Read back and re-plan; correct once. Returns (state, the correcting plan or None).
+
+        If the kernel still differs, what this run wrote is undone (PLAN applied to BEFORE) and the
+        run fails: a half-applied change that every rerun fails the same way is the worst outcome.
+        """
         domain = self.domain
         state = domain.read()
         leftover = domain.plan(state)
@@ -307,14 +317,23 @@ class Engine(object):
             domain.verify(leftover)
             domain.apply(leftover)
         except EdgeError as exc:
-            raise EdgeError('read-back after writing does not match the request: %s; correcting it failed: %s'
-                            % (found, exc))
+            raise EdgeError('read-back after writing does not match the request: %s; correcting it failed: %s%s'
+                            % (found, exc, self._undo(plan, before)))
         state = domain.read()
         still = domain.plan(state)
         if still.changed:
             raise EdgeError('read-back after writing does not match the request: %s (and again after correcting '
-                            'it: %s)' % (found, '; '.join(domain.problems(state, still))))
+                            'it: %s)%s' % (found, '; '.join(domain.problems(state, still)), self._undo(plan, before)))
         return state, leftover
+
+    def _undo(self, plan, before):
+        """Undo what the run wrote; a sentence saying how that went, for the error."""
+        try:
+            if self.domain.undo(plan, before) is False:
+                return ''
+        except EdgeError as exc:
+            return '; undoing what this run wrote FAILED too: %s' % exc
+        return '; what this run wrote was undone'
 
     def _persist(self, current, plan):
         records = self.domain.records(current, plan)

@@ -213,6 +213,9 @@ def validate(params):
         net = parse_prefix(value, 'exempt[%d]' % index)
         if net in exempt:
             raise ParamError('exempt[%d]' % index, '%s is listed twice' % net)
+        if net.version not in cfg['families']:
+            raise ParamError('exempt[%d]' % index, '%s is IPv%d, but family is %s: it would exempt nothing'
+                             % (net, net.version, params['family']))
         exempt.append(net)
     cfg['exempt'] = exempt
 
@@ -780,6 +783,11 @@ class Hashlimit(Domain):
                         'hashlimit table %s (IPv%d) is still used by another rule, so it keeps its old settings; '
                         'give this chain a table name of its own' % (self.cfg['name'], family))
         _xtables.apply_chains(self.driver, plan.final)
+
+    def undo(self, plan, before):
+        # the first phase starts from the state before the run, whichever phase wrote a table
+        touched = set((t.family, t.table) for phase in plan.phases for t in phase.tables if t.ops)
+        _xtables.undo_chains(self.driver, plan.phases[0], touched)
 
     def _gathered(self, tables):
         defaults = dict((key, spec.get('default')) for key, spec in self.module.argument_spec.items())

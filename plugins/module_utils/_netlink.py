@@ -224,14 +224,15 @@ def decode_link(msg):
 
 
 class Address(object):
-    __slots__ = ('index', 'family', 'prefixlen', 'scope', 'address')
+    __slots__ = ('index', 'family', 'prefixlen', 'scope', 'address', 'peer')
 
-    def __init__(self, index, family, prefixlen, scope, address):
+    def __init__(self, index, family, prefixlen, scope, address, peer=None):
         self.index = index
         self.family = family        # 4 or 6
         self.prefixlen = prefixlen
         self.scope = scope
         self.address = address
+        self.peer = peer            # the other end of a point-to-point address (``peer``), else None
 
     @property
     def interface(self):
@@ -320,8 +321,10 @@ class RawRtnl(object):
                 continue
             attrs = parse_attrs(msg, _IFADDRMSG.size)
             raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
+            peer = attrs.get(IFA_ADDRESS) if IFA_LOCAL in attrs else None
             if raw is not None:
-                found.append(Address(index, VERSION[af], plen, scope, _ip(raw, af)))
+                found.append(Address(index, VERSION[af], plen, scope, _ip(raw, af),
+                                     _ip(peer, af) if peer is not None and peer != raw else None))
         return found
 
     def routes(self, family, table):

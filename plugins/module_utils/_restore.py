@@ -46,12 +46,26 @@ def records(state_dir):
     return sorted(found, key=lambda r: (r.get('order', 90), r['key']))
 
 
+def given(value):
+    """VALUE without the options that are null (at any depth): as a user omits them.
+
+    A record keeps the parameters as the module saw them, with null for an option nobody gave; passed back
+    explicitly, null is refused where the option has choices ("value of protocol must be one of ...").
+    Omitted, each takes its default exactly as in the run that was recorded.
+    """
+    if isinstance(value, dict):
+        return dict((key, given(item)) for key, item in value.items() if item is not None)
+    if isinstance(value, list):
+        return [given(item) for item in value]
+    return value
+
+
 def run(state_dir, record, check=False, persist=False, rollback=False):
     """Run the record's module with its recorded parameters; return the module's result.
 
     ROLLBACK: this run is the commit-confirm rollback of the record's key.
     """
-    params = dict(record['params'])
+    params = given(record['params'])
     params['persist'] = persist
     params['state_dir'] = state_dir
     params['confirm_timeout'] = 0

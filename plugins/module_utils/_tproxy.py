@@ -58,7 +58,13 @@ def validate_rule(rule, where):
     if rule.get('on_port') in (None, ''):
         raise ParamError(where + '.on_port', 'is required (the port the transparent listener binds)')
     on_port = parse_port(rule['on_port'], where + '.on_port')
+    if getattr(net.network_address, 'ipv4_mapped', None) is not None:
+        raise ParamError(where + '.destination', "'%s' is IPv4-mapped IPv6, which never arrives as an IPv6 "
+                         "destination; give IPv4 prefixes as IPv4" % net)
     on_ip = parse_address(rule.get('on_ip') or default_on_ip(net.version), where + '.on_ip')
+    if getattr(on_ip, 'ipv4_mapped', None) is not None:
+        raise ParamError(where + '.on_ip', "'%s' is an IPv4 address written as IPv6: an IPv6 rule hands packets to "
+                         "an IPv6 listener address" % on_ip)
     if on_ip.version != net.version:
         raise ParamError(where + '.on_ip', "'%s' is IPv%d but destination %s is IPv%d; TPROXY can only "
                          "hand a packet to a listener of its own family" % (on_ip, on_ip.version, net, net.version))
@@ -70,8 +76,34 @@ def validate_rule(rule, where):
 
 
 def validate_rules(rules):
-    """Check every rule; return normalised dicts. Raises ParamError."""
-    return [validate_rule(rule, 'rules[%d]' % index) for index, rule in enumerate(rules)]
+    """Check every rule; return normalised dicts. Raises ParamError.
+
+    A rule that an earlier one already matches entirely is refused: TPROXY ends a packet's way through the
+    chain, so it would never be reached.
+    """
+    checked = [validate_rule(rule, 'rules[%d]' % index) for index, rule in enumerate(rules)]
+    for index, rule in enumerate(checked):
+        for earlier, other in enumerate(checked[:index]):
+            if _covers(other, rule):
+                same = dict(other, destination=str(other['destination'])) == dict(rule, destination=str(
+                    rule['destination']))
+                raise ParamError('rules[%d]' % index, 'is the same rule as rules[%d]' % earlier if same else
+                                 'is never reached: rules[%d] already sends every packet it matches to %s port %d'
+                                 % (earlier, other['on_ip'], other['on_port']))
+    return checked
+
+
+def _covers(first, second):
+    """Whether every packet SECOND matches is matched by FIRST (an earlier rule)."""
+    if first['protocol'] != second['protocol'] or first['destination'].version != second['destination'].version:
+        return False
+    if not second['destination'].subnet_of(first['destination']):
+        return False
+    if first['ranges'] is None:
+        return True
+    if second['ranges'] is None:
+        return False
+    return all(any(a <= lo and hi <= b for a, b in first['ranges']) for lo, hi in second['ranges'])
 
 
 def default_on_ip(family):
@@ -205,6 +237,9 @@ class TproxyRules(Domain):
 
     def apply(self, plan):
         _xtables.apply_chains(self.driver, plan)
+
+    def undo(self, plan, before):
+        _xtables.undo_chains(self.driver, plan)
 
     def _gathered(self, state):
         rules = []

@@ -41,6 +41,27 @@ def check_printable(text, param, what):
         raise ParamError(param, '%s %s contains the control character %r; names are printable text'
                          % (what, shown(text), bad))
     return text
+# Names of xtables extensions (iptables 1.8's targets and matches, and xtables-addons' common targets).
+# iptables resolves `-j NAME` to a target before a chain of that name, so a chain named MARK is written by
+# iptables-restore but every jump into it is a MARK target without options, and the chain cannot be removed by
+# the tools again. Compared without case: a chain that reads like an extension is never what was meant.
+XT_TARGETS = frozenset((
+    'ACCOUNT', 'AUDIT', 'CHAOS', 'CHECKSUM', 'CLASSIFY', 'CLUSTERIP', 'CONNMARK', 'CONNSECMARK', 'CT', 'DELUDE',
+    'DHCPMAC', 'DNAT', 'DNETMAP', 'DNPT', 'DSCP', 'ECHO', 'ECN', 'ERROR', 'HL', 'HMARK', 'IDLETIMER', 'IPMARK', 'LED',
+    'LOG', 'LOGMARK', 'MARK', 'MASQUERADE', 'MIRROR', 'NETMAP', 'NFLOG', 'NFQUEUE', 'NOTRACK', 'PROTO', 'RATEEST',
+    'RAWDNAT', 'RAWSNAT', 'REDIRECT', 'REJECT', 'SAME', 'SECMARK', 'SET', 'SNAT', 'SNPT', 'STANDARD', 'SYNPROXY',
+    'SYSRQ', 'TARPIT', 'TCPMSS', 'TCPOPTSTRIP', 'TEE', 'TOS', 'TPROXY', 'TRACE', 'TTL', 'ULOG'))
+XT_MATCHES = frozenset((
+    'addrtype', 'ah', 'bpf', 'cgroup', 'cluster', 'comment', 'condition', 'connbytes', 'connlabel', 'connlimit',
+    'connmark', 'conntrack', 'cpu', 'dccp', 'devgroup', 'dscp', 'dst', 'ecn', 'esp', 'eui64', 'frag', 'fuzzy',
+    'geoip', 'gradm', 'hashlimit', 'hbh', 'helper', 'hl', 'icmp', 'icmp6', 'iface', 'ipcomp', 'ipp2p', 'iprange',
+    'ipv4options', 'ipv6header', 'ipvs', 'length', 'length2', 'limit', 'lscan', 'mac', 'mark', 'mh', 'multiport',
+    'nfacct', 'osf', 'owner', 'physdev', 'pknock', 'pkttype', 'policy', 'psd', 'quota', 'quota2', 'rateest',
+    'realm', 'recent', 'rpfilter', 'rt', 'sctp', 'set', 'socket', 'srh', 'state', 'statistic', 'string', 'tcp',
+    'tcpmss', 'time', 'tos', 'ttl', 'u32', 'udp', 'udplite', 'unclean'))
+XT_EXTENSIONS = frozenset(name.upper() for name in XT_TARGETS | XT_MATCHES)
+# Chains another module owns, by the prefix of their names: no other module may write or remove them.
+MODULE_CHAIN_PREFIXES = (('AE-TENANT-', 'tenant'), ('ANYCAST-MSS-', 'gre_tunnel'))
 
 
 def parse_prefix(value, param, family=None):
@@ -53,6 +74,7 @@ def parse_prefix(value, param, family=None):
     if not isinstance(value, str) or not value.strip():
         raise ParamError(param, 'expected an IPv4 or IPv6 prefix in CIDR notation, got %r' % (value,))
     text = value.strip()
+    _refuse_zone(text, param, 'a prefix')
     try:
         net = ipaddress.ip_network(text)
     except ValueError:
@@ -143,9 +165,18 @@ def _unmapped(address):
     return getattr(address, 'ipv4_mapped', None) or address
 
 
+def _refuse_zone(text, param, what):
+    # Python's ipaddress takes an IPv6 zone (fe80::1%eth0) that routes, rules and sockets of this collection
+    # cannot carry: the zone would be dropped silently or fail later in inet_pton.
+    if '%' in text:
+        raise ParamError(param, "'%s' has a zone index (the part from '%%'); %s here is written without one"
+                         % (text, what))
+
+
 def parse_address(value, param, family=None):
     if not isinstance(value, str) or not value.strip():
         raise ParamError(param, 'expected an IPv4 or IPv6 address, got %r' % (value,))
+    _refuse_zone(value.strip(), param, 'an address')
     try:
         addr = ipaddress.ip_address(value.strip())
     except ValueError:
@@ -242,6 +273,13 @@ def check_chain_name(name, param):
         raise ParamError(param, "'%s' is a built-in chain or verdict; the collection only manages chains of its own" % name)
     if not CHAIN_NAME_RE.fullmatch(name):
         raise ParamError(param, "%s is not a valid chain name (letters, digits, '_', '.', '-')" % shown(name))
+    if name.upper() in XT_EXTENSIONS:
+        raise ParamError(param, "'%s' is the name of an xtables target or match: iptables would read a jump to it "
+                                "as that extension, and the chain could not be removed again; choose another name" % name)
+    for prefix, owner in MODULE_CHAIN_PREFIXES:
+        if name.startswith(prefix):
+            raise ParamError(param, "'%s' starts with %s, the prefix of the chains anycast.edge.%s owns; another "
+                                    "module's chains are never written or removed here" % (name, prefix, owner))
     return name
 
 

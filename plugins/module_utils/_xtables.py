@@ -424,6 +424,12 @@ def _restore_ops(current, before, specs):
     return ops
 
 
+def _put_back(driver, table):
+    """Write the owned chains of TABLE (a TablePlan) back as they were in the state it started from."""
+    current = driver.read(table.family, [table.table])[table.table]
+    driver.apply(table.family, table.table, _restore_ops(current, table.state, table.specs))
+
+
 def _roll_back(driver, done):
     """Undo the tables already written in this run; return a sentence for the error."""
     if not done:
@@ -432,12 +438,23 @@ def _roll_back(driver, done):
     for table in reversed(done):
         where = '%s %s' % (FAMILY_NAME[table.family], table.table)
         try:
-            current = driver.read(table.family, [table.table])[table.table]
-            driver.apply(table.family, table.table, _restore_ops(current, table.state, table.specs))
+            _put_back(driver, table)
             names.append(where)
         except EdgeError as exc:
             return '; undoing the change already made to %s FAILED too: %s' % (where, exc)
     return '; the change already made to %s was rolled back' % ', '.join(names)
+
+
+def undo_chains(driver, plan, touched=None):
+    """Put the owned chains of every table PLAN (an XtPlan) wrote, or of the (family, table) keys in TOUCHED,
+    back as they were before it. Raises EdgeError naming the table that could not be put back."""
+    for table in reversed(plan.tables):
+        if not (table.ops if touched is None else (table.family, table.table) in touched):
+            continue
+        try:
+            _put_back(driver, table)
+        except EdgeError as exc:
+            raise EdgeError('%s %s: %s' % (FAMILY_NAME[table.family], table.table, exc))
 
 
 # --------------------------------------------------------------------------
@@ -554,10 +571,16 @@ class IptablesCliDriver(object):
         return dict((table, parse_save(out, family, table)) for table in tables)
 
     def drop_unused_table(self, family, table):
+        """Delete the nftables table iptables-nft made, if nft shows it truly empty (iptables-save cannot show
+        sets, maps or nft's own chains, which someone else may keep there)."""
         nft = self.module.get_bin_path('nft')
         if self.variant != 'nf_tables' or not nft:
             return
-        self.module.run_command([nft, 'delete', 'table', 'ip6' if family == 6 else 'ip', table])
+        nft_family = 'ip6' if family == 6 else 'ip'
+        rc, out, _err = self.module.run_command([nft, '-j', 'list', 'table', nft_family, table])
+        if rc != 0 or not nft_table_is_empty(out):
+            return
+        self.module.run_command([nft, 'delete', 'table', nft_family, table])
 
     def apply(self, family, table, ops):
         restore = self._bin(family, '-restore')
@@ -567,6 +590,26 @@ class IptablesCliDriver(object):
             detail = (err or out).strip()
             raise EdgeError('%s refused the change to table %s (nothing was applied, the '
                             'transaction is atomic): %s' % (os.path.basename(restore), table, detail))
+
+
+def nft_table_is_empty(listing):
+    """Whether ``nft -j list table`` LISTING holds nothing but xtables' built-in base chains without rules,
+    with policy accept: no rule, set, map, element, object or chain of anyone else."""
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+        items = json.loads(listing).get('nftables', [])
+    except (ValueError, AttributeError):
+        return False
+    for item in items:
+        kind = next(iter(item), None)
+        if kind in ('metainfo', 'table'):
+            continue
+        chain = item.get('chain')
+        if kind == 'chain' and chain.get('name') in ('PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING') \
+                and 'hook' in chain and chain.get('policy', 'accept') == 'accept':
+            continue
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------

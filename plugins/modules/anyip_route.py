@@ -28,7 +28,8 @@ options:
   prefixes:
     description:
       - IPv4 and IPv6 prefixes in CIDR notation, for example C(192.0.2.0/24) or C(2001:db8::/64).
-      - Host bits must be zero (C(192.0.2.1/24) is refused, not silently changed into C(192.0.2.0/24)).
+      - Host bits must be zero (C(192.0.2.1/24) is refused, not silently changed into C(192.0.2.0/24)); a zone index
+        (C(fe80::%lo/64)) is refused.
       - Refused, in every O(state) and whatever O(lockout_guard) says, because making them local breaks the host
         or means nothing - a default route (C(0.0.0.0/0), C(::/0)); any prefix that touches the unspecified
         (C(0.0.0.0/8), C(::)), loopback (C(127.0.0.0/8), C(::1)), link-local (C(169.254.0.0/16), C(fe80::/10)),
@@ -58,6 +59,9 @@ options:
       - Preferred source address of the IPv4 routes. C(127.0.0.1) keeps replies to local clients from
         coming back through the TPROXY rules (the reason the Spectrum write-up adds it).
       - IPv6 routes get no preferred source.
+      - Must be a unicast address local to the host when the routes are written (a local route of table C(local)
+        covers it); the kernel refuses any other, and writes C(0.0.0.0) as no source at all. Both are refused
+        naming O(src), before anything changes.
     type: str
     default: 127.0.0.1
   device:
@@ -68,10 +72,13 @@ options:
   lockout_guard:
     description:
       - With O(state=present), refuse a listed prefix that contains the address of the SSH client the module runs
-        for (C(SSH_CONNECTION), else C(SSH_CLIENT), of the module's environment) or the gateway of a default route
-        of the managed namespace (table C(main), both families, every nexthop). Made local, replies to the
-        controller are delivered to the host itself and the controller is cut off; the gateway's address stops
-        being reachable.
+        for (C(SSH_CONNECTION), else C(SSH_CLIENT), of the module's environment), the gateway of any route of table
+        C(main) of the managed namespace (both families, every nexthop), or an address of a subnet connected to one
+        of its interfaces other than the host's own (an interface's address with its prefix length, or a
+        point-to-point peer; loopback's are not, nor a host prefix that is only the host's own address). Made local,
+        replies to the controller are delivered to the host itself and the controller is cut off; the gateway and
+        the link's neighbours stop being reachable. The interface's own address as a host prefix (C(10.77.0.1/32))
+        passes (it is the kernel's, left to it and reported in RV(kernel_routes)).
       - V(false) applies such a prefix anyway. At boot and on rollback the recorded prefixes are re-applied without
         the check (they passed it, or were overridden, when they were applied).
       - Like the SSH check of M(anycast.edge.hashlimit) (O(anycast.edge.hashlimit#module:ssh_guard)), it also
@@ -207,19 +214,19 @@ from ansible_collections.anycast.edge.plugins.module_utils._anyip import AnyipRo
 from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
 
 
+ARGUMENT_SPEC = persisted(dict(
+    prefixes=dict(type='list', elements='str', default=[]),
+    state=dict(type='str', choices=states('present', 'absent'), default='present'),
+    purge=dict(type='bool', default=False),
+    src=dict(type='str', default='127.0.0.1'),
+    device=dict(type='str', default='lo'),
+    lockout_guard=dict(type='bool', default=True),
+    netns=dict(type='str'),
+))
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=persisted(dict(
-            prefixes=dict(type='list', elements='str', default=[]),
-            state=dict(type='str', choices=states('present', 'absent'), default='present'),
-            purge=dict(type='bool', default=False),
-            src=dict(type='str', default='127.0.0.1'),
-            device=dict(type='str', default='lo'),
-            lockout_guard=dict(type='bool', default=True),
-            netns=dict(type='str'),
-        )),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     run_module(module, AnyipRoutes)
 
 

@@ -47,7 +47,11 @@ options:
     type: str
     default: conn_rate_limit
   chain:
-    description: Name of the chain the module owns (at most 28 characters).
+    description:
+      - Name of the chain the module owns (at most 28 characters), in C(filter) and, with O(match=syn), C(raw).
+      - Refused as for M(anycast.edge.tproxy_rule)'s O(anycast.edge.tproxy_rule#module:chain) - built-in chains,
+        verdicts, names of xtables targets and matches in any case (C(MARK), C(NFLOG), ...), names with another
+        module's prefix (C(AE-TENANT-), C(ANYCAST-MSS-)).
     type: str
     default: RATE-LIMIT
   rate:
@@ -93,12 +97,15 @@ options:
     type: raw
   destinations:
     description:
-      - Destination prefixes of the limited traffic, at most one IPv4 and one IPv6 prefix. When given, only the
-        families that have a destination get a chain. Omitted means every local address.
+      - Destination prefixes of the limited traffic, any number of each family (one jump rule per prefix, all into
+        the one chain and its one hashlimit table). When given, only the families that have a destination get a
+        chain. Omitted means every local address.
     type: list
     elements: str
   exempt:
-    description: Source prefixes that are never limited (accepted before the hashlimit rule).
+    description:
+      - Source prefixes that are never limited (accepted before the hashlimit rule).
+      - A prefix of a family O(family) leaves out (C(::/0) with C(family=ipv4)) is refused, as it would exempt nothing.
     type: list
     elements: str
     default: []
@@ -131,9 +138,14 @@ options:
     description:
       - Milliseconds after which an idle entry is removed. Defaults to the kernel's default, 1000 ms per second of
         the rate's unit (1000 for C(/sec), 60000 for C(/min)).
+      - Any value from 1 ms is accepted, as the kernel takes it; but an entry that expires before its bucket refills
+        (burst / rate) forgets the source, which then starts again with a full burst; below that, the limit is
+        looser than O(rate) says.
     type: int
   htable_gcinterval:
-    description: Milliseconds between garbage collection runs of the table.
+    description:
+      - Milliseconds between garbage collection runs of the table. Any value from 1 ms is accepted, as the kernel
+        takes it; each run walks the whole table, so very short intervals cost CPU in proportion to O(htable_size).
     type: int
     default: 1000
   family:

@@ -28,6 +28,9 @@ options:
   rules:
     description:
       - The rules of the chain, in order.
+      - A rule that an earlier rule already matches entirely (same protocol, a destination and ports inside the
+        earlier one's) is refused naming it; TPROXY ends the packet's way through the chain, so it is never reached.
+        IPv4-mapped IPv6 destinations and O(rules[].on_ip) are refused (they never arrive as IPv6).
     type: list
     elements: dict
     default: []
@@ -57,7 +60,13 @@ options:
         description: Optional C(VALUE) or C(VALUE/MASK) set on redirected packets (C(--tproxy-mark)).
         type: str
   chain:
-    description: Name of the chain the module owns (at most 28 characters).
+    description:
+      - Name of the chain the module owns (at most 28 characters; letters, digits, C(_), C(.), C(-)).
+      - Refused, in every O(state) - a built-in chain or verdict; the name of an xtables target or match in any case
+        (C(MARK), C(NFLOG), C(TPROXY), C(limit), ...; iptables reads C(-j MARK) as the target, so such a chain
+        could be written but never removed again); a name starting with another module's prefix, C(AE-TENANT-)
+        (M(anycast.edge.tenant)) or C(ANYCAST-MSS-) (M(anycast.edge.gre_tunnel)), whose chains this module
+        never writes or removes.
     type: str
     default: ANYCAST-TPROXY
   state:
@@ -94,6 +103,13 @@ attributes:
     description: Shows the chain and its jump before and after, in iptables-save syntax.
 notes:
   - Needs C(CAP_NET_ADMIN) on the managed host (C(become)); O(state=rendered) does not.
+  - O(rules[].on_ip) need not be local and is not checked against the host's addresses; TPROXY looks the listener up
+    by it, and a listener bound to the wildcard address (as the proxy role's is) takes any C(on_ip); one bound to
+    a single address must be bound to exactly C(on_ip). C(0.0.0.0) or C(::) means the packet's own destination.
+  - O(rules[].mark) shares the packet mark with M(anycast.edge.tenant)'s marks, which this module does not read;
+    give TPROXY marks bits (a mask) no tenant uses, or redirected packets follow that tenant's routing table.
+  - O(state=absent) removes the nftables table that C(iptables-nft) made only when C(nft) shows it truly empty
+    (no set, map, object, rule or chain of anyone else in it).
 seealso:
   - module: anycast.edge.anyip_route
 '''

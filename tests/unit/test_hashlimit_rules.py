@@ -162,9 +162,15 @@ def test_an_exempt_list_that_covers_every_source_is_refused(extra, param, words)
 
 @pytest.mark.parametrize('extra', [
     {'exempt': ['0.0.0.0/1']},                                   # half of IPv4 is still limited
-    {'exempt': ['::/0'], 'family': 'ipv4'},                      # no IPv6 chain: the entry has no effect
     {'exempt': ['0.0.0.0/0'], 'destinations': ['2001:db8::/64']},  # only an IPv6 chain
     {'exempt': ['0.0.0.0/0'], 'state': 'absent'},
 ])
 def test_exempt_lists_that_leave_someone_limited_are_accepted(extra):
     assert cfg(**extra)['exempt']
+
+
+def test_an_exempt_prefix_of_a_family_the_chain_is_not_for_is_refused():
+    # issue 18: with family ipv4 there is no IPv6 chain, so ::/0 would exempt nothing: a mistake, not a no-op
+    with pytest.raises(ParamError) as err:
+        cfg(exempt=['192.0.2.0/24', '::/0'], family='ipv4')
+    assert str(err.value).startswith('exempt[1]: ::/0 is IPv6, but family is ipv4')

@@ -194,3 +194,13 @@ def test_the_state_directory_is_one_path_everywhere():
         spec = yaml.safe_load(handle)['argument_specs']['main']['options']['edge_restore_state_dir']
     assert spec['default'] == _restore.DEFAULT_STATE_DIR
     assert _persist.DEFAULT_STATE_DIR is _restore.DEFAULT_STATE_DIR
+
+
+def test_null_options_of_a_record_are_passed_as_omitted(state_dir):
+    # issue 18: hashlimit recorded with protocol null was refused at boot ("must be one of ... got: None")
+    record(state_dir, 'hashlimit', 'hashlimit@host@RATE-LIMIT', 60, protocol=None, rate='50/sec',
+           log={'rate': None, 'prefix': 'x'}, rules=[{'on_ip': None, 'on_port': 1}])
+    assert _restore.restore(state_dir) == 0
+    (ran,) = runs(state_dir)
+    assert 'protocol' not in ran['args'] and ran['args']['rate'] == '50/sec'
+    assert ran['args']['log'] == {'prefix': 'x'} and ran['args']['rules'] == [{'on_port': 1}]
