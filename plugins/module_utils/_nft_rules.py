@@ -479,3 +479,34 @@ def wants_nft(module, requested):
     if requested != 'auto':
         return False
     return not any(module.get_bin_path(name) for name in ('iptables', 'iptables-legacy', 'iptables-nft'))
+
+
+# --------------------------------------------------------------------------
+# edge_info's section.
+
+def info(context):
+    """edge_info: the chains and sets of our table, with counters and how full each sized set is (None: no nftables)."""
+    try:
+        driver = NftDriver()
+    except EdgeError:
+        return None
+    try:
+        state = driver.read()
+    finally:
+        driver.close()
+    if not state.exists:
+        return {'table': WHERE, 'chains': [], 'sets': []}
+    chains = [{'chain': name, 'hook': chain['spec'].get('hook'), 'priority': chain['spec'].get('prio'),
+               'rules': [{'rule': rule.tag or json.dumps(rule.expr, sort_keys=True), 'packets': rule.packets,
+                          'bytes': rule.bytes} for rule in chain['rules']]}
+              for name, chain in sorted(state.chains.items())]
+    sets = []
+    for name, spec in sorted(state.sets.items()):
+        entries = state.elements(name)
+        size = spec.get('size')
+        percent = round(100.0 * entries / size, 1) if size else None
+        sets.append({'set': name, 'entries': entries, 'size': size, 'percent': percent})
+        if size and entries > 0.8 * size:
+            context.warnings.append('nftables set %s (%s) is %.1f%% full (%d of %d): raise htable_max'
+                                    % (name, WHERE, percent, entries, size))
+    return {'table': WHERE, 'chains': chains, 'sets': sets}

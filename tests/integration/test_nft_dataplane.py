@@ -256,3 +256,21 @@ def test_nft_full_set_refuses_new_sources_and_warns(topo):
     assert full['counters']['ipv4']['refused']['packets'] == 1
     assert 'nftables set conn_rate_limit_v4 (inet anycast_edge_dp) holds 2 elements of its size 2' in \
         json.dumps(full['warnings'])
+
+
+def test_edge_info_reads_the_nft_counters_and_set_fill(topo):
+    edge, client = topo
+    ok(run_playbook([nft_limiter(edge, htable_max=2, htable_expire=60000, family='ipv4')], env=NO_SSH)[0])
+    dial_sources(client, [(FLOODER, '10.77.0.1', 8), (OTHER, '10.77.1.1', 1)])
+    before = helpers.kernel_state(edge)
+    info = ok(run_module('edge_info', {'netns': edge, 'drift': False, 'proxy_metrics': ''}, check=True))
+    assert helpers.kernel_state(edge) == before
+    nft = info['nftables']
+    assert nft['table'] == TABLE
+    assert {'set': 'conn_rate_limit_v4', 'entries': 2, 'size': 2, 'percent': 100.0} in nft['sets']
+    chains = dict((c['chain'], c) for c in nft['chains'])
+    accepted = sum(r['packets'] for r in chains['RATE-LIMIT-v4']['rules'])
+    refused = chains['RATE-LIMIT-v4-refuse']['rules'][-1]['packets']
+    assert accepted + refused == 9 and accepted >= 6      # every SYN counted once: burst 5 + the other source
+    assert chains['RATE-LIMIT']['hook'] == 'input'
+    assert any('conn_rate_limit_v4' in w and '100.0% full' in w for w in info['warnings']), info['warnings']
