@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import pytest
 
@@ -274,3 +276,45 @@ def test_edge_info_reads_the_nft_counters_and_set_fill(topo):
     assert accepted + refused == 9 and accepted >= 6      # every SYN counted once: burst 5 + the other source
     assert chains['RATE-LIMIT']['hook'] == 'input'
     assert any('conn_rate_limit_v4' in w and '100.0% full' in w for w in info['warnings']), info['warnings']
+
+
+# ---------------------------------------------------------------------------
+# Persistence and commit-confirm, as for the iptables drivers
+
+def restore(state_dir, command='restore'):
+    return helpers.sh([sys.executable, os.path.join(state_dir, 'anycast-edge-restore'), command, state_dir],
+                      check=False, timeout=300)
+
+
+def wait_until(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_nft_records_are_replayed_at_boot_and_an_unconfirmed_change_is_rolled_back(topo):
+    edge, client = topo
+    state_dir = helpers.scratch_dir('aen-state-')
+    limit = nft_limiter(edge, exempt=['%s/32' % EXEMPT])
+    results = run_playbook([tproxy_task(edge), limit], env=NO_SSH, state_dir=state_dir)
+    assert [ok(r)['changed'] for r in results] == [True, True]
+    applied = ruleset(edge)
+    # what a reboot does to the namespace's netfilter state: all of it is gone
+    nsexec(edge, ['nft', 'delete', 'table'] + TABLE.split())
+    proc = restore(state_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ['tproxy_rule@%s@ANYCAST-TPROXY: changed' % edge,
+                                        'hashlimit@%s@RATE-LIMIT: changed' % edge]
+    assert ruleset(edge) == applied
+    report = json.loads(restore(state_dir, 'check').stdout)
+    assert not any(entry['drifted'] or entry['failed'] for entry in report.values()), report
+
+    # an unconfirmed change (a slower rate) is undone by the watchdog: the recorded limit comes back
+    slower = dict(limit['anycast.edge.hashlimit'], rate='1/sec', confirm_timeout=2)
+    changed = ok(run_module('hashlimit', slower, env=NO_SSH, state_dir=state_dir))
+    assert changed['changed'] and changed['confirm_token']
+    assert 'limit rate 1/second' in ruleset(edge)
+    assert wait_until(lambda: ruleset(edge) == applied, 20), ruleset(edge)
