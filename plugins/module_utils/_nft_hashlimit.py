@@ -246,18 +246,18 @@ class NftHashlimit(Hashlimit):
     def apply(self, plan):
         nr.apply(self.driver, plan)
 
-    def _gathered(self, state):
+    def _gathered(self, tables):
         """The parameters, when the kernel holds exactly what they make; else what is there, with a warning."""
-        if self.names['base'] not in state.chains:
+        if self.names['base'] not in tables.chains:
             return {'chain': self.cfg['chain'], 'state': 'absent'}
-        if self.cfg['state'] == 'present' and not nr.plan(state, self.desired).changed:
+        if self.cfg['state'] == 'present' and not nr.plan(tables, self.desired).changed:
             defaults = dict((key, spec.get('default')) for key, spec in self.module.argument_spec.items())
             defaults['state'] = 'present'
             recorded = dict(self.recordable(), state='present')
             recorded.pop('netns', None)
             return _tidy(recorded, defaults)
         if self.cfg['state'] == 'present':
-                self.warn('chain %s (%s) does not hold what these parameters make; driver: nft gives back the '
+            self.warn('chain %s (%s) does not hold what these parameters make; driver: nft gives back the '
                       'parameters only for a chain that matches them' % (self.cfg['chain'], nr.WHERE))
         return {'chain': self.cfg['chain'], 'state': 'present'}
 

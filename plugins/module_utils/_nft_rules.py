@@ -433,9 +433,8 @@ def render_state(state, desired):
             if wanted is not None and state.set_key(name) == wanted.key():
                 lines.append('set %s%s' % (name, wanted.text))
             else:
-                lines.append('set %s %s' % (name, json.dumps(dict((k, v) for k, v in spec.items()
-                                                                  if k not in ('family', 'table', 'handle')),
-                                                             sort_keys=True)))
+                shown = dict((k, v) for k, v in spec.items() if k not in ('family', 'table', 'handle'))
+                lines.append('set %s %s' % (name, json.dumps(shown, sort_keys=True)))
     names = [c.name for c in desired.chains] + [n for n in desired.owned_chains
                                                  if n not in [c.name for c in desired.chains]]
     headers = dict((c.name, c.header()) for c in desired.chains)

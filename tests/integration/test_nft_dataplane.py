@@ -11,7 +11,7 @@ import pytest
 
 import helpers
 from helpers import nsexec, ok, run_module, run_playbook
-from test_anyip_tproxy import LISTEN_PORT, PREFIX4, PREFIX6, dial, edge, listener, random_targets  # noqa: F401
+from test_anyip_tproxy import LISTEN_PORT, PREFIX4, PREFIX6, dial, edge, listener, random_targets  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.needs(root=True)   # network namespaces and netfilter (tests/prerequisites.py)
 NS_PREFIX = helpers.ns_prefix('aen')
@@ -112,7 +112,7 @@ def test_tproxy_nft_leaves_iptables_nft_rules_and_foreign_tables_alone(edge, lis
                      tproxy_task(edge_ns)])[1])
     for address, port, answer in dial(client_ns, random_targets(6)):
         assert answer == '%s %d' % (address, port)
-    assert FOREIGN.split('\n')[0] in ruleset(edge_ns) and 'tcp dport 22 counter' in ruleset(edge_ns)
+    assert FOREIGN.split('\n', maxsplit=1)[0] in ruleset(edge_ns) and 'tcp dport 22 counter' in ruleset(edge_ns)
     assert '-A PREROUTING -p udp -m udp --dport 53 -j ACCEPT' in nsexec(edge_ns, ['iptables-save']).stdout
 
     # someone else's chain in our table: absent removes ours and keeps the table for them
@@ -128,7 +128,7 @@ def test_tproxy_nft_leaves_iptables_nft_rules_and_foreign_tables_alone(edge, lis
 # ---------------------------------------------------------------------------
 # hashlimit, driver: nft (the topology and dialer of test_hashlimit.py)
 
-from test_hashlimit import (  # noqa: E402
+from test_hashlimit import (  # noqa: E402,F401  pylint: disable=unused-import
     EXEMPT, FLOODER, FLOODER6, NEIGHBOUR, NO_SSH, OTHER, PORT, assert_limited, bound, topo)
 from test_hashlimit import dial as dial_sources  # noqa: E402
 
