@@ -435,8 +435,8 @@ def render_state(state, desired):
             else:
                 shown = dict((k, v) for k, v in spec.items() if k not in ('family', 'table', 'handle'))
                 lines.append('set %s %s' % (name, json.dumps(shown, sort_keys=True)))
-    names = [c.name for c in desired.chains] + [n for n in desired.owned_chains
-                                                 if n not in [c.name for c in desired.chains]]
+    wanted = [c.name for c in desired.chains]
+    names = wanted + [n for n in desired.owned_chains if n not in wanted]
     headers = dict((c.name, c.header()) for c in desired.chains)
     for name in names:
         if name not in state.chains:
