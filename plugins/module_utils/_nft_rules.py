@@ -248,6 +248,21 @@ def parse_listing(objects):
     return state
 
 
+def _one_context_binding():
+    """The binding's Nftables class, or None.
+
+    Not ``_nftables._binding()``: its probe (a forked child freeing two contexts, for the tenant module's
+    context per namespace) costs a fork per run, and this driver holds one context per process.
+    """
+    try:
+        from nftables import Nftables  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        _nftables._BINDING.setdefault('error', 'the nftables Python binding is missing (Debian/Ubuntu: apt install '
+                                               'python3-nftables): %s' % exc)
+        return None
+    return Nftables
+
+
 class NftDriver(object):
     """Reads and writes our table in the namespace of the thread that opened it."""
 
@@ -255,7 +270,7 @@ class NftDriver(object):
 
     def __init__(self):
         self._ctx = None
-        binding = _nftables._binding()
+        binding = _one_context_binding()
         if binding is not None:
             self._ctx = binding()
             self._ctx.set_json_output(True)
