@@ -145,6 +145,13 @@ CASES = [
     ('hashlimit', {'action': 'tarpit'}, 'action', 'must be one of'),
     ('hashlimit', {'protocol': 'tcp', 'ports': 22, 'ssh_guard': 'fail',
                    '_env': {'SSH_CONNECTION': '198.51.100.2 50022 198.51.100.1 22'}}, 'exempt', 'SSH connection'),
+    # driver: nft (tproxy_rule, hashlimit): options only the iptables drivers have, nftables' own limits
+    ('tproxy_rule', dict(_tproxy(on_port=0), driver='nft'), 'rules[0].on_port', 'out of range'),
+    ('hashlimit', {'driver': 'nft', 'htable_size': 1024}, 'htable_size', 'iptables drivers only'),
+    ('hashlimit', {'driver': 'nft', 'htable_gcinterval': 500}, 'htable_gcinterval', 'iptables drivers only'),
+    ('hashlimit', {'driver': 'nft', 'htable_expire': 1500}, 'htable_expire', 'whole seconds'),
+    ('hashlimit', {'driver': 'nft', 'htable_max': 0}, 'htable_max', 'out of range'),
+    ('hashlimit', {'driver': 'nft', 'name': 'n' * 250}, 'name', 'driver: nft names its sets'),
     # conntrack_sizing
     ('conntrack_sizing', {}, 'expected_connections', 'missing'),
     ('conntrack_sizing', {'expected_connections': 0}, 'expected_connections', 'at least 1'),

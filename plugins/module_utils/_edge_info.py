@@ -20,6 +20,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bird
 from ansible_collections.anycast.edge.plugins.module_utils import _gre
 from ansible_collections.anycast.edge.plugins.module_utils import _proxy_origins
 from ansible_collections.anycast.edge.plugins.module_utils import _networkd
+from ansible_collections.anycast.edge.plugins.module_utils import _nft_rules
 from ansible_collections.anycast.edge.plugins.module_utils import _restore
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
@@ -200,6 +201,7 @@ SECTIONS = [
     ('anyip', anyip),
     ('xtables', xtables),
     ('hashlimit_tables', hashlimit_tables),
+    ('nftables', _nft_rules.info),
     ('conntrack', conntrack),
     ('tenants', tenants),
     ('tunnels', tunnels),

@@ -105,6 +105,16 @@ hashlimit_tables:
   type: list
   elements: dict
   sample: [{family: ipv4, name: conn_rate_limit, entries: 12, htable_max: 65536, percent: 0.0}]
+nftables:
+  description:
+    - The collection's own nftables table C(inet anycast_edge_dp) (O(anycast.edge.tproxy_rule#module:driver=nft),
+      O(anycast.edge.hashlimit#module:driver=nft)) - its chains with each rule's tag, packets and bytes, and its
+      sets with their elements against their size (a warning is added above 80%). Null where nftables is missing.
+  returned: always
+  type: dict
+  sample: {table: inet anycast_edge_dp, chains: [{chain: RATE-LIMIT-v4, hook: null, priority: null,
+           rules: [{rule: anycast.edge 3b96cb3c89a6, packets: 30, bytes: 1800}]}],
+           sets: [{set: conn_rate_limit_v4, entries: 2, size: 65536, percent: 0.0}]}
 conntrack:
   description: Connection tracking count, maximum and buckets (null where conntrack is not loaded).
   returned: always

@@ -37,7 +37,7 @@ description:
 author:
   - anycast.edge developers (@anycast-edge)
 requirements:
-  - iptables on the managed host
+  - iptables on the managed host, or nftables (python3-nftables or the nft command) for O(driver=nft)
   - python-iptables on legacy-iptables hosts for O(driver=python-iptables)
 options:
   name:
@@ -180,9 +180,26 @@ options:
       - How rules are written. V(iptables) uses the host's C(iptables-save)/C(iptables-restore --noflush --wait)
         and follows the host's variant (nf_tables or legacy). V(python-iptables) uses libiptc and works only on
         hosts whose iptables is the legacy variant; it writes exactly the rules the CLI writes. V(auto) picks
-        V(python-iptables) on legacy hosts that have the library and V(iptables) otherwise.
+        V(python-iptables) on legacy hosts that have the library and V(iptables) otherwise, and V(nft) on a host
+        without any iptables command (nftables only).
+      - V(nft) writes native nftables in the collection's own table C(inet anycast_edge_dp), through the JSON API
+        (python3-nftables, else C(nft -j)), one transaction per call. Each family gets a dynamic set
+        C(NAME_v4)/C(NAME_v6) keyed by O(mode) as a concatenation (O(srcmask)/O(dstmask) mask the addresses), of
+        size O(htable_max), elements timing out after O(htable_expire) idle (whole seconds);
+        C(update @set { KEY limit rate RATE burst N packets } accept), else the sampled log and O(action) in a
+        refusing chain. A source that finds the set full is refused (xt_hashlimit drops it silently). O(exempt)
+        prefixes are a named interval set C(NAME_exempt_v4)/C(NAME_exempt_v6). O(match=syn) puts the scope on
+        C(notrack) in chains at the C(raw) priority (C(CHAIN-notrack), C(CHAIN-notrack-out)), so a refused SYN
+        leaves no conntrack entry. The chains are C(CHAIN) (hook input, priority filter), C(CHAIN-v4),
+        C(CHAIN-v6) and their C(-refuse) chains; the C(accept) of these chains does not skip the host's other
+        base chains (an iptables-nft firewall still sees the packet).
+      - With V(nft), O(htable_size) and O(htable_gcinterval) (xt_hashlimit's buckets and garbage collection) are
+        refused, and so is an O(htable_expire) that is not whole seconds; O(state=gathered) gives back the
+        parameters when the chains hold exactly what they make.
+      - 'Moving from an iptables driver: run the task with O(state=absent) and the old driver (check mode first),
+        then with V(nft); see docs/nftables.md.'
     type: str
-    choices: [auto, python-iptables, iptables]
+    choices: [auto, python-iptables, iptables, nft]
     default: auto
   netns:
     description: Network namespace to work in instead of the host's; it must exist and is never created.
@@ -314,6 +331,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
 from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
     DEFAULT_GCINTERVAL, DEFAULT_HTABLE_MAX, Hashlimit)
+from ansible_collections.anycast.edge.plugins.module_utils._nft_hashlimit import NftHashlimit
+from ansible_collections.anycast.edge.plugins.module_utils._nft_rules import wants_nft
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
 
@@ -341,12 +360,12 @@ def main():
             family=dict(type='str', choices=['ipv4', 'ipv6', 'both'], default='both'),
             ssh_guard=dict(type='str', choices=['fail', 'exempt', 'ignore'], default='fail'),
             state=dict(type='str', choices=states('present', 'absent'), default='present'),
-            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            driver=dict(type='str', choices=list(DRIVERS) + ['nft'], default='auto'),
             netns=dict(type='str'),
         )),
         supports_check_mode=True,
     )
-    run_module(module, Hashlimit)
+    run_module(module, NftHashlimit if wants_nft(module, module.params['driver']) else Hashlimit)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ description:
 author:
   - anycast.edge developers (@anycast-edge)
 requirements:
-  - iptables on the managed host
+  - iptables on the managed host, or nftables (python3-nftables or the nft command) for O(driver=nft)
   - python-iptables on legacy-iptables hosts for O(driver=python-iptables)
 options:
   rules:
@@ -85,9 +85,20 @@ options:
       - How rules are written. V(iptables) uses the host's C(iptables-save)/C(iptables-restore --noflush --wait)
         and follows the host's variant (nf_tables or legacy). V(python-iptables) uses libiptc and works only on
         hosts whose iptables is the legacy variant. V(auto) picks V(python-iptables) on legacy hosts that have
-        the library and V(iptables) otherwise; it never writes into the variant the host does not use.
+        the library and V(iptables) otherwise; it never writes into the variant the host does not use. On a host
+        without any iptables command (nftables only) V(auto) is V(nft).
+      - V(nft) writes native nftables instead, through the JSON API of the distribution's binding
+        (python3-nftables, else C(nft -j)). The chain (named by O(chain)) is a base chain of the collection's own
+        table C(inet anycast_edge_dp), hooked to C(prerouting) at the C(mangle) priority, holding both families.
+        Each rule becomes a C(socket transparent 1 accept) rule (a packet of an established flow goes to the
+        proxy's socket at once) and a C(tproxy ip|ip6 to ON_IP:ON_PORT accept) rule, with the mark when O(rules[].mark)
+        is given; ports are one set, with no 15-port limit. A call is one transaction; other tables, and other
+        modules' chains in the same table, are never touched; O(state=absent) deletes the chain, and the table when
+        nothing else is left in it. Rules are read back through the JSON API.
+      - 'Moving from an iptables driver: run the task with O(state=absent) and the old driver (check mode first to
+        see what goes), then with V(nft); see docs/nftables.md.'
     type: str
-    choices: [auto, python-iptables, iptables]
+    choices: [auto, python-iptables, iptables, nft]
     default: auto
   netns:
     description: Network namespace to work in instead of the host's; it must exist and is never created.
@@ -200,6 +211,8 @@ rules:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._engine import persisted, run_module, states
+from ansible_collections.anycast.edge.plugins.module_utils._nft_rules import wants_nft
+from ansible_collections.anycast.edge.plugins.module_utils._nft_tproxy import NftTproxyRules
 from ansible_collections.anycast.edge.plugins.module_utils._tproxy import TproxyRules
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import DRIVERS
 
@@ -217,12 +230,12 @@ def main():
             )),
             chain=dict(type='str', default='ANYCAST-TPROXY'),
             state=dict(type='str', choices=states('present', 'absent'), default='present'),
-            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            driver=dict(type='str', choices=list(DRIVERS) + ['nft'], default='auto'),
             netns=dict(type='str'),
         )),
         supports_check_mode=True,
     )
-    run_module(module, TproxyRules)
+    run_module(module, NftTproxyRules if wants_nft(module, module.params['driver']) else TproxyRules)
 
 
 if __name__ == '__main__':
