@@ -41,6 +41,8 @@ def check_printable(text, param, what):
         raise ParamError(param, '%s %s contains the control character %r; names are printable text'
                          % (what, shown(text), bad))
     return text
+
+
 # Names of xtables extensions (iptables 1.8's targets and matches, and xtables-addons' common targets).
 # iptables resolves `-j NAME` to a target before a chain of that name, so a chain named MARK is written by
 # iptables-restore but every jump into it is a MARK target without options, and the chain cannot be removed by
