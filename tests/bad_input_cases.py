@@ -99,7 +99,7 @@ CASES = [
     ('tproxy_rule', {'chain': 'MARK', 'rules': []}, 'chain', 'xtables target or match'),
     ('tproxy_rule', {'chain': 'NFLOG', 'rules': []}, 'chain', 'xtables target or match'),
     ('tproxy_rule', {'chain': 'TPROXY', 'rules': []}, 'chain', 'xtables target or match'),
-    ('tproxy_rule', {'chain': 'ANYCAST-TPROXY\n', 'rules': []}, 'chain', 'not a valid chain name'),
+    ('tproxy_rule', {'chain': 'ANYCAST-TPROXY\n', 'rules': []}, 'chain', 'control character'),
     ('tproxy_rule', {'chain': 'AE-TENANT-rza', 'rules': []}, 'chain', 'anycast.edge.tenant owns'),
     ('tproxy_rule', {'chain': 'AE-TENANT-web', 'state': 'absent'}, 'chain', 'anycast.edge.tenant owns'),
     ('tproxy_rule', {'chain': 'ANYCAST-MSS-gre1', 'rules': []}, 'chain', 'anycast.edge.gre_tunnel owns'),
@@ -138,7 +138,7 @@ CASES = [
     # hashlimit, issue 18
     ('hashlimit', {'chain': 'MARK'}, 'chain', 'xtables target or match'),
     ('hashlimit', {'chain': 'NFLOG'}, 'chain', 'xtables target or match'),
-    ('hashlimit', {'chain': 'RATE-LIMIT\n'}, 'chain', 'not a valid chain name'),
+    ('hashlimit', {'chain': 'RATE-LIMIT\n'}, 'chain', 'control character'),
     ('hashlimit', {'chain': 'AE-TENANT-rza'}, 'chain', 'anycast.edge.tenant owns'),
     ('hashlimit', {'exempt': ['::/0'], 'family': 'ipv4'}, 'exempt[0]', 'exempt nothing'),
     ('hashlimit', {'destinations': ['2001:db8::%lo/64']}, 'destinations[0]', 'zone index'),
