@@ -244,9 +244,10 @@ class BgpSpeaker(Domain):
 
     def result(self, state, plan, after):
         sessions = (after or state).sessions
+        # only a session that was up can have been reset by this run; one still coming up moves on its own
+        was_up = {name for name, s in (state.sessions or {}).items() if s.get('bgp_state') == 'Established'}
         restarted = sorted(name for name, s in (sessions or {}).items()
-                           if after is not None and name in (state.sessions or {})
-                           and state.sessions[name]['since'] != s['since'])
+                           if after is not None and name in was_up and state.sessions[name]['since'] != s['since'])
         return {'config_file': self.path, 'applied': self.applied, 'restarted': restarted,
                 'sessions': session_list(sessions), 'prefixes': [str(p.network) for p in self.speaker.prefixes]}
 

@@ -17,8 +17,8 @@ description:
   - A changed configuration is validated with C(bird -p -c) on a temporary copy first; only a valid one replaces the
     live file (atomically), and a running BIRD is then told to C(configure). BIRD reconfigures in place - a changed
     prefix list or community re-exports routes without resetting any session; only a change of a neighbour's own
-    options (address, AS, password, timers) restarts that one session. RV(restarted) lists the sessions whose
-    start time changed.
+    options (address, AS, password, timers) restarts that one session. RV(restarted) lists the sessions that
+    were established before and whose start time changed.
   - B(What is exported) is strictly limited to the listed O(prefixes), exactly (no longer or shorter prefix), and
     only while the host's health daemon (the C(anycast.edge.bgp) role) has a route for the prefix in kernel table
     O(health_table) - BIRD learns that one table and nothing else. Such a route of type C(unreachable) (a draining
@@ -260,7 +260,7 @@ applied:
   returned: unless O(state) is V(gathered) or V(rendered)
   type: bool
 restarted:
-  description: BGP sessions whose start time changed across the reconfiguration (their own options changed).
+  description: BGP sessions that were established before the reconfiguration and whose start time changed (their own options changed).
   returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str

@@ -252,8 +252,12 @@ class BgpLab(object):
     def wait_sessions(self, timeout=30):
         deadline = time.monotonic() + timeout
         while True:
+            # both ends: an edge may still be in OpenConfirm when the router already calls it Established
             states = [(name, p[2]) for name, p in self.router_bird.protocols().items() if name.startswith('edge')]
-            if len(states) == 4 and all(info.startswith('Established') for _n, info in states):
+            count = len(states)
+            states += [(edge.ns + ':' + name, p[2]) for edge in self.edges
+                       for name, p in edge.bird.protocols().items() if name.startswith('bgp_')]
+            if count == 4 and all(info.startswith('Established') for _n, info in states):
                 return
             if time.monotonic() > deadline:
                 raise AssertionError('BGP sessions not established: %s' % states)
