@@ -3,10 +3,11 @@
 usage: scripts/failed_task.py LOG
 
 CI shows only the end of a run's output, where molecule prints its recap but not
-which task failed or why. This prints the last failure that was not rescued or
-ignored: the task's name and its whole message, joined back into one line
-(molecule wraps and colours what Ansible prints). Prints nothing when the log
-holds no failure.
+which task failed or why. This prints the last failures that were not ignored
+(rescued ones cannot be told apart here, and with several platforms a host that
+rescues may print after the one that failed): each task's name and its message,
+joined back into one line (molecule wraps and colours what Ansible prints).
+Prints nothing when the log holds no failure.
 """
 import re
 import sys
@@ -14,16 +15,17 @@ import sys
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _BOX = re.compile(r"^\s*│ ?")  # molecule's frame around the playbook's output
 _FAILURE = re.compile(r"^(fatal|failed): \[")
-_LIMIT = 6000
+_LIMIT = 2000
+_SHOWN = 4
 
 
 def clean(raw):
     return _BOX.sub("", _ANSI.sub("", raw.rstrip("\n")))
 
 
-def last_failure(lines):
-    """(task header, failure text) of the last failure not followed by '...ignoring'."""
-    task, found = None, None
+def failures(lines):
+    """[(task header, failure text)] of the failures not followed by '...ignoring', in log order."""
+    task, found = None, []
     for i, line in enumerate(lines):
         if line.startswith("TASK ["):
             # Long task names wrap onto the next line, which ends with stars.
@@ -40,7 +42,7 @@ def last_failure(lines):
             text = " ".join(block)
             ignored = any(candidate.strip() == "...ignoring" for candidate in lines[i + 1:i + 1 + len(block) + 2])
             if not ignored:
-                found = (task, text)
+                found.append((task, text))
     return found
 
 
@@ -50,10 +52,10 @@ def main(argv):
         return 2
     with open(argv[1], encoding="utf-8", errors="replace") as handle:
         lines = [clean(raw) for raw in handle]
-    found = last_failure(lines)
+    found = failures(lines)[-_SHOWN:]
     if found:
-        task, text = found
-        print("=== the last failure in the log (rescued ones included) ===")
+        print("=== the last %d failures in the log (rescued ones included) ===" % len(found))
+    for task, text in found:
         print(task or "(no task header)")
         print(text if len(text) <= _LIMIT else text[:_LIMIT] + " ...")
     return 0
