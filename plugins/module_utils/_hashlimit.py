@@ -746,7 +746,9 @@ class Hashlimit(Domain):
     def validate(self):
         if self.params.get('synproxy') is not None and not self.nft:
             raise ParamError('synproxy', 'is an option of driver: nft only (the nftables synproxy statement); this '
-                             'run uses driver: %s: set driver: nft, or leave synproxy out' % self.params['driver'])
+                             'run uses driver: %s%s: set driver: nft, or leave synproxy out'
+                             % (self.params['driver'], ', which picks an iptables driver on this host'
+                                if self.params['driver'] == 'auto' else ''))
         cfg = validate(self.params)
         self.cfg = cfg
         self.exempt = list(cfg['exempt'])

@@ -57,8 +57,10 @@ def parse_synproxy(params, cfg):
     if value is None:
         return None
     if cfg['match'] != 'syn':
-        raise ParamError('match', "match: %s cannot go with synproxy: synproxy answers the SYNs that are kept out "
+        raise ParamError('match', "'%s' cannot go with synproxy: synproxy answers the SYNs that are kept out "
                          "of conntrack, which is what match: syn does; set match: syn" % cfg['match'])
+    if value.get('ports') in (None, '', []):
+        raise ParamError('synproxy.ports', 'give at least one TCP port to answer with SYN cookies')
     ports = parse_ports(value.get('ports'), 'synproxy.ports')
     if not _covered(ports or [(1, 65535)], cfg['ports']):
         raise ParamError('synproxy.ports', 'lists ports outside the limited ports (%s): synproxy protects ports of '
