@@ -68,7 +68,7 @@ def pool(src, dst, port, size, spoof=None):
     rng.shuffle(ports)
     if spoof:
         net = ipaddress.ip_network(spoof)
-        sources = [socket.inet_aton(str(net[rng.randrange(1, net.num_addresses - 1)])) for _ in range(size)]
+        sources = [socket.inet_aton(str(net[rng.randrange(1, net.num_addresses - 1)])) for _index in range(size)]
     else:
         sources = [socket.inet_aton(src)] * size
     return [syn(sources[i], dst, ports[i % len(ports)], port, rng.getrandbits(32)) for i in range(size)]
