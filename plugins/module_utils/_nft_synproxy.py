@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from ansible_collections.anycast.edge.plugins.module_utils import _nft_rules as nr
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError, ParamError
+from ansible_collections.anycast.edge.plugins.module_utils._netns import read_sysctl, write_sysctl
 from ansible_collections.anycast.edge.plugins.module_utils._validate import parse_ports
 
 MSS_MIN, MSS_MAX = 536, 65495      # RFC 879's default MSS .. the largest loopback MTU less headers
@@ -123,11 +124,8 @@ def read_sysctls():
     """{key: value or None} in the namespace this thread is in."""
     values = {}
     for key in (LOOSE, SYNCOOKIES, TIMESTAMPS):
-        try:
-            with open(_path(key)) as handle:
-                values[key] = int(handle.read().strip())
-        except (OSError, ValueError):
-            values[key] = None
+        text = read_sysctl(_path(key))
+        values[key] = int(text) if text is not None and text.isdigit() else None
     return values
 
 
@@ -152,12 +150,10 @@ def write_sysctls(writes):
     done = []
     for key, now, new in writes:
         try:
-            with open(_path(key), 'w') as handle:
-                handle.write('%d\n' % new)
-        except OSError as exc:
+            write_sysctl(_path(key), '%d\n' % new)
+        except EdgeError as exc:
             undo_sysctls(done)
-            raise EdgeError('synproxy needs %s=%d in this namespace; writing it failed: %s (nothing was changed)'
-                            % (key, new, exc.strerror or exc))
+            raise EdgeError('synproxy needs %s=%d in this namespace: %s (nothing was changed)' % (key, new, exc))
         done.append((key, now, new))
 
 
@@ -166,7 +162,6 @@ def undo_sysctls(done):
         if now is None:
             continue
         try:
-            with open(_path(key), 'w') as handle:
-                handle.write('%d\n' % now)
-        except OSError:
+            write_sysctl(_path(key), '%d\n' % now)
+        except EdgeError:
             pass
