@@ -312,7 +312,8 @@ commands:
     - The transactions sent (in check mode, that would be sent), per family and table one C(iptables-restore
       --noflush) input, written as a shell here-document (two for a table whose hashlimit table is rebuilt). With
       the python-iptables driver the same changes are one libiptc commit, shown as the equivalent
-      C(iptables-legacy-restore) input.
+      C(iptables-legacy-restore) input. With O(driver=nft) one C(nft -j -f -) batch, preceded with O(synproxy) by
+      the C(sysctl -w) lines of the namespace settings it needs, when they differ.
   returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
