@@ -741,8 +741,14 @@ def _tidy(params, defaults):
 
 class Hashlimit(Domain):
     name = 'hashlimit'
+    nft = False             # the nftables data plane (_nft_hashlimit.NftHashlimit)
 
     def validate(self):
+        if self.params.get('synproxy') is not None and not self.nft:
+            raise ParamError('synproxy', 'is an option of driver: nft only (the nftables synproxy statement); this '
+                             'run uses driver: %s%s: set driver: nft, or leave synproxy out'
+                             % (self.params['driver'], ', which picks an iptables driver on this host'
+                                if self.params['driver'] == 'auto' else ''))
         cfg = validate(self.params)
         self.cfg = cfg
         self.exempt = list(cfg['exempt'])

@@ -27,6 +27,8 @@ rule that only looked the key up would spend the bucket twice.
 ``match: syn`` also owns ``RATE-LIMIT-notrack`` (prerouting) and
 ``RATE-LIMIT-notrack-out`` (output) at the raw priority, which put the scope
 and its replies on ``notrack``: a refused SYN leaves no conntrack entry.
+``synproxy`` (``_nft_synproxy``) puts its rules first in those chains and in
+``RATE-LIMIT``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 
 from ansible_collections.anycast.edge.plugins.module_utils import _nft_rules as nr
+from ansible_collections.anycast.edge.plugins.module_utils import _nft_synproxy as sp
 from ansible_collections.anycast.edge.plugins.module_utils._errors import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._hashlimit import (
     DEFAULT_GCINTERVAL, FULL_WARNING, Hashlimit, _percent, _tidy, conntrack_status, configured_families)
@@ -97,9 +100,10 @@ def _ports_text(ranges):
     return items[0] if len(items) == 1 else '{ %s }' % ', '.join(items)
 
 
-def _scope(cfg, family, field='daddr', port_field='dport', protocol=None):
-    """[(JSON matches, text)] of the scope, one per destination prefix."""
+def _scope(cfg, family, field='daddr', port_field='dport', protocol=None, ports='scope'):
+    """[(JSON matches, text)] of the scope, one per destination prefix (PORTS: other ports than the scope's)."""
     protocol = protocol or (None if cfg['protocol'] == 'all' else cfg['protocol'])
+    ports = cfg['ports'] if ports == 'scope' else ports
     out = []
     for dest in cfg['destinations'].get(family, []) or [None]:
         if dest is None:
@@ -109,9 +113,9 @@ def _scope(cfg, family, field='daddr', port_field='dport', protocol=None):
         if protocol:
             expr.append(nr.match(nr.meta('l4proto'), protocol))
             text.append('meta l4proto %s' % protocol)
-        if cfg['ports'] is not None:
-            expr.append(nr.match(nr.payload('th', port_field), nr.ports_value(cfg['ports'])))
-            text.append('th %s %s' % (port_field, _ports_text(cfg['ports'])))
+        if ports is not None:
+            expr.append(nr.match(nr.payload('th', port_field), nr.ports_value(ports)))
+            text.append('th %s %s' % (port_field, _ports_text(ports)))
         out.append((expr, ' '.join(text)))
     return out
 
@@ -176,6 +180,12 @@ def desired(cfg, exempt):
     families = configured_families(cfg)
     base, chains, sets, notrack, notrack_out = [], [], [], [], []
     for family in families:
+        if cfg.get('synproxy'):
+            first = sp.rules(lambda f, field, port_field, ports: _scope(cfg, f, field, port_field, 'tcp', ports),
+                             family, cfg['synproxy'])
+            base += first['base']
+            notrack += first['notrack']
+            notrack_out += first['notrack_out']
         condition = SYN if cfg['match'] == 'syn' else CT_NEW
         for expr, text in _scope(cfg, family, protocol='tcp' if cfg['match'] == 'syn' else None):
             base.append(nr.NftRule(expr + [condition, {'jump': {'target': names[family]}}],
@@ -218,12 +228,23 @@ def desired(cfg, exempt):
     return nr.Desired(wanted, sets, owned_chains, owned_sets), roles
 
 
+def _family_of(rule):
+    """4 or 6: the family a rule of the base chain matches (its first match is nfproto or an address)."""
+    first = rule.expr[0]['match']
+    if first['left'] == nr.meta('nfproto'):
+        return 4 if first['right'] == 'ipv4' else 6
+    return 4 if first['left']['payload']['protocol'] == 'ip' else 6
+
+
 class NftHashlimit(Hashlimit):
     """The hashlimit module's domain on the nft data plane (validation and SSH guard are Hashlimit's)."""
+
+    nft = True
 
     def validate(self):
         super().validate()
         check_nft_params(self.params, self.cfg)
+        self.cfg['synproxy'] = sp.parse_synproxy(self.params, self.cfg)
         self.desired, self.nft_roles = desired(self.cfg, self.exempt)
         self.names = chain_names(self.cfg['chain'])
 
@@ -234,17 +255,37 @@ class NftHashlimit(Hashlimit):
         if self.driver is not None:
             self.driver.close()
 
+    def _synproxied(self):
+        return bool(self.cfg.get('synproxy')) and self.cfg['state'] == 'present'
+
     def read(self):
-        return self.driver.read()
+        state = self.driver.read()
+        state.sysctls = sp.read_sysctls() if self._synproxied() else {}
+        return state
 
     def empty(self):
         return nr.TableState()
 
     def plan(self, state):
-        return nr.plan(state, self.desired, self.cfg['state'] == 'present')
+        nft_plan = nr.plan(state, self.desired, self.cfg['state'] == 'present')
+        # synproxy's namespace settings: written before the batch, in the same plan
+        nft_plan.sysctl_writes = sp.wanted_writes(self.cfg['synproxy'], getattr(state, 'sysctls', {})) \
+            if self._synproxied() else []
+        if nft_plan.sysctl_writes:
+            nft_plan.commands = [sp.command(key, new) for key, _now, new in nft_plan.sysctl_writes] + nft_plan.commands
+            nft_plan.actions = ['sysctl %s: %s -> %d (synproxy needs it)' % (key, 'unreadable' if now is None else now,
+                                                                             new)
+                                for key, now, new in nft_plan.sysctl_writes] + nft_plan.actions
+        return nft_plan
 
     def apply(self, plan):
-        nr.apply(self.driver, plan)
+        writes = getattr(plan, 'sysctl_writes', [])
+        sp.write_sysctls(writes)
+        try:
+            nr.apply(self.driver, plan)
+        except Exception:
+            sp.undo_sysctls(writes)
+            raise
 
     def _gathered(self, tables):
         """The parameters, when the kernel holds exactly what they make; else what is there, with a warning."""
@@ -269,6 +310,12 @@ class NftHashlimit(Hashlimit):
 
     def diff(self, state, plan):
         before, after = plan.before_lines(), plan.after_lines()
+        if self._synproxied():
+            now = getattr(state, 'sysctls', {})
+            new = dict((key, value) for key, _now, value in plan.sysctl_writes)
+            for key in sorted(now):
+                before.append('sysctl %s = %s' % (key, now[key]))
+                after.append('sysctl %s = %s' % (key, new.get(key, now[key])))
         return ('\n'.join(before) + ('\n' if before else ''), '\n'.join(after) + ('\n' if after else ''))
 
     def result(self, state, plan, after):
@@ -289,8 +336,20 @@ class NftHashlimit(Hashlimit):
             sums = nr.counters(state, [self.names[family], self.names['refuse%d' % family]], self.nft_roles)
             for role in ('exempt', 'accepted', 'logged', 'refused'):
                 sums.setdefault(role, {'packets': 0, 'bytes': 0})
+            if self.cfg.get('synproxy'):
+                sums.update(self._synproxy_counters(state, family))
             out['ipv%d' % family] = sums
         return out
+
+    def _synproxy_counters(self, state, family):
+        """{synproxy, invalid}: this family's synproxy rules of the base chain (it holds both families)."""
+        tags = set(rule.tag for chain in self.desired.chains if chain.name == self.names['base']
+                   for rule in chain.rules if rule.role and _family_of(rule) == family)
+        roles = dict((tag, self.nft_roles[tag]) for tag in tags)
+        sums = nr.counters(state, [self.names['base']], roles)
+        for role in ('synproxy', 'invalid'):
+            sums.setdefault(role, {'packets': 0, 'bytes': 0})
+        return sums
 
     def fill(self, state):
         out = {}

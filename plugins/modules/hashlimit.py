@@ -175,6 +175,46 @@ options:
     type: str
     choices: [present, absent, gathered, rendered]
     default: present
+  synproxy:
+    description:
+      - SYN cookies from the kernel for some TCP ports of the scope (nftables' C(synproxy) statement); needs
+        O(driver=nft) and O(match=syn), and is refused otherwise.
+      - The SYNs to these ports are put on C(notrack) at the C(raw) priority and answered by synproxy with a SYN
+        cookie, storing nothing (no conntrack entry, no element of the per-source set). A client that completes
+        the handshake gets its connection to the server from synproxy; only then does the per-source limit count
+        it (one element per real source; a spoofed source cannot complete a handshake). Invalid packets of these
+        ports are dropped. The rest of these flows stays tracked.
+      - It needs, in the namespace the module works in, C(net.netfilter.nf_conntrack_tcp_loose=0),
+        C(net.ipv4.tcp_syncookies) at least 1 and, with O(synproxy.timestamp), C(net.ipv4.tcp_timestamps) at least
+        1. The module sets the ones that differ before writing the rules, and reports them in RV(actions) and
+        RV(commands) (check mode predicts them). O(state=absent) leaves them as they are.
+    type: dict
+    suboptions:
+      ports:
+        description:
+          - TCP ports to answer with SYN cookies, given as a port, a range (C("8000-8100")) or a list of them. They
+            must be among O(ports) (any, when O(ports) is omitted).
+        type: raw
+        required: true
+      mss:
+        description:
+          - The MSS synproxy announces to the client, 536-65495; give the server's own. Omitted, 1460 for IPv4 and
+            1440 for IPv6 (a 1500-byte MTU).
+        type: int
+      wscale:
+        description: The window scale synproxy announces, 0-14. Give the server's own (usually 7).
+        type: int
+        default: 7
+      timestamp:
+        description:
+          - Offer TCP timestamps. Window scaling and SACK are carried in the timestamp cookie; without it, clients
+            get neither.
+        type: bool
+        default: true
+      sack_perm:
+        description: Offer selective acknowledgements.
+        type: bool
+        default: true
   driver:
     description:
       - How rules are written. V(iptables) uses the host's C(iptables-save)/C(iptables-restore --noflush --wait)
@@ -193,8 +233,8 @@ options:
         leaves no conntrack entry. The chains are C(CHAIN) (hook input, priority filter), C(CHAIN-v4),
         C(CHAIN-v6) and their C(-refuse) chains; the C(accept) of these chains does not skip the host's other
         base chains (an iptables-nft firewall still sees the packet).
-      - With V(nft), O(htable_size) and O(htable_gcinterval) (xt_hashlimit's buckets and garbage collection) are
-        refused, and so is an O(htable_expire) that is not whole seconds; O(state=gathered) gives back the
+      - O(synproxy) exists with V(nft) only. With V(nft), O(htable_size) and O(htable_gcinterval) (xt_hashlimit's
+        buckets and garbage collection) are refused, and so is an O(htable_expire) that is not whole seconds; O(state=gathered) gives back the
         parameters when the chains hold exactly what they make.
       - 'Moving from an iptables driver: run the task with O(state=absent) and the old driver (check mode first),
         then with V(nft); see docs/nftables.md.'
@@ -239,6 +279,18 @@ EXAMPLES = r'''
     htable_max: 262144
     log: {rate: 5/min, prefix: "web-limit: "}
 
+- name: SYN cookies for the web ports on nftables, the handshakes then limited per source
+  anycast.edge.hashlimit:
+    driver: nft
+    match: syn
+    ports: [80, 443]
+    destinations: [198.51.100.0/24]
+    action: drop
+    synproxy:
+      ports: [80, 443]
+      mss: 1460
+      wscale: 7
+
 - name: Remove the chains and their jumps
   anycast.edge.hashlimit:
     state: absent
@@ -260,7 +312,8 @@ commands:
     - The transactions sent (in check mode, that would be sent), per family and table one C(iptables-restore
       --noflush) input, written as a shell here-document (two for a table whose hashlimit table is rebuilt). With
       the python-iptables driver the same changes are one libiptc commit, shown as the equivalent
-      C(iptables-legacy-restore) input.
+      C(iptables-legacy-restore) input. With O(driver=nft) one C(nft -j -f -) batch, preceded with O(synproxy) by
+      the C(sysctl -w) lines of the namespace settings it needs, when they differ.
   returned: unless O(state) is V(gathered) or V(rendered)
   type: list
   elements: str
@@ -309,6 +362,8 @@ counters:
     - Packets and bytes that hit the chain's rules since they were written, per family and role; C(accepted) is
       the hashlimit rule, C(refused) the REJECT or DROP rules, C(logged) the sampled LOG rule, C(exempt) the exempt
       rules. With O(match=new) each connection counts one packet.
+      - With O(synproxy), also C(synproxy) (the client SYNs answered with a cookie and the ACKs checked) and
+        C(invalid) (the invalid packets of those ports dropped).
   returned: when state is present
   type: dict
   sample: {ipv4: {accepted: {packets: 6, bytes: 360}, refused: {packets: 24, bytes: 1440},
@@ -360,6 +415,13 @@ def main():
             family=dict(type='str', choices=['ipv4', 'ipv6', 'both'], default='both'),
             ssh_guard=dict(type='str', choices=['fail', 'exempt', 'ignore'], default='fail'),
             state=dict(type='str', choices=states('present', 'absent'), default='present'),
+            synproxy=dict(type='dict', options=dict(
+                ports=dict(type='raw', required=True),
+                mss=dict(type='int'),
+                wscale=dict(type='int', default=7),
+                timestamp=dict(type='bool', default=True),
+                sack_perm=dict(type='bool', default=True),
+            )),
             driver=dict(type='str', choices=list(DRIVERS) + ['nft'], default='auto'),
             netns=dict(type='str'),
         )),
