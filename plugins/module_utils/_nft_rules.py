@@ -29,7 +29,7 @@ import json
 import shutil
 import subprocess
 
-from ansible_collections.anycast.edge.plugins.module_utils import _nftables
+from ansible_collections.anycast.edge.plugins.module_utils import _nft_netlink, _nftables
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Plan
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 
@@ -41,8 +41,11 @@ WHERE = '%s %s' % (FAMILY, TABLE)
 PRIORITY = {'raw': -300, 'mangle': -150, 'filter': 0}
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True)    # json.dumps(sort_keys=True) without a new encoder per call
+
+
 def _digest(value):
-    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha1(_CANONICAL.encode(value).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------
@@ -264,18 +267,19 @@ def _one_context_binding():
 
 
 class NftDriver(object):
-    """Reads and writes our table in the namespace of the thread that opened it."""
+    """Reads and writes our table in the namespace of the thread that opened it.
+
+    The libnftables context is made at the first JSON command (in that namespace): a no-op that
+    :meth:`unchanged` settles never needs one.
+    """
 
     name = 'nft'
 
     def __init__(self):
         self._ctx = None
-        binding = _one_context_binding()
-        if binding is not None:
-            self._ctx = binding()
-            self._ctx.set_json_output(True)
-            self._ctx.set_handle_output(False)
-        else:
+        self._binding = _one_context_binding()
+        self._binary = None
+        if self._binding is None:
             self._binary = shutil.which('nft')
             if not self._binary:
                 raise EdgeError('driver: nft needs nftables on the managed host (Debian/Ubuntu: apt install '
@@ -284,7 +288,11 @@ class NftDriver(object):
 
     def _json(self, commands):
         data = {'nftables': commands}
-        if self._ctx is not None:
+        if self._binding is not None:
+            if self._ctx is None:
+                self._ctx = self._binding()
+                self._ctx.set_json_output(True)
+                self._ctx.set_handle_output(False)
             rc, out, err = self._ctx.json_cmd(data)
             return rc == 0, out, err
         proc = subprocess.run([self._binary, '-j', '-f', '-'], input=json.dumps(data), capture_output=True,
@@ -303,6 +311,20 @@ class NftDriver(object):
                 return TableState(exists=False)
             raise EdgeError('reading nftables table %s: nft said: %s' % (WHERE, (err or '').strip()))
         return parse_listing((out or {}).get('nftables', []))
+
+    def unchanged(self, desired, present=True):
+        """The table's state when a cheap nfnetlink dump shows DESIRED holds already (plan() empty), else None.
+
+        Chains are compared by their rules' tags, so the tags and the chains' hooks are all a no-op needs;
+        the dump (``_nft_netlink``) gives them without libnftables decoding and printing every rule. Only
+        for DESIRED without sets (their types and elements are compared too): None then, and read() decides.
+        """
+        if desired.sets or desired.owned_sets:
+            return None
+        state = _nft_netlink.read_summary(FAMILY, TABLE, TableState, ReadRule)
+        if state is None or plan(state, desired, present).changed:
+            return None
+        return state
 
     def apply(self, batch):
         ok, _out, err = self._json(batch)

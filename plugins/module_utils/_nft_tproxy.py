@@ -156,6 +156,7 @@ class NftTproxyRules(Domain):
         chains = [nr.NftChain(self.chain, sum(self.built, []), 'prerouting', 'mangle')] if self.rules else []
         self.desired = nr.Desired(chains, [], [self.chain], [])
         self.driver = None
+        self.applied = False
 
     def open(self):
         self.driver = nr.NftDriver()
@@ -165,7 +166,10 @@ class NftTproxyRules(Domain):
             self.driver.close()
 
     def read(self):
-        return self.driver.read()
+        # A no-op is settled by the rules' tags (a cheap dump); a change, and the read-back after one, by the
+        # JSON listing.
+        state = None if self.applied else self.driver.unchanged(self.desired, self.present)
+        return state if state is not None else self.driver.read()
 
     def empty(self):
         return nr.TableState()
@@ -174,6 +178,7 @@ class NftTproxyRules(Domain):
         return nr.plan(state, self.desired, self.present)
 
     def apply(self, plan):
+        self.applied = True
         nr.apply(self.driver, plan)
 
     def _gathered(self, state):
