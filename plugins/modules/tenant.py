@@ -181,7 +181,7 @@ options:
       - How the mark rules are written. V(python-iptables) and V(iptables) write the mangle chain C(AE-TENANT-NAME)
         per family, jumped to from C(PREROUTING); V(auto) chooses between them as M(anycast.edge.tproxy_rule) does,
         and is V(nft) on a host without any iptables command.
-      - V(nft) writes the chain C(AE-TENANT-NAME) of the collection's nftables table C(inet anycast_edge_dp) instead:
+      - V(nft) writes the chain C(AE-TENANT-NAME) of the collection's nftables table C(inet anycast_edge_dp) instead,
         a base chain of its own at the C(prerouting) hook and the C(mangle) priority, one
         C(ip daddr PREFIX meta mark set meta mark & ~MASK ^ MARK) rule per prefix (C(ip6 daddr) for IPv6), which is
         what C(--set-xmark MARK/MASK) does. All tenants' chains of a call are one transaction, read back through the
