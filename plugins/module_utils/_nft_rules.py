@@ -44,8 +44,13 @@ PRIORITY = {'raw': -300, 'mangle': -150, 'filter': 0}
 _CANONICAL = json.JSONEncoder(sort_keys=True)    # json.dumps(sort_keys=True) without a new encoder per call
 
 
+def canonical(value):
+    """The JSON text a digest is taken of (sorted keys: the same value always gives the same text)."""
+    return _CANONICAL.encode(value)
+
+
 def _digest(value):
-    return hashlib.sha1(_CANONICAL.encode(value).encode()).hexdigest()[:12]
+    return hashlib.sha1(canonical(value).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------
@@ -89,13 +94,21 @@ def counter():
 # What a module wants in the table.
 
 class NftRule(object):
-    """One rule: its JSON expressions, a line as nft would list it (for diffs), its role (counters)."""
+    """One rule: its JSON expressions, a line as nft would list it (for diffs), its role (counters).
 
-    def __init__(self, expr, text, role=None):
+    ENCODED, when given, is ``canonical()`` of each expression of EXPR, in order: a module that builds many
+    rules from the same pieces encodes each piece once (the digest is the same as of EXPR encoded whole).
+    """
+
+    def __init__(self, expr, text, role=None, encoded=None):
         self.expr = list(expr)
         self.text = text
         self.role = role
-        self.tag = '%s %s' % (OWNER, _digest(self.expr))
+        if encoded is None:
+            self.tag = '%s %s' % (OWNER, _digest(self.expr))
+        else:
+            text = '[%s]' % ', '.join(encoded)
+            self.tag = '%s %s' % (OWNER, hashlib.sha1(text.encode()).hexdigest()[:12])
 
     def command(self, chain):
         return {'add': {'rule': {'family': FAMILY, 'table': TABLE, 'chain': chain, 'expr': self.expr,
@@ -275,9 +288,14 @@ class NftDriver(object):
 
     name = 'nft'
 
-    def __init__(self):
+    def __init__(self, shared=False):
+        """SHARED: the process holds other libnftables contexts too (the tenant module, one per namespace).
+
+        Then the binding is used only where two contexts can coexist (``_nftables``'s probe: 0.9.8 frees
+        shared tables twice and aborts), else the nft command.
+        """
         self._ctx = None
-        self._binding = _one_context_binding()
+        self._binding = _nftables._binding() if shared else _one_context_binding()
         self._binary = None
         if self._binding is None:
             self._binary = shutil.which('nft')

@@ -28,6 +28,7 @@ import re
 
 from ansible_collections.anycast.edge.plugins.module_utils import _nft_rules as nr
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables
+from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 from ansible_collections.anycast.edge.plugins.module_utils._nft_tproxy import MARK_ALL, _mark_expr, _mark_text, _parse_mark
 from ansible_collections.anycast.edge.plugins.module_utils._tenant_spec import XT_CHAIN_PREFIX
 from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
@@ -174,7 +175,7 @@ class NftMarks(object):
         self.driver = None
 
     def open(self):
-        self.driver = nr.NftDriver()
+        self.driver = nr.NftDriver(shared=True)     # beside the firewalls' contexts, one per namespace
 
     def close(self):
         if self.driver is not None:
@@ -203,6 +204,93 @@ class NftMarks(object):
         nr.apply(self.driver, plan)
 
 
+# --------------------------------------------------------------------------
+# A driver switch moves the chains
+
+class MarkPlan(object):
+    """The chosen layer's plan (WRITE) and the removal of the other kind's chains of the same tenants (CLEAR)."""
+
+    def __init__(self, write, clear):
+        self.write = write
+        self.clear = clear
+
+    @property
+    def commands(self):
+        return self.write.commands + (self.clear.commands if self.clear is not None else [])
+
+    @property
+    def changed(self):
+        return bool(self.commands)
+
+    @property
+    def actions(self):
+        return self.write.actions + (self.clear.actions if self.clear is not None else [])
+
+    def before_lines(self):
+        return self.write.before_lines() + (self.clear.before_lines() if self.clear is not None else [])
+
+    def after_lines(self):
+        return self.write.after_lines() + (self.clear.after_lines() if self.clear is not None else [])
+
+
+class Marks(object):
+    """The layer the driver names writes the chains; the other kind's chains of the tenants a call is about go.
+
+    ``AE-TENANT-NAME`` chains are this module's alone in both kinds (the other modules refuse the prefix), so a
+    tenant moved from ``driver: iptables`` to ``driver: nft`` (or back) keeps one chain: two would both set the
+    packet mark, and after a change of the mark the stale one could win. The new chains are written first, then
+    the old ones removed. The other kind is read only where the host has it (an iptables command; nftables).
+    """
+
+    def __init__(self, module, requested):
+        if nr.wants_nft(module, requested):
+            self.primary, self.other = NftMarks(), XtMarks(module, 'auto')
+        else:
+            self.primary, self.other = XtMarks(module, requested), NftMarks()
+
+    @property
+    def name(self):
+        return self.primary.name
+
+    def open(self):
+        self.primary.open()
+        try:
+            self.other.open()
+        except EdgeError:
+            self.other = None       # the host has no such tables: nothing of that kind to remove
+
+    def close(self):
+        self.primary.close()
+        if self.other is not None:
+            self.other.close()
+
+    def empty(self):
+        return (self.primary.empty(), self.other.empty() if self.other is not None else None)
+
+    def read(self):
+        return (self.primary.read(), self.other.read() if self.other is not None else None)
+
+    def owned(self, state):
+        found = dict(self.other.owned(state[1])) if self.other is not None and state[1] is not None else {}
+        for name, mark in self.primary.owned(state[0]).items():
+            if mark is not None or name not in found:
+                found[name] = mark
+        return found
+
+    def plan(self, state, tenants, gone, rendered=False):
+        write = self.primary.plan(state[0], tenants, gone, rendered)
+        clear = None
+        if not rendered and self.other is not None and state[1] is not None:
+            names = [t.name for t in tenants] + [name for name in gone if name not in [t.name for t in tenants]]
+            clear = self.other.plan(state[1], [], names)
+        return MarkPlan(write, clear)
+
+    def apply(self, plan):
+        self.primary.apply(plan.write)
+        if plan.clear is not None and plan.clear.commands:
+            self.other.apply(plan.clear)
+
+
 def select(module, requested):
-    """The mark layer for REQUESTED ('auto', an xtables driver or 'nft')."""
-    return NftMarks() if nr.wants_nft(module, requested) else XtMarks(module, requested)
+    """The mark layers for REQUESTED ('auto', an xtables driver or 'nft')."""
+    return Marks(module, requested)

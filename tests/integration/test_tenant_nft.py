@@ -154,3 +154,33 @@ def test_nft_rendered_is_one_json_transaction(site):
     (batch,) = [c for c in rendered if c.startswith('nft -j -f -')]
     assert '"AE-TENANT-a"' in batch and '"AE-TENANT-b"' in batch
     assert not [c for c in rendered if 'iptables' in c]
+
+
+def xt_mark_chains(ns):
+    return sorted(set(line.split()[0] for line in
+                      (nsexec(ns, ['iptables-save', '-t', 'mangle']).stdout +
+                       nsexec(ns, ['ip6tables-save', '-t', 'mangle']).stdout).splitlines()
+                      if line.startswith(':AE-TENANT-')))
+
+
+def test_switching_the_driver_moves_the_mark_chains(site):
+    ok(run_playbook([site.task(site.tenants(), driver='iptables')])[0])
+    serve(site)
+    assert xt_mark_chains(site.host) == [':AE-TENANT-a', ':AE-TENANT-b'] and nft_chains(site.host) == {}
+    before = host_state(site.host)
+    checked = ok(run_playbook([nft_task(site, site.tenants())], check=True)[0])
+    assert host_state(site.host) == before
+    assert 'inet anycast_edge_dp: write chain AE-TENANT-a (2 rules)' in checked['actions']
+    assert 'IPv4 mangle: delete chain AE-TENANT-a' in checked['actions'] and \
+        'IPv6 mangle: delete chain AE-TENANT-a' in checked['actions'], checked['actions']
+    moved = ok(run_playbook([nft_task(site, site.tenants())])[0])
+    assert moved['actions'] == checked['actions'] and moved['driver'] == 'nft'
+    assert xt_mark_chains(site.host) == [] and sorted(nft_chains(site.host)) == ['AE-TENANT-a', 'AE-TENANT-b']
+    assert site.dial([[A_ADDR, 21], [A_ADDR6, 21], [B_ADDR, 21]]) == ['tenant-a', 'tenant-a', 'tenant-b']
+    assert ok(run_playbook([nft_task(site, site.tenants())])[0])['changed'] is False
+    # and back: the nft chains go, and the table with them
+    back = ok(run_playbook([site.task(site.tenants(), driver='iptables')])[0])
+    assert 'inet anycast_edge_dp: delete the table (nothing else is in it)' in back['actions']
+    assert xt_mark_chains(site.host) == [':AE-TENANT-a', ':AE-TENANT-b'] and nft_chains(site.host) == {}
+    assert site.dial([[A_ADDR, 21], [B_ADDR, 21]]) == ['tenant-a', 'tenant-b']
+    assert ok(run_playbook([site.task(site.tenants(), driver='iptables')])[0])['changed'] is False
