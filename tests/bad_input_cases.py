@@ -212,6 +212,13 @@ CASES = [
      'the connected subnet of aegw0'),
     ('tenant', {'tenants': [_tenant(link={'host_ipv4': '198.18.0.10/31', 'tenant_ipv4': '198.18.0.11/31'})]},
      'tenants[0].link', 'the connected subnet of aegw0'),
+    # tenant, driver: nft (h17fast): refused before the one nftables transaction, as with the iptables drivers
+    ('tenant', {'driver': 'nftables', 'tenants': [_tenant()]}, 'driver', 'must be one of'),
+    ('tenant', {'driver': 'nft', 'tenants': [_tenant(mark='0')]}, 'tenants[0].mark', 'must not be 0'),
+    ('tenant', {'driver': 'nft', 'tenants': [_tenant(), _tenant(name='b', table=111, prefixes=['198.51.100.0/24'])]},
+     'tenants[1].mark', 'also used by tenants[0]'),
+    ('tenant', {'driver': 'nft', 'tenants': [_tenant()], 'link_pool_ipv4': '198.18.0.0/24'}, 'link_pool_ipv4',
+     'the connected subnet of aegw0'),
     # gre_tunnel
     ('gre_tunnel', _gre(name='gre-a-very-long-name'), 'tunnels[0].name', 'at most 15'),
     ('gre_tunnel', _gre(remote='192.0.2.1'), 'tunnels[0].remote', 'same as local'),

@@ -187,9 +187,9 @@ options:
         what C(--set-xmark MARK/MASK) does. All tenants' chains of a call are one transaction, read back through the
         JSON API; other tables, and other modules' chains in the table, are never touched; the table goes when
         nothing is left in it.
-      - The drivers do not see each other's chains. Moving a host from an iptables driver to V(nft) leaves the
-        xtables chains in place (they set the same mark, so traffic is unaffected); see docs/tenant.md for removing
-        them.
+      - C(AE-TENANT-) chains are this module's in both kinds of tables, so switching the driver moves them - V(nft)
+        writes its chains, then removes the xtables chains of the tenants the call lists, purges or removes; an
+        iptables driver does the opposite. Check mode shows both halves in RV(actions).
     type: str
     choices: [auto, python-iptables, iptables, nft]
     default: auto
