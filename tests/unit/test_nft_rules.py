@@ -105,3 +105,19 @@ def test_rules_built_from_shared_pieces_carry_the_digest_of_their_whole_expressi
     assert [r.tag for rule in rules[:3] for r in nt.kernel_rules(rule)] == [
         'anycast.edge fbb4c65909f9', 'anycast.edge 444268e2f2cc', 'anycast.edge b39e5981873c',
         'anycast.edge 639ecab75b3f', 'anycast.edge 8a0c7b64cca7', 'anycast.edge 826de653bf68']
+
+
+def test_gre_mss_clamp_chain_and_plan():
+    from ansible_collections.anycast.edge.plugins.module_utils import _gre_mss as mss
+    both, v4 = mss.nft_chain('gre-acme', {4, 6}), mss.nft_chain('gre-b', {4})
+    assert (both.name, both.hook, both.priority) == ('ANYCAST-MSS-gre-acme', 'forward', 'mangle')
+    assert [r.text for r in both.rules + v4.rules] == [
+        'oifname "gre-acme" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
+        'oifname "gre-b" meta nfproto ipv4 tcp flags syn / syn,rst tcp option maxseg size set rt mtu']
+    state = nr.TableState(True, {'ANYCAST-MSS-gre-old': {'spec': {}, 'rules': []},
+                                 'ANYCAST-TPROXY': {'spec': {}, 'rules': []}})
+    plan = mss.NftMss.plan(state, {'gre-acme': {4, 6}, 'gre-old': set()}, 'tenant-acme')
+    assert plan.actions == ['inet anycast_edge_dp: write chain ANYCAST-MSS-gre-acme (1 rules)',
+                            'inet anycast_edge_dp: delete chain ANYCAST-MSS-gre-old']
+    assert mss.NftMss.clamped(plan.predicted, 'gre-acme') and not mss.NftMss.clamped(plan.predicted, 'gre-old')
+    assert plan.commands[0].startswith("ip netns exec tenant-acme nft -j -f - <<'EOF'")
