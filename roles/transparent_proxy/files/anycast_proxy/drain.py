@@ -8,8 +8,12 @@ relay settings and drain_timeout; they are relayed by the same code as in the
 proxy until they finish, and whatever is still open when that proxy's
 drain_timeout has passed is reset (`outcome=drain_deadline`).
 
-It exits once it has had nothing to do for LINGER seconds; systemd starts it
-again for the next hand-over. SIGTERM stops it from taking more, and it exits
+It waits on standby until the first hand-over, so a stopping proxy finds it
+ready (its unit is wanted by the proxy's: started with it, a restart hands over
+in milliseconds instead of waiting for a Python start, 0.56 s of a 1.23 s
+restart on a loaded machine). Once it has drained and had nothing to do for
+LINGER seconds it exits, and systemd starts a fresh one (Restart=always), with
+the program installed then. SIGTERM stops it from taking more, and it exits
 when what it has is done or reset.
 """
 import asyncio
@@ -50,6 +54,8 @@ class DrainServer:
         self.relay = None
         self.deadlines = {}         # session -> when it is reset
         self.receiving = 0          # hand-overs in progress
+        self.taken_any = False      # on standby until the first hand-over: no lingering before it
+        self.idle_since = 0.0
         self.tasks = set()
         self.stopping = False
 
@@ -63,17 +69,20 @@ class DrainServer:
         loop.add_signal_handler(signal.SIGINT, self._stop)
         self.log.info(f"anycast-proxy drain service (pid {os.getpid()}) ready")
         self.notifier.ready(status="waiting for connections to drain")
-        idle_since = _monotonic()
+        self.idle_since = _monotonic()
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             now = _monotonic()
             for session in [s for s, t in self.deadlines.items() if t <= now]:
                 session.close("drain_deadline", reset_client=True, reset_origin=True)
             self.deadlines = {s: t for s, t in self.deadlines.items() if not s.closed}
-            if self.relay.sessions or self.receiving:
-                idle_since = now
-                self.notifier.status(f"draining {len(self.relay.sessions)} connections")
-            elif self.stopping or now - idle_since >= self.linger:
+            if self.stopping and not (self.relay.sessions or self.receiving):
+                break
+            if self.relay.sessions or self.receiving or not self.taken_any:
+                self.idle_since = now
+                if self.taken_any:
+                    self.notifier.status(f"draining {len(self.relay.sessions)} connections")
+            elif now - self.idle_since >= self.linger:
                 break
         loop.remove_reader(self.listener.fileno())
         self.notifier.stopping()
@@ -102,6 +111,7 @@ class DrainServer:
 
     async def _take(self, conn):
         self.receiving += 1
+        self.taken_any = True
         channel = Channel(conn)
         sender, taken = "?", 0
         try:
@@ -131,6 +141,7 @@ class DrainServer:
         finally:
             channel.close()
             self.receiving -= 1
+            self.idle_since = _monotonic()
         if taken:
             self.log.info(f"took over {taken} connections from pid {sender}; draining them")
 
