@@ -89,16 +89,17 @@ def main():
     for version in versions:
         for driver in DRIVERS:
             key = (version, driver)
-            print('| %sdriver: %s | %.3f | %.3f-%.3f |' % ('%s, ' % label[version] if args.before else '', driver,
-                                                          medians[key], min(times[key]), max(times[key])))
+            prefix = '%s, ' % label[version] if args.before else ''
+            print('| %sdriver: %s | %.3f | %.3f-%.3f |' % (prefix, driver, medians[key], min(times[key]),
+                                                          max(times[key])))
     for version in versions:
-        print('| %snft / iptables | %.2f |  |' % ('%s, ' % label[version] if args.before else '',
-                                                 medians[(version, 'nft')] / medians[(version, 'iptables')]))
+        prefix = '%s, ' % label[version] if args.before else ''
+        ratio = medians[(version, 'nft')] / medians[(version, 'iptables')]
+        print('| %snft / iptables | %.2f |  |' % (prefix, ratio))
     if args.before:
         for driver in DRIVERS:
-            print('| driver %s: this tree / %s | %.2f |  |' % (driver, args.before,
-                                                              medians[('after', driver)] / medians[('before', driver)]))
-
+            ratio = medians[('after', driver)] / medians[('before', driver)]
+            print('| driver %s: this tree / %s | %.2f |  |' % (driver, args.before, ratio))
 
 if __name__ == '__main__':
     main()

@@ -152,4 +152,3 @@ def _dumps(nfnl, family, table, state_class, rule_class):
         userdata = attrs.get(NFTA_RULE_USERDATA)
         chain['rules'].append(rule_class(None, rule_comment(userdata) if userdata is not None else None))
     return state
-

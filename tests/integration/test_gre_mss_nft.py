@@ -76,7 +76,7 @@ def segment_sizes(client, server, count):
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == 'ready'
-        return [int(nsexec(client, [sys.executable, '-c', DIAL]).stdout) for _ in range(count)]
+        return [int(nsexec(client, [sys.executable, '-c', DIAL]).stdout) for _dial in range(count)]
     finally:
         proc.kill()
         proc.wait()
