@@ -90,8 +90,8 @@ def main():
         for driver in DRIVERS:
             key = (version, driver)
             prefix = '%s, ' % label[version] if args.before else ''
-            print('| %sdriver: %s | %.3f | %.3f-%.3f |' % (prefix, driver, medians[key], min(times[key]),
-                                                          max(times[key])))
+            print('| %sdriver: %s | %.3f | %.3f-%.3f |'
+                  % (prefix, driver, medians[key], min(times[key]), max(times[key])))
     for version in versions:
         prefix = '%s, ' % label[version] if args.before else ''
         ratio = medians[(version, 'nft')] / medians[(version, 'iptables')]
@@ -100,6 +100,7 @@ def main():
         for driver in DRIVERS:
             ratio = medians[('after', driver)] / medians[('before', driver)]
             print('| driver %s: this tree / %s | %.2f |  |' % (driver, args.before, ratio))
+
 
 if __name__ == '__main__':
     main()
