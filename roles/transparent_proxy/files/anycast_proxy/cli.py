@@ -102,24 +102,32 @@ def main(argv=None):
         from .selftest import run_self_test
         return run_self_test(config)
 
+    if args.worker:
+        index, fd = (int(x) for x in args.worker.split(":"))
+        given = [socket.socket(fileno=int(fd)) for fd in args.listener_fds.split(",") if fd.isdigit()]
+        return run_worker(args.config, config, index, socket.socket(fileno=fd), given)
+
     from .listeners import Listeners
     from .log import Log
     from .server import ProxyServer
     from .supervisor import Supervisor
-    worker = None
-    tag = ""
-    if args.worker:
-        index, fd = (int(x) for x in args.worker.split(":"))
-        worker = (index, socket.socket(fileno=fd))
-        tag = f"worker {index}: "
-        given = [socket.socket(fileno=int(fd)) for fd in args.listener_fds.split(",") if fd.isdigit()]
-    else:
-        given = listen_fds()     # from systemd's socket unit
-    log = Log(config.log_level, tag)
-    notifier = Notifier({} if worker else os.environ)
-    listeners = Listeners(given)
-    if worker is None and config.workers > 1:
+    log = Log(config.log_level)
+    notifier = Notifier(os.environ)
+    listeners = Listeners(listen_fds())     # from systemd's socket unit
+    if config.workers > 1:
         runner = Supervisor(args.config, config, log, notifier, listeners)
     else:
-        runner = ProxyServer(args.config, config, log, notifier, listeners, worker=worker)
+        runner = ProxyServer(args.config, config, log, notifier, listeners)
     return _run(runner)
+
+
+def run_worker(config_path, config, index, control, given):
+    """Worker INDEX of a supervisor: the proxy on the GIVEN listeners, answering the supervisor on CONTROL.
+
+    Entered from the command line (a worker the supervisor started again) or in a fork of the
+    supervisor (supervisor.py: the workers of a start)."""
+    from .listeners import Listeners
+    from .log import Log
+    from .server import ProxyServer
+    log = Log(config.log_level, f"worker {index}: ")
+    return _run(ProxyServer(config_path, config, log, Notifier({}), Listeners(given), worker=(index, control)))

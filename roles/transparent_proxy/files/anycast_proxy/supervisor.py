@@ -4,7 +4,12 @@ The supervisor takes the listeners from systemd (or opens them) and gives
 every worker the same sockets: one accept queue per address, each worker
 waiting on it with EPOLLEXCLUSIVE (the kernel wakes one idle worker per
 connection). A worker that dies is started again; the connections queued
-meanwhile wait for the others, not for it. On SIGHUP the supervisor reads the
+meanwhile wait for the others, not for it. The workers of a start are forks of
+the supervisor: they have every module imported already and accept in
+milliseconds, where a new interpreter would add a Python start to the restart's
+downtime (the connections queued meanwhile wait for it). A worker started again
+after it died is a new interpreter (the program installed then), as nothing
+waits for it. On SIGHUP the supervisor reads the
 configuration, opens what is new and sends each worker a reload with the
 listeners; on SIGTERM each worker stops as a single process does (hand-over
 or drain). Metrics are the workers' snapshots, summed.
@@ -14,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 
 from .channel import Channel, ChannelError
 from .config import ConfigError, load_config
@@ -31,6 +37,33 @@ class _Worker:
         self.proc = None
         self.channel = None
         self.lock = asyncio.Lock()
+
+
+class _ForkedWorker:
+    """A worker forked from the supervisor, seen the way asyncio's Process is: pid, returncode,
+    wait(), send_signal(). Its exit is read from a pidfd (Linux >= 5.3)."""
+
+    def __init__(self, pid):
+        loop = asyncio.get_running_loop()
+        self.pid = pid
+        self.returncode = None
+        self._exited = loop.create_future()
+        self._pidfd = os.pidfd_open(pid)
+        loop.add_reader(self._pidfd, self._reap)
+
+    def _reap(self):
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        _pid, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._exited.set_result(self.returncode)
+
+    async def wait(self):
+        return await asyncio.shield(self._exited)
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
 
 
 class Supervisor:
@@ -67,15 +100,23 @@ class Supervisor:
     def _listener_fds(self):
         return [sock.fileno() for sock in self.listeners.values()]
 
-    async def _spawn(self, worker):
+    async def _spawn(self, worker, fork=False):
         parent, child = socket.socketpair()
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        fds = self._listener_fds()
-        worker.proc = await asyncio.create_subprocess_exec(
-            sys.executable, PACKAGE_ENTRY, "--config", self.config_path,
-            "--worker", f"{worker.index}:{child.fileno()}",
-            "--listener-fds", ",".join(map(str, fds)) or "-",
-            pass_fds=[child.fileno()] + fds, env=env)
+        if fork:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(worker, parent, child)      # never returns
+            worker.proc = _ForkedWorker(pid)
+        else:
+            env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+            fds = self._listener_fds()
+            worker.proc = await asyncio.create_subprocess_exec(
+                sys.executable, PACKAGE_ENTRY, "--config", self.config_path,
+                "--worker", f"{worker.index}:{child.fileno()}",
+                "--listener-fds", ",".join(map(str, fds)) or "-",
+                pass_fds=[child.fileno()] + fds, env=env)
         child.close()
         worker.channel = Channel(parent)
         try:
@@ -85,6 +126,30 @@ class Supervisor:
         if message is None or "ready" not in message[0]:
             raise RuntimeError(f"worker {worker.index} failed to start (exit status {worker.proc.returncode})")
         spawn(self._watch(worker))
+
+    def _become_worker(self, worker, parent, child):
+        """In the fork: run worker WORKER with what the exec'd worker would be given, then exit."""
+        # The supervisor's loop lives on in this process's memory: its signal wake-up socket and
+        # epoll are shared with the supervisor, so this process never touches them.
+        signal.set_wakeup_fd(-1)
+        asyncio.events._set_running_loop(None)
+        code = 70
+        try:
+            parent.close()
+            for other in self.workers:
+                if other.channel is not None:
+                    other.channel.sock.close()     # a sibling's link is the supervisor's
+            given = [sock.dup() for sock in self.listeners.values()]
+            for sock in self.listeners.values():
+                sock.close()
+            from .cli import run_worker
+            code = run_worker(self.config_path, self.config, worker.index, child, given)
+        except BaseException:        # noqa: B902 -- whatever it is, this process must not return
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
     async def _watch(self, worker):
         status = await worker.proc.wait()
@@ -181,7 +246,7 @@ class Supervisor:
         self.workers = [_Worker(i) for i in range(self.config.workers)]
         try:
             # All at once: the first to be ready accepts what queued while the service restarted.
-            await asyncio.gather(*(self._spawn(w) for w in self.workers))
+            await asyncio.gather(*(self._spawn(w, fork=True) for w in self.workers))
         except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
             self.log.error(str(exc))
             self.stopping = True
