@@ -231,6 +231,9 @@ CASES = [
     ('gre_tunnel', _gre(routes=['203.0.113.1/24']), 'tunnels[0].routes[0]', 'host bits'),
     ('gre_tunnel', _gre(local='not-an-address'), 'tunnels[0].local', 'not a valid'),
     ('gre_tunnel', _gre(netns='ae9-no-such-tenant'), 'tunnels[0].netns', 'does not exist'),
+    # gre_tunnel, driver: nft (h17fast): refused before the MSS clamp's nftables transaction
+    ('gre_tunnel', dict(_gre(ttl=256), driver='nft'), 'tunnels[0].ttl', 'out of range'),
+    ('gre_tunnel', dict(_gre(netns='ae9-no-such-tenant'), driver='nft'), 'tunnels[0].netns', 'does not exist'),
     # bgp_speaker (the live BIRD configuration and the running BIRD are checked too)
     ('bgp_speaker', _bgp(local_as=0), 'local_as', 'outside 1..4294967295'),
     ('bgp_speaker', _bgp(local_as=4294967296), 'local_as', 'outside 1..4294967295'),
