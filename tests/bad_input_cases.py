@@ -235,6 +235,13 @@ CASES = [
      'the connected subnet of aegw0'),
     ('tenant', {'tenants': [_tenant(link={'host_ipv4': '198.18.0.10/31', 'tenant_ipv4': '198.18.0.11/31'})]},
      'tenants[0].link', 'the connected subnet of aegw0'),
+    # tenant, driver: nft (h17fast): refused before the one nftables transaction, as with the iptables drivers
+    ('tenant', {'driver': 'nftables', 'tenants': [_tenant()]}, 'driver', 'must be one of'),
+    ('tenant', {'driver': 'nft', 'tenants': [_tenant(mark='0')]}, 'tenants[0].mark', 'must not be 0'),
+    ('tenant', {'driver': 'nft', 'tenants': [_tenant(), _tenant(name='b', table=111, prefixes=['198.51.100.0/24'])]},
+     'tenants[1].mark', 'also used by tenants[0]'),
+    ('tenant', {'driver': 'nft', 'tenants': [_tenant()], 'link_pool_ipv4': '198.18.0.0/24'}, 'link_pool_ipv4',
+     'the connected subnet of aegw0'),
     # gre_tunnel
     ('gre_tunnel', _gre(name='gre-a-very-long-name'), 'tunnels[0].name', 'at most 15'),
     ('gre_tunnel', _gre(remote='192.0.2.1'), 'tunnels[0].remote', 'same as local'),
@@ -247,6 +254,9 @@ CASES = [
     ('gre_tunnel', _gre(routes=['203.0.113.1/24']), 'tunnels[0].routes[0]', 'host bits'),
     ('gre_tunnel', _gre(local='not-an-address'), 'tunnels[0].local', 'not a valid'),
     ('gre_tunnel', _gre(netns='ae9-no-such-tenant'), 'tunnels[0].netns', 'does not exist'),
+    # gre_tunnel, driver: nft (h17fast): refused before the MSS clamp's nftables transaction
+    ('gre_tunnel', dict(_gre(ttl=256), driver='nft'), 'tunnels[0].ttl', 'out of range'),
+    ('gre_tunnel', dict(_gre(netns='ae9-no-such-tenant'), driver='nft'), 'tunnels[0].netns', 'does not exist'),
     # bgp_speaker (the live BIRD configuration and the running BIRD are checked too)
     ('bgp_speaker', _bgp(local_as=0), 'local_as', 'outside 1..4294967295'),
     ('bgp_speaker', _bgp(local_as=4294967296), 'local_as', 'outside 1..4294967295'),

@@ -28,7 +28,7 @@ import os
 import socket
 import zlib
 
-from ansible_collections.anycast.edge.plugins.module_utils import _xtables
+from ansible_collections.anycast.edge.plugins.module_utils import _gre_mss
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Op, OpPlan, Record
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 from ansible_collections.anycast.edge.plugins.module_utils._gre_spec import KIND, Tunnel, validate
@@ -36,13 +36,12 @@ from ansible_collections.anycast.edge.plugins.module_utils._iproute import call,
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     FAMILY, GRE_KEY, GRE_KINDS, ROUTE_PROTO, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, TABLE_MAIN, failure, kernel_says)
 from ansible_collections.anycast.edge.plugins.module_utils._netns import Namespaces, in_netns, list_netns
-from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
+from ansible_collections.anycast.edge.plugins.module_utils._gre_mss import MSS_CHAIN_PREFIX  # noqa: F401  pylint: disable=unused-import
 
 OWNER_ALIAS = 'anycast.edge gre'
 KWARG_PREFIX = {4: 'gre_', 6: 'ip6gre_'}
 KERNEL_MODULE = {4: 'ip_gre', 6: 'ip6_gre'}
 KERNEL_CONFIG = {4: 'CONFIG_NET_IPGRE', 6: 'CONFIG_IPV6_GRE'}
-MSS_CHAIN_PREFIX = 'ANYCAST-MSS-'   # + interface name: at most 27 of the 28 characters
 TEMP_NAME = 'aegre%08x'     # 13 characters; the name a tunnel has in the host namespace for a moment
 
 __all__ = ['GreTunnels', 'owned_devices', 'validate']
@@ -206,25 +205,6 @@ def owned_devices(namespaces):
 
 
 # --------------------------------------------------------------------------
-# MSS clamping
-
-def mss_chain(name):
-    return MSS_CHAIN_PREFIX + name
-
-
-def mss_specs(name, families):
-    """ChainSpecs (IPv4, IPv6) of one tunnel: clamped in FAMILIES, absent in the others."""
-    specs = []
-    for family in (4, 6):
-        chain = mss_chain(name)
-        rule = Rule(family, 'TCPMSS', target_options=(('clamp-mss-to-pmtu', None),), protocol='tcp',
-                    matches=(('tcp', (('tcp-flags', ('SYN,RST', 'SYN')),)),))
-        jump = Jump('FORWARD', Rule(family, chain, out_iface=name))
-        specs.append(ChainSpec(family, 'mangle', chain, [rule], [jump], present=family in families))
-    return specs
-
-
-# --------------------------------------------------------------------------
 # The plan
 
 def mismatches(tunnel, device):
@@ -239,7 +219,7 @@ class GreState(object):
     def __init__(self, spaces, owned, mss, support, host_links):
         self.spaces = spaces        # {netns: NamespaceDevices} of the listed tunnels' namespaces that exist
         self.owned = owned          # {(netns, name): Device}, every namespace
-        self.mss = mss              # {netns: {(family, 'mangle'): TableState}}
+        self.mss = mss              # {netns: the MSS chains as the layer read them (_gre_mss)}
         self.support = support      # {family: sentence when the kernel evidently has no GRE of it}
         self.host_links = host_links    # names of the host namespace's links (None: unknown, rendered)
 
@@ -249,7 +229,7 @@ class GrePlan(OpPlan):
         self.actions = actions
         self.deleted = deleted      # [Device] deleted (removed, or recreated)
         self.removed = removed      # ['netns/name'] of the tunnels that go (absent, purge)
-        self.mss_plans = mss_plans  # {netns: XtPlan}
+        self.mss_plans = mss_plans  # {netns: XtPlan or NftPlan}
         self.after = after          # {(netns, name): Tunnel} present when the plan is done
         super().__init__(ops)
 
@@ -289,7 +269,9 @@ class GreTunnels(Domain):
     def open(self):
         self.namespaces = Namespaces()
         try:
-            self.driver = _xtables.select_driver(self.module, self.params['driver'])
+            layer = _gre_mss.select(self.module, self.params['driver'])
+            layer.open()
+            self.driver = layer
         except EdgeError as exc:
             self.driver_problem = exc   # only an error if a tunnel wants its MSS clamped
 
@@ -315,7 +297,7 @@ class GreTunnels(Domain):
         if self.driver is not None:
             for netns in sorted(listed & set(spaces) | set(netns for netns, _n in owned)):
                 with in_netns(netns):
-                    mss[netns] = _xtables.read_tables(self.driver, [(4, 'mangle'), (6, 'mangle')])
+                    mss[netns] = self.driver.read(netns)
         support = {}
         if self.check_mode:
             # in check mode the kernel's support is known from its module files alone
@@ -452,13 +434,9 @@ class GreTunnels(Domain):
                 raise EdgeError('mss_clamp: %s' % self.driver_problem)
             return {}
         plans = {}
-        driver = self.driver.name if self.driver else self.params['driver']
+        layer = self.driver or _gre_mss.select(self.module, self.params['driver'])   # rendered: not opened
         for netns, names in wanted.items():
-            specs = []
-            for name, families in sorted(names.items()):
-                specs += mss_specs(name, families)
-            tables = state.mss.get(netns) if not rendered else _xtables.empty_states(specs)
-            plans[netns] = _xtables.plan_chains(tables or {}, specs, driver, where=netns)
+            plans[netns] = layer.plan(state.mss.get(netns), names, netns, rendered)
         return plans
 
     # -- carrying it out --------------------------------------------------------
@@ -543,7 +521,7 @@ class GreTunnels(Domain):
     def _apply_mss(self, netns, xt):
         try:
             with in_netns(netns):
-                _xtables.apply_chains(self.driver, xt)
+                self.driver.apply(netns, xt)
         except EdgeError as exc:
             raise EdgeError("MSS clamping rules in namespace '%s': %s" % (netns, exc))
 
@@ -587,8 +565,7 @@ class GreTunnels(Domain):
             [action for xt in plan.mss_plans.values() for action in xt.actions]
 
     def _clamped(self, state, netns, name):
-        tables = state.mss.get(netns) or {}
-        return any(mss_chain(name) in (table.chains if table else {}) for table in tables.values())
+        return self.driver is not None and self.driver.clamped(state.mss.get(netns), name)
 
     def gather(self, state):
         tunnels = []

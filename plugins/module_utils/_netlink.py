@@ -45,6 +45,7 @@ VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 # linux/netlink.h, rtnetlink.h, if_link.h, if_addr.h, fib_rules.h, net_namespace.h, if_tunnel.h
 NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 SOL_NETLINK = 270
@@ -54,7 +55,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_GETRULE = 34
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x2, 0x4, 0x10
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
@@ -244,10 +245,15 @@ class Address(object):
 # The socket
 
 class RawRtnl(object):
-    """A plain rtnetlink socket in the namespace of the creating thread."""
+    """A plain rtnetlink socket in the namespace of the creating thread (PROTOCOL: another netlink family's).
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    ``interrupted`` becomes True when a dump answered with NLM_F_DUMP_INTR (the kernel's objects changed
+    while it was being dumped: its messages are not one consistent picture).
+    """
+
+    def __init__(self, protocol=NETLINK_ROUTE):
+        self.interrupted = False
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         for option in (NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
             try:
@@ -298,6 +304,8 @@ class RawRtnl(object):
                     if code:
                         raise OSError(code, os.strerror(code))
                     return found
+                if mflags & NLM_F_DUMP_INTR:
+                    self.interrupted = True
                 found.append(data[start + _NLMSGHDR.size:end])
                 if not mflags & NLM_F_MULTI and not flags & NLM_F_DUMP:
                     return found

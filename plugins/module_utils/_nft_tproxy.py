@@ -51,25 +51,43 @@ def _ports_text(ranges):
     return items[0] if len(items) == 1 else '{ %s }' % ', '.join(items)
 
 
-def kernel_rules(rule):
-    """The socket rule and the tproxy rule one normalised input rule becomes."""
+def _piece(cache, key, build):
+    """(expression, its canonical text) for KEY, built and encoded once per CACHE: rules share the pieces."""
+    found = cache.get(key)
+    if found is None:
+        value = build()
+        found = cache[key] = (value, nr.canonical(value))
+    return found
+
+
+def kernel_rules(rule, cache=None):
+    """The socket rule and the tproxy rule one normalised input rule becomes.
+
+    CACHE (a dict kept across the rules of a call) holds the pieces many rules share (protocol, ports,
+    listener, mark, verdict), each encoded once for the rules' digests.
+    """
+    cache = {} if cache is None else cache
     net = rule['destination']
     family = net.version
-    head = [nr.address_match(family, 'daddr', net), nr.match(nr.meta('l4proto'), rule['protocol'])]
+    daddr = nr.address_match(family, 'daddr', net)
+    head = [(daddr, nr.canonical(daddr)),
+            _piece(cache, ('l4proto', rule['protocol']), lambda: nr.match(nr.meta('l4proto'), rule['protocol']))]
     text = '%s daddr %s meta l4proto %s' % ('ip' if family == 4 else 'ip6', net, rule['protocol'])
     if rule['ranges'] is not None:
-        head.append(nr.match(nr.payload('th', 'dport'), nr.ports_value(rule['ranges'])))
+        head.append(_piece(cache, ('dport', tuple(rule['ranges'])),
+                           lambda: nr.match(nr.payload('th', 'dport'), nr.ports_value(rule['ranges']))))
         text += ' th dport %s' % _ports_text(rule['ranges'])
-    mark = [_mark_expr(rule['mark'])] if rule['mark'] is not None else []
+    tail = [_piece(cache, ('mark', rule['mark']), lambda: _mark_expr(rule['mark']))] if rule['mark'] is not None else []
+    tail.append(_piece(cache, ('accept',), lambda: {'accept': None}))
     mark_text = _mark_text(rule['mark']) if rule['mark'] is not None else ''
-    socket = nr.NftRule(head + [nr.match({'socket': {'key': 'transparent'}}, 1)] + mark + [{'accept': None}],
-                        text + ' socket transparent 1%s accept' % mark_text, 'established')
+    socket = head + [_piece(cache, ('socket',), lambda: nr.match({'socket': {'key': 'transparent'}}, 1))] + tail
     on_ip = rule['on_ip'] if family == 4 else '[%s]' % rule['on_ip']
-    tproxy = nr.NftRule(head + [{'tproxy': {'family': 'ip' if family == 4 else 'ip6', 'addr': rule['on_ip'],
-                                            'port': rule['on_port']}}] + mark + [{'accept': None}],
-                        text + ' tproxy %s to %s:%d%s accept' % ('ip' if family == 4 else 'ip6', on_ip,
-                                                                 rule['on_port'], mark_text), 'diverted')
-    return [socket, tproxy]
+    tproxy = head + [_piece(cache, ('tproxy', family, rule['on_ip'], rule['on_port']), lambda: {'tproxy': {
+        'family': 'ip' if family == 4 else 'ip6', 'addr': rule['on_ip'], 'port': rule['on_port']}})] + tail
+    return [nr.NftRule([p[0] for p in socket], text + ' socket transparent 1%s accept' % mark_text, 'established',
+                       [p[1] for p in socket]),
+            nr.NftRule([p[0] for p in tproxy], text + ' tproxy %s to %s:%d%s accept' % (
+                'ip' if family == 4 else 'ip6', on_ip, rule['on_port'], mark_text), 'diverted', [p[1] for p in tproxy])]
 
 
 def _right_ports(value):
@@ -151,11 +169,13 @@ class NftTproxyRules(Domain):
     def validate(self):
         self.chain = check_chain_name(self.params['chain'], 'chain')
         self.rules = validate_rules(self.params['rules'])
-        self.built = [kernel_rules(rule) for rule in self.rules]
+        pieces = {}
+        self.built = [kernel_rules(rule, pieces) for rule in self.rules]
         self.present = self.params['state'] != 'absent'
         chains = [nr.NftChain(self.chain, sum(self.built, []), 'prerouting', 'mangle')] if self.rules else []
         self.desired = nr.Desired(chains, [], [self.chain], [])
         self.driver = None
+        self.applied = False
 
     def open(self):
         self.driver = nr.NftDriver()
@@ -165,7 +185,10 @@ class NftTproxyRules(Domain):
             self.driver.close()
 
     def read(self):
-        return self.driver.read()
+        # A no-op is settled by the rules' tags (a cheap dump); a change, and the read-back after one, by the
+        # JSON listing.
+        state = None if self.applied else self.driver.unchanged(self.desired, self.present)
+        return state if state is not None else self.driver.read()
 
     def empty(self):
         return nr.TableState()
@@ -174,6 +197,7 @@ class NftTproxyRules(Domain):
         return nr.plan(state, self.desired, self.present)
 
     def apply(self, plan):
+        self.applied = True
         nr.apply(self.driver, plan)
 
     def _gathered(self, state):

@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Tenant network namespaces (the Magic Transit layout): the domain the engine runs.
 
-Per tenant, in the host's namespace: a veth pair, MARK rules in a mangle chain
-of the tenant's own (``AE-TENANT-NAME``, jumped to from PREROUTING), ``ip rule
+Per tenant, in the host's namespace: a veth pair, MARK rules in a chain of the
+tenant's own (``AE-TENANT-NAME``: xtables or nftables, ``_tenant_marks``), ``ip rule
 fwmark MARK lookup TABLE`` and, in TABLE, the tenant's prefixes via the veth.
 The main table is never touched. In the tenant's namespace: the veth's other
 end, a default route back, forwarding, and the firewall (``_tenant_firewall``).
@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import re
 import socket
 
 from ansible_collections.anycast.edge.plugins.module_utils import _tenant_firewall as firewall
-from ansible_collections.anycast.edge.plugins.module_utils import _xtables
+from ansible_collections.anycast.edge.plugins.module_utils import _tenant_marks
 from ansible_collections.anycast.edge.plugins.module_utils._engine import Domain, Op, OpPlan, Record
 from ansible_collections.anycast.edge.plugins.module_utils._errors import EdgeError
 from ansible_collections.anycast.edge.plugins.module_utils._iproute import call, open_iproute
@@ -33,63 +32,17 @@ from ansible_collections.anycast.edge.plugins.module_utils._netns import (
     Namespaces, create_netns, delete_netns, exists, host_inode, in_netns, list_netns, sysctl_name,
     write_sysctl)
 from ansible_collections.anycast.edge.plugins.module_utils._tenant_spec import (
-    OWNER, XT_CHAIN_PREFIX, Tenant, _derived_link, default_interfaces, mark_text, parse_marker, validate)
+    OWNER, Tenant, _derived_link, default_interfaces, mark_text, parse_marker, validate)
 from ansible_collections.anycast.edge.plugins.module_utils._tenant_view import (
     FORWARDING, HOST_LL6, SYSCTL_V6_OFF, HostState, NamespaceRead, View, absent_view, current_view, desired_view)
-from ansible_collections.anycast.edge.plugins.module_utils._xtables import ChainSpec, Jump, Rule
 
-XT_TABLE = 'mangle'
-SET_XMARK_RE = re.compile(r'--set-xmark (0x[0-9a-f]+)/(0x[0-9a-f]+)')
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 4
 # In state=rendered no host is read: the marker names the host namespace the way a shell would.
 RENDERED_HOST_INODE = '$(stat -L -c %i /proc/self/ns/net)'
 
-__all__ = ['Tenants', 'validate', 'xt_specs', 'absent_xt_specs']
-
-
-# --------------------------------------------------------------------------
-# The mark chains
-
-def xt_specs(tenant):
-    """MARK chains for both families (a family without prefixes: chain absent)."""
-    specs = []
-    for family in (4, 6):
-        nets = [n for n in tenant.prefixes if n.version == family] if tenant.present else []
-        rules = [Rule(family, 'MARK', (('set-xmark', '0x%x/0x%x' % (tenant.mark, tenant.mask)),), dst=str(net))
-                 for net in nets]
-        jump = Jump('PREROUTING', Rule(family, tenant.xt_chain))
-        specs.append(ChainSpec(family, XT_TABLE, tenant.xt_chain, rules, [jump], present=bool(nets)))
-    return specs
-
-
-def absent_xt_specs(name):
-    specs = []
-    for family in (4, 6):
-        chain = XT_CHAIN_PREFIX + name
-        specs.append(ChainSpec(family, XT_TABLE, chain, [], [Jump('PREROUTING', Rule(family, chain))],
-                               present=False))
-    return specs
-
-
-def xt_owned_marks(tables):
-    """{tenant name: (mark, mask) or None} from our mangle chains, both families."""
-    found = {}
-    for family in (4, 6):
-        state = tables.get((family, XT_TABLE))
-        for chain, rules in (state.chains.items() if state else ()):
-            if not chain.startswith(XT_CHAIN_PREFIX):
-                continue
-            mark = None
-            for saved in rules:
-                match = SET_XMARK_RE.search(saved.text)
-                if match:
-                    mark = (int(match.group(1), 16), int(match.group(2), 16))
-                    break
-            if found.get(chain[len(XT_CHAIN_PREFIX):]) is None:
-                found[chain[len(XT_CHAIN_PREFIX):]] = mark
-    return found
+__all__ = ['Tenants', 'validate']
 
 
 # --------------------------------------------------------------------------
@@ -107,13 +60,13 @@ def bare(name, netns, host_if=None, param='purge'):
 
 
 class TenantState(object):
-    """The host, every tenant namespace this run is about, and the mangle chains."""
+    """The host, every tenant namespace this run is about, and the mark chains."""
 
     def __init__(self, host, markers, views, tables, purged, owned_links):
         self.host = host            # HostState (None in state=rendered)
         self.markers = markers      # {netns: marker dict, or None when the namespace is not ours}
         self.views = views          # {netns: (tenant, View)} of every namespace of ours that was read
-        self.tables = tables        # {(family, 'mangle'): TableState}
+        self.tables = tables        # the mark chains as the mark layer read them (_tenant_marks)
         self.purged = purged        # bare Tenants to remove (purge)
         self.owned_links = owned_links
         self.reads = {}             # {netns: NamespaceRead}
@@ -198,7 +151,7 @@ class TenantPlan(OpPlan):
     def __init__(self, ops, present, absent, xt, actions):
         self.present = present      # [(Tenant, current View, desired View)]
         self.absent = absent        # [(Tenant, View of what is ours to remove)]
-        self.xt = xt                # the XtPlan of the mark chains
+        self.xt = xt                # the plan of the mark chains (an XtPlan, or an NftPlan)
         self.actions = actions
         super().__init__(ops)
 
@@ -214,13 +167,16 @@ class Tenants(Domain):
         self.purge = self.params['purge']
         self.gathering = self.params['state'] == 'gathered'
         self.namespaces = None
-        self.driver = None
+        self.marks = None
 
     def open(self):
-        self.driver = _xtables.select_driver(self.module, self.params['driver'])
+        self.marks = _tenant_marks.select(self.module, self.params['driver'])
+        self.marks.open()
         self.namespaces = Namespaces()
 
     def close(self):
+        if self.marks is not None:
+            self.marks.close()
         if self.namespaces is not None:
             self.namespaces.close()
 
@@ -252,7 +208,7 @@ class Tenants(Domain):
                     continue
                 markers[netns], reads[netns] = read.marker, read
                 found.setdefault(read.marker['name'], []).append(netns)
-        tables = _xtables.read_tables(self.driver, [(family, XT_TABLE) for family in (4, 6)])
+        tables = self.marks.read()
         owned_links = host.owned_links()
         purged = self._purged(found, owned_links, tables) if self.purge else []
         views = {}
@@ -271,7 +227,7 @@ class Tenants(Domain):
         """Bare tenants of ours that are not listed (their namespaces, host veths, mark chains)."""
         listed = dict((t.name, t) for t in self.tenants)
         names = dict((name, list(spaces)) for name, spaces in found.items())
-        for name in list(owned_links) + list(xt_owned_marks(tables)):
+        for name in list(owned_links) + list(self.marks.owned(tables)):
             names.setdefault(name, [])
         purged = []
         for name in sorted(names):
@@ -285,7 +241,13 @@ class Tenants(Domain):
         return purged
 
     def empty(self):
-        return TenantState(None, {}, {}, {}, [], {})
+        return TenantState(None, {}, {}, self._marks().empty(), [], {})
+
+    def _marks(self):
+        """The mark layer: the one open() chose, or (state=rendered, no host) the one the parameters name."""
+        if self.marks is None:
+            self.marks = _tenant_marks.select(self.module, self.params['driver'])
+        return self.marks
 
     # -- deciding -------------------------------------------------------------
     def _ownership_problem(self, state, tenant):
@@ -346,7 +308,8 @@ class Tenants(Domain):
             self._check_link_addresses(state)
         inode = RENDERED_HOST_INODE if rendered else state.host.inode
         present, absent = [], []
-        xt_marks = xt_owned_marks(state.tables) if not rendered else {}
+        marks = self._marks()
+        xt_marks = marks.owned(state.tables) if not rendered else {}
         for tenant in self.tenants:
             problem = None if rendered else self._ownership_problem(state, tenant)
             if tenant.present:
@@ -368,14 +331,8 @@ class Tenants(Domain):
         for gone in state.purged:
             absent.append((gone, absent_view(state.host, gone, gone.netns is not None, state.markers.get(gone.netns),
                                              xt_marks.get(gone.name))))
-        specs = []
-        for tenant in self.tenants:
-            specs += xt_specs(tenant) if tenant.present else absent_xt_specs(tenant.name)
         listed = set(t.name for t in self.tenants)
-        for name in sorted(set(b.name for b in state.purged) - listed):
-            specs += absent_xt_specs(name)
-        tables = state.tables if not rendered else _xtables.empty_states(specs)
-        xt = _xtables.plan_chains(tables, specs, self.driver.name if self.driver else self.params['driver'])
+        xt = marks.plan(state.tables, self.tenants, sorted(set(b.name for b in state.purged) - listed), rendered)
 
         ops, actions, host_actions = [], [], []
         forwarding = state.host.forwarding if not rendered else {}
@@ -392,7 +349,7 @@ class Tenants(Domain):
             if cur.key() != want.key():
                 ops += self._present_ops(state, tenant, cur, want)
                 actions += describe(tenant, cur, want)
-        ops.append(Op(xt.commands, _xtables.apply_chains, self.driver, xt))
+        ops.append(Op(xt.commands, marks.apply, xt))
         for tenant, cur in absent:
             ops += self._absent_ops(state, tenant, cur)
             who = 'tenant %s' % tenant.name
@@ -558,16 +515,14 @@ class Tenants(Domain):
         names = ', '.join(tenant.name for tenant in created)
         try:
             state = self.read()
-            marks = xt_owned_marks(state.tables)
+            marks = self.marks.owned(state.tables)
             ops = []
             for tenant in created:
                 marker = state.markers.get(tenant.netns)
                 owned = marker is not None and marker['name'] == tenant.name and marker['host'] == state.host.inode
                 view = absent_view(state.host, tenant, owned, marker if owned else None, marks.get(tenant.name))
                 ops += self._absent_ops(state, tenant, view)
-            specs = [spec for tenant in created for spec in absent_xt_specs(tenant.name)]
-            xt = _xtables.plan_chains(state.tables, specs, self.driver.name)
-            _xtables.apply_chains(self.driver, xt)
+            self.marks.apply(self.marks.plan(state.tables, [], [tenant.name for tenant in created]))
             for op in ops:
                 op.run()
         except EdgeError as exc:
@@ -767,7 +722,7 @@ class Tenants(Domain):
                     'firewall_policy': tenant.firewall[0] if tenant.firewall else None,
                 })
             out.append(item)
-        return {'actions': plan.actions, 'tenants': out, 'driver': self.driver.name, 'purged': self._purged_names(plan)}
+        return {'actions': plan.actions, 'tenants': out, 'driver': self.marks.name, 'purged': self._purged_names(plan)}
 
     def records(self, state, plan):
         """One record per tenant, so that several calls add up."""

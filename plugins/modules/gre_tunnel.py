@@ -27,7 +27,8 @@ description:
     tunnels, and only those whose underlay is this host namespace.
   - With O(tunnels[].mss_clamp), TCP SYN and SYN-ACK packets forwarded into the tunnel get their MSS
     clamped to the path MTU (iptables C(TCPMSS --clamp-mss-to-pmtu) in the tenant namespace's C(mangle)
-    table, in a chain C(ANYCAST-MSS-<name>) owned by the collection and entered from C(FORWARD)).
+    table, in a chain C(ANYCAST-MSS-<name>) owned by the collection and entered from C(FORWARD); with O(driver=nft)
+    a base chain C(ANYCAST-MSS-<name>) of the nftables table C(inet anycast_edge_dp) of that namespace).
   - On a kernel without GRE support (no C(ip_gre) module) the module fails with a message saying so and
     changes nothing.
 author:
@@ -35,7 +36,7 @@ author:
 requirements:
   - pyroute2 (0.7 or later) on the managed host
   - a kernel with GRE (C(ip_gre); C(ip6_gre) for IPv6 endpoints)
-  - iptables on the managed host for O(tunnels[].mss_clamp)
+  - iptables on the managed host for O(tunnels[].mss_clamp), or nftables with O(driver=nft)
 options:
   tunnels:
     description:
@@ -125,8 +126,13 @@ options:
   driver:
     description:
       - How the MSS clamping rules are written, as in M(anycast.edge.tproxy_rule).
+      - V(nft) writes, in the tunnel's namespace, a base chain C(ANYCAST-MSS-<name>) of the table
+        C(inet anycast_edge_dp) at the C(forward) hook and the C(mangle) priority holding
+        C(oifname NAME tcp flags syn / syn,rst tcp option maxseg size set rt mtu) (with C(meta nfproto) when only one
+        family is clamped), one transaction per namespace, read back through the JSON API; other tables and other
+        modules' chains are never touched.
     type: str
-    choices: [auto, python-iptables, iptables]
+    choices: [auto, python-iptables, iptables, nft]
     default: auto
 extends_documentation_fragment:
   - anycast.edge.persist
@@ -247,7 +253,7 @@ corrected:
   type: list
   elements: str
 driver:
-  description: The xtables driver used for the MSS clamping rules, or null when none was needed.
+  description: The driver used for the MSS clamping rules (C(python-iptables), C(iptables) or C(nft)), or null when none was needed.
   returned: unless O(state) is V(gathered) or V(rendered)
   type: str
 '''
@@ -279,7 +285,7 @@ def main():
             purge=dict(type='bool', default=False),
             state=dict(type='str', choices=states('merged'), default='merged'),
             netns=dict(type='str'),
-            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            driver=dict(type='str', choices=list(DRIVERS) + ['nft'], default='auto'),
         )),
         supports_check_mode=True,
     )

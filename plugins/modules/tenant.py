@@ -15,7 +15,8 @@ description:
     it. Each tenant gets a network namespace of its own, joined to the host's namespace by a veth pair.
   - In the host's namespace, packets whose destination is in a tenant's O(tenants[].prefixes) get the tenant's
     O(tenants[].mark) (iptables C(mangle) table, a chain C(AE-TENANT-NAME) per tenant jumped to from
-    C(PREROUTING)); C(ip rule fwmark MARK lookup TABLE) sends them to the tenant's own routing table, which
+    C(PREROUTING); with O(driver=nft) a base chain C(AE-TENANT-NAME) of the nftables table
+    C(inet anycast_edge_dp)); C(ip rule fwmark MARK lookup TABLE) sends them to the tenant's own routing table, which
     routes the prefixes over the veth. The main routing table is never touched; the host end's addresses
     are added without a prefix route, it generates no IPv6 link-local address (a tenant with IPv6 gets a
     fixed C(fe80::1/64) there, also without a prefix route, for neighbour discovery), and it has IPv6
@@ -37,7 +38,7 @@ author:
 requirements:
   - pyroute2 (0.7 or later) on the managed host
   - the nftables Python binding on the managed host (Debian package python3-nftables)
-  - iptables on the managed host
+  - iptables on the managed host, except with O(driver=nft)
 options:
   tenants:
     description:
@@ -177,9 +178,20 @@ options:
     default: 1000
   driver:
     description:
-      - How the mark rules are written; see M(anycast.edge.tproxy_rule).
+      - How the mark rules are written. V(python-iptables) and V(iptables) write the mangle chain C(AE-TENANT-NAME)
+        per family, jumped to from C(PREROUTING); V(auto) chooses between them as M(anycast.edge.tproxy_rule) does,
+        and is V(nft) on a host without any iptables command.
+      - V(nft) writes the chain C(AE-TENANT-NAME) of the collection's nftables table C(inet anycast_edge_dp) instead,
+        a base chain of its own at the C(prerouting) hook and the C(mangle) priority, one
+        C(ip daddr PREFIX meta mark set meta mark & ~MASK ^ MARK) rule per prefix (C(ip6 daddr) for IPv6), which is
+        what C(--set-xmark MARK/MASK) does. All tenants' chains of a call are one transaction, read back through the
+        JSON API; other tables, and other modules' chains in the table, are never touched; the table goes when
+        nothing is left in it.
+      - C(AE-TENANT-) chains are this module's in both kinds of tables, so switching the driver moves them - V(nft)
+        writes its chains, then removes the xtables chains of the tenants the call lists, purges or removes; an
+        iptables driver does the opposite. Check mode shows both halves in RV(actions).
     type: str
-    choices: [auto, python-iptables, iptables]
+    choices: [auto, python-iptables, iptables, nft]
     default: auto
   netns:
     description:
@@ -252,7 +264,8 @@ after:
 commands:
   description:
     - What was sent (in check mode, would be sent), as C(ip) / C(sysctl) lines, C(nft -f) transactions and
-      C(iptables-restore) transactions, in order. A firewall is written twice; the second transaction carries the
+      C(iptables-restore) transactions (with O(driver=nft), one C(nft -j -f -) transaction of the mark chains), in
+      order. A firewall is written twice; the second transaction carries the
       digest of nft's listing of the first (shown as a placeholder in check mode).
   returned: unless O(state) is V(gathered) or V(rendered)
   type: list
@@ -339,7 +352,7 @@ actions:
   elements: str
   sample: ["tenant acme: create network namespace 'tenant-acme'", "tenant acme: route 203.0.113.0/24 via 169.254.0.201 in table 100"]
 driver:
-  description: The xtables driver that wrote the mark rules.
+  description: The driver that wrote the mark rules (C(python-iptables), C(iptables) or C(nft)).
   returned: unless O(state) is V(gathered) or V(rendered)
   type: str
 '''
@@ -381,7 +394,7 @@ def main():
             link_pool_ipv4=dict(type='str', default=DEFAULT_POOL_V4),
             link_pool_ipv6=dict(type='str', default=DEFAULT_POOL_V6),
             rule_priority=dict(type='int', default=1000),
-            driver=dict(type='str', choices=list(DRIVERS), default='auto'),
+            driver=dict(type='str', choices=list(DRIVERS) + ['nft'], default='auto'),
             netns=dict(type='str'),
         )),
         supports_check_mode=True,

@@ -728,7 +728,9 @@ def test_a_failed_apply_leaves_nothing_it_created(site, tmp_path):
     failing.mkdir()
     for tool in ('iptables-restore', 'ip6tables-restore'):
         script = failing / tool
-        script.write_text('#!/bin/sh\necho "forced failure injected by the test" >&2\nexit 1\n')
+        # reads its input first, as iptables-restore does: exiting at once made the module's write fail with
+        # EPIPE ("Broken pipe") instead, now and then
+        script.write_text('#!/bin/sh\ncat >/dev/null\necho "forced failure injected by the test" >&2\nexit 1\n')
         script.chmod(0o755)
     new = _tenant('c', '0x30', 130, ['198.18.0.0/24', '2001:db8:c::/48'], firewall={'rules': ['tcp dport 22 accept']})
     result = run_module('tenant', {'netns': site.host, 'netns_prefix': site.prefix, 'driver': 'iptables',

@@ -6,6 +6,7 @@ import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _validate as v
 from ansible_collections.anycast.edge.plugins.module_utils import _xtables as x
+from ansible_collections.anycast.edge.plugins.module_utils._errors import ParamError
 from ansible_collections.anycast.edge.plugins.module_utils._tproxy import build_specs, port_matches, validate_rules
 
 
@@ -139,3 +140,30 @@ def test_an_option_may_take_several_words():
                   matches=[('tcp', [('tcp-flags', ('SYN,RST', 'SYN'))])])
     assert rule.restore_text().startswith('-p tcp -m tcp --tcp-flags SYN,RST SYN -m comment')
     assert rule.restore_text().endswith('-j TCPMSS --clamp-mss-to-pmtu')
+
+
+def test_a_rule_covered_by_any_earlier_rule_is_refused_naming_the_first_one():
+    rules = [{'destination': '10.%d.0.0/16' % i, 'on_port': 1} for i in range(50)] + \
+        [{'destination': '192.0.2.0/24', 'ports': [80, 443], 'on_port': 2},
+         {'destination': '192.0.0.0/8', 'protocol': 'udp', 'on_port': 3},
+         {'destination': '192.0.2.128/25', 'ports': 443, 'on_port': 4}]
+    with pytest.raises(ParamError) as err:
+        validate_rules(rules)
+    assert err.value.param == 'rules[52]' and 'rules[50]' in str(err.value)
+    # another protocol, family, port or a wider prefix is not covered
+    validate_rules([{'destination': '192.0.2.0/24', 'ports': 443, 'on_port': 1},
+                    {'destination': '192.0.2.0/24', 'ports': 80, 'on_port': 1},
+                    {'destination': '192.0.2.0/24', 'protocol': 'udp', 'on_port': 1},
+                    {'destination': '192.0.0.0/16', 'on_port': 1},
+                    {'destination': '2001:db8::/32', 'on_port': 1}])
+
+
+def test_the_shadow_check_compares_only_rules_whose_prefixes_nest(monkeypatch):
+    from ansible_collections.anycast.edge.plugins.module_utils import _tproxy
+    calls = []
+    real = _tproxy._covers
+    monkeypatch.setattr(_tproxy, '_covers', lambda first, second: calls.append(1) or real(first, second))
+    rules = [{'destination': '10.%d.%d.0/24' % (i // 256, i % 256), 'on_port': 1} for i in range(2000)]
+    validate_rules(rules + [{'destination': '10.0.0.0/24', 'protocol': 'udp', 'on_port': 1}])
+    # disjoint prefixes: no pair is compared (pairwise, this was 2 million comparisons)
+    assert calls == []

@@ -88,3 +88,36 @@ def test_a_mark_with_a_mask_reads_back_from_nfts_own_spelling():
     stored = {'mangle': {'key': nr.meta('mark'), 'value': {'|': [{'&': [nr.meta('mark'), 0xffffff10]}, 0x10]}}}
     assert nt._parse_mark(stored) == '0x10/0xff'
     assert nt._parse_mark(nt._mark_expr(rule['mark'])) == '0x10/0xff'
+
+
+def test_rules_built_from_shared_pieces_carry_the_digest_of_their_whole_expression():
+    rules = validate_rules([
+        {'destination': '192.0.2.0/24', 'on_port': 1234},
+        {'destination': '198.51.100.0/24', 'protocol': 'udp', 'ports': [53, '8000-8100'], 'on_port': 1234,
+         'mark': '0x10/0xff'},
+        {'destination': '2001:db8::/64', 'on_port': 80, 'on_ip': '::1', 'mark': '0x1'},
+        {'destination': '203.0.113.7/32', 'ports': 443, 'on_port': 1234, 'mark': '0x10/0xff'}])
+    pieces = {}
+    for rule in rules:
+        for built in nt.kernel_rules(rule, pieces) + nt.kernel_rules(rule):
+            assert built.tag == 'anycast.edge %s' % nr._digest(built.expr)
+    # the tags of chains already written by the previous release: a no-op after an upgrade rewrites nothing
+    assert [r.tag for rule in rules[:3] for r in nt.kernel_rules(rule)] == [
+        'anycast.edge fbb4c65909f9', 'anycast.edge 444268e2f2cc', 'anycast.edge b39e5981873c',
+        'anycast.edge 639ecab75b3f', 'anycast.edge 8a0c7b64cca7', 'anycast.edge 826de653bf68']
+
+
+def test_gre_mss_clamp_chain_and_plan():
+    from ansible_collections.anycast.edge.plugins.module_utils import _gre_mss as mss
+    both, v4 = mss.nft_chain('gre-acme', {4, 6}), mss.nft_chain('gre-b', {4})
+    assert (both.name, both.hook, both.priority) == ('ANYCAST-MSS-gre-acme', 'forward', 'mangle')
+    assert [r.text for r in both.rules + v4.rules] == [
+        'oifname "gre-acme" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
+        'oifname "gre-b" meta nfproto ipv4 tcp flags syn / syn,rst tcp option maxseg size set rt mtu']
+    state = nr.TableState(True, {'ANYCAST-MSS-gre-old': {'spec': {}, 'rules': []},
+                                 'ANYCAST-TPROXY': {'spec': {}, 'rules': []}})
+    plan = mss.NftMss.plan(state, {'gre-acme': {4, 6}, 'gre-old': set()}, 'tenant-acme')
+    assert plan.actions == ['inet anycast_edge_dp: write chain ANYCAST-MSS-gre-acme (1 rules)',
+                            'inet anycast_edge_dp: delete chain ANYCAST-MSS-gre-old']
+    assert mss.NftMss.clamped(plan.predicted, 'gre-acme') and not mss.NftMss.clamped(plan.predicted, 'gre-old')
+    assert plan.commands[0].startswith("ip netns exec tenant-acme nft -j -f - <<'EOF'")

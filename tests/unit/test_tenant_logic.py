@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.anycast.edge.plugins.module_utils import _tenant as t
+from ansible_collections.anycast.edge.plugins.module_utils import _nft_rules as nr
+from ansible_collections.anycast.edge.plugins.module_utils import _tenant_marks as marks
 from ansible_collections.anycast.edge.plugins.module_utils import _tenant_firewall as fw
 from ansible_collections.anycast.edge.plugins.module_utils import _tenant_spec as spec
 from ansible_collections.anycast.edge.plugins.module_utils import _tenant_view as view
@@ -143,8 +144,35 @@ def test_marker_round_trip():
 
 def test_mark_chains_per_family():
     tenants, _settings = spec.validate(params(tenant(prefixes=['203.0.113.0/24', '198.51.100.0/24'])))
-    v4, v6 = t.xt_specs(tenants[0])
+    v4, v6 = marks.xt_specs(tenants[0])
     assert (v4.family, v4.name, v4.present, len(v4.rules)) == (4, 'AE-TENANT-acme', True, 2)
     assert '-d 203.0.113.0/24' in v4.rules[0].restore_text()
     assert '-j MARK --set-xmark 0x10/0xffffffff' in v4.rules[0].restore_text()
     assert (v6.family, v6.present) == (6, False)
+
+
+def test_nft_mark_chain_is_one_base_chain_for_both_families_and_reads_its_mark_back():
+    tenants, _settings = spec.validate(params(tenant(prefixes=['2001:db8:1::/48', '203.0.113.0/24'], mark='0x100/0xf00')))
+    chain = marks.nft_chain(tenants[0])
+    assert (chain.name, chain.hook, chain.priority) == ('AE-TENANT-acme', 'prerouting', 'mangle')
+    assert [r.text for r in chain.rules] == [
+        'ip daddr 203.0.113.0/24 meta mark set meta mark & 0xfffff0ff ^ 0x100',
+        'ip6 daddr 2001:db8:1::/48 meta mark set meta mark & 0xfffff0ff ^ 0x100']
+    # what the kernel lists back (nft stores (mark & ~MASK) ^ VALUE as (mark & (~MASK | VALUE)) | VALUE)
+    listed = nr.TableState(True, {'AE-TENANT-acme': {'spec': {}, 'rules': [nr.ReadRule([
+        {'match': {}}, {'mangle': {'key': {'meta': {'key': 'mark'}},
+                                   'value': {'|': [{'&': [{'meta': {'key': 'mark'}}, 0xfffff1ff]}, 0x100]}}}], None)]},
+        'AE-TENANT-gone': {'spec': {}, 'rules': []}, 'ANYCAST-TPROXY': {'spec': {}, 'rules': []}})
+    assert marks.nft_owned_marks(listed) == {'acme': (0x100, 0xf00), 'gone': None}
+
+
+def test_nft_mark_plan_writes_listed_tenants_and_removes_only_ours():
+    tenants, _settings = spec.validate(params(tenant(prefixes=['203.0.113.0/24'])))
+    state = nr.TableState(True, {'ANYCAST-TPROXY': {'spec': {}, 'rules': []},
+                                 'AE-TENANT-old': {'spec': {}, 'rules': []}})
+    plan = marks.NftMarks.plan(state, tenants, ['old'])
+    assert plan.actions == ['inet anycast_edge_dp: write chain AE-TENANT-acme (1 rules)',
+                            'inet anycast_edge_dp: delete chain AE-TENANT-old']
+    assert 'ANYCAST-TPROXY' not in plan.commands[0]
+    rendered = marks.NftMarks.plan(marks.NftMarks.empty(), tenants, [], rendered=True)
+    assert rendered.batch[0] == {'add': {'table': {'family': 'inet', 'name': 'anycast_edge_dp'}}}
