@@ -261,6 +261,26 @@ def test_mss_clamped_to_the_tunnel_path_mtu(lab):
     assert syn_mss_at_router(lab) == tunnel_path_mtu(lab) - 40
 
 
+def test_mss_clamped_in_nftables_with_driver_nft(lab):
+    """driver: nft puts the clamp in inet anycast_edge_dp; through the real GRE tunnel the SYN arrives clamped."""
+    ensure_acme(lab)
+    ok(vm_playbook(lab, [task(1, [acme(1, mss_clamp=False)])])[0])      # the xtables chain goes first (docs/gre.md)
+    predicted = ok(vm_playbook(lab, [task(1, [acme(1)], driver='nft')], check=True, diff=True)[0])
+    assert predicted['changed'] is True
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 nft list ruleset').stdout
+    on = ok(vm_playbook(lab, [task(1, [acme(1)], driver='nft')])[0])
+    assert on['changed'] is True and on['driver'] == 'nft'
+    table = lab.run('ip netns exec aeg-ten1 nft list table inet anycast_edge_dp').stdout
+    assert 'ANYCAST-MSS-gre-acme' in table and 'maxseg size set rt mtu' in table, table
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 iptables-save -t mangle').stdout
+    assert syn_mss_at_router(lab) == tunnel_path_mtu(lab) - 40
+    assert ok(vm_playbook(lab, [task(1, [acme(1)], driver='nft')])[0])['changed'] is False
+    ok(vm_playbook(lab, [task(1, [acme(1, mss_clamp=False)], driver='nft')])[0])
+    assert 'ANYCAST-MSS' not in lab.run('ip netns exec aeg-ten1 nft list ruleset').stdout
+    assert syn_mss_at_router(lab) == 1460
+    ok(vm_playbook(lab, [task(1, [acme(1)])])[0])       # back to the xtables clamp the other tests read
+
+
 def test_drift_is_corrected(lab):
     ensure_acme(lab)
     lab.run('ip -n aeg-ten1 link set gre-acme mtu 1400')
