@@ -51,21 +51,9 @@ def mss_specs(name, families):
     return specs
 
 
-class XtMss(object):
-    def __init__(self, module, requested):
-        self.module = module
-        self.requested = requested
-        self.driver = None
-
-    @property
-    def name(self):
-        return self.driver.name if self.driver else self.requested
-
-    def open(self):
-        self.driver = _xtables.select_driver(self.module, self.requested)
-
+class XtMss(_xtables.ChainLayer):
     def read(self, netns):
-        return _xtables.read_tables(self.driver, [(4, 'mangle'), (6, 'mangle')])
+        return self.read_keys([(4, 'mangle'), (6, 'mangle')])
 
     @staticmethod
     def clamped(state, name):
@@ -75,11 +63,10 @@ class XtMss(object):
         specs = []
         for name, families in sorted(names.items()):
             specs += mss_specs(name, families)
-        tables = state if not rendered else _xtables.empty_states(specs)
-        return _xtables.plan_chains(tables or {}, specs, self.name, where=netns)
+        return self.plan_specs(state, specs, rendered, where=netns)
 
     def apply(self, netns, plan):
-        _xtables.apply_chains(self.driver, plan)
+        self.apply_plan(plan)
 
 
 # --------------------------------------------------------------------------

@@ -84,20 +84,8 @@ def xt_owned_marks(tables):
     return found
 
 
-class XtMarks(object):
+class XtMarks(_xtables.ChainLayer):
     """The mark chains in the mangle tables, through the shared xtables layer."""
-
-    def __init__(self, module, requested):
-        self.module = module
-        self.requested = requested
-        self.driver = None
-
-    @property
-    def name(self):
-        return self.driver.name if self.driver else self.requested
-
-    def open(self):
-        self.driver = _xtables.select_driver(self.module, self.requested)
 
     def close(self):
         pass
@@ -107,7 +95,7 @@ class XtMarks(object):
         return {}
 
     def read(self):
-        return _xtables.read_tables(self.driver, [(family, XT_TABLE) for family in (4, 6)])
+        return self.read_keys([(family, XT_TABLE) for family in (4, 6)])
 
     @staticmethod
     def owned(state):
@@ -120,11 +108,10 @@ class XtMarks(object):
             specs += xt_specs(tenant) if tenant.present else absent_xt_specs(tenant.name)
         for name in gone:
             specs += absent_xt_specs(name)
-        tables = state if not rendered else _xtables.empty_states(specs)
-        return _xtables.plan_chains(tables, specs, self.name)
+        return self.plan_specs(state, specs, rendered)
 
     def apply(self, plan):
-        _xtables.apply_chains(self.driver, plan)
+        self.apply_plan(plan)
 
 
 # --------------------------------------------------------------------------

@@ -492,6 +492,34 @@ def select_driver(module, requested):
     return IptablesCliDriver(module, variant)
 
 
+class ChainLayer(object):
+    """The xtables side of a module whose rules can also live in nftables (tenant marks, GRE MSS
+    clamps): the driver REQUESTED ('auto' or a driver name), selected at open(), and its chains
+    read, planned and applied through this module's functions."""
+
+    def __init__(self, module, requested):
+        self.module = module
+        self.requested = requested
+        self.driver = None
+
+    @property
+    def name(self):
+        return self.driver.name if self.driver else self.requested
+
+    def open(self):
+        self.driver = select_driver(self.module, self.requested)
+
+    def read_keys(self, keys):
+        return read_tables(self.driver, keys)
+
+    def plan_specs(self, states, specs, rendered=False, where=None):
+        """The XtPlan for SPECS against STATES (against nothing when RENDERED)."""
+        return plan_chains(empty_states(specs) if rendered else states or {}, specs, self.name, where)
+
+    def apply_plan(self, plan):
+        apply_chains(self.driver, plan)
+
+
 # --------------------------------------------------------------------------
 # The iptables CLI driver.
 
