@@ -44,84 +44,8 @@ import helpers  # noqa: E402
 
 PORT = 8080
 EDGE_FLOOD, FLOODER = '10.79.0.1', '10.79.0.2'
+ENDPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'endpoints.py')
 EDGE_LEGIT, LEGIT = '10.79.1.1', '10.79.1.2'
-
-SERVER = r'''
-import select, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1])))
-s.listen(4096)
-s.setblocking(False)
-ep = select.epoll()
-ep.register(s.fileno(), select.EPOLLIN)
-print('ready', flush=True)
-while True:
-    for _fd, _ev in ep.poll():
-        while True:
-            try:
-                c, _ = s.accept()
-            except BlockingIOError:
-                break
-            c.close()
-'''
-
-# Opens connections back to back; SO_LINGER 0 so the client side keeps no TIME_WAIT.
-FLOOD = r'''
-import json, socket, struct, sys, time
-dst, port, duration, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-rate = float(sys.argv[5])   # connections per second, 0: as fast as possible
-linger = struct.pack('ii', 1, 0)
-ok = refused = other = 0
-start = time.monotonic()
-end = start + duration
-while time.monotonic() < end and ok + refused + other < limit:
-    n = ok + refused + other
-    if rate and n % 50 == 0:
-        ahead = start + n / rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    s.settimeout(1.0)
-    try:
-        s.connect((dst, port)); ok += 1
-    except ConnectionRefusedError:
-        refused += 1
-    except OSError:
-        other += 1
-    s.close()
-print(json.dumps({'attempted': ok + refused + other, 'accepted': ok, 'refused': refused, 'other': other,
-                  'per_sec': round((ok + refused + other) / (time.monotonic() - start))}))
-'''
-
-# A steady client: one connect every 1/rate seconds, latency of each connect().
-LEGIT_CLIENT = r'''
-import json, socket, struct, sys, time
-dst, port, duration, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-linger = struct.pack('ii', 1, 0)
-lat, failed = [], 0
-start = time.monotonic()
-n = 0
-while True:
-    due = start + n / rate
-    if due > start + duration:
-        break
-    pause = due - time.monotonic()
-    if pause > 0:
-        time.sleep(pause)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    s.settimeout(2.0)
-    t0 = time.perf_counter()
-    try:
-        s.connect((dst, port)); lat.append(time.perf_counter() - t0)
-    except OSError:
-        failed += 1
-    s.close()
-    n += 1
-print(json.dumps({'latencies': lat, 'failed': failed}))
-'''
 
 
 def cpu_seconds(pid):
@@ -147,12 +71,12 @@ def percentile(values, pct):
 
 
 def phase(name, ns, server_pid, duration, flood, legit_rate, max_flood, flood_rate):
-    legit = subprocess.Popen(['ip', 'netns', 'exec', ns['legit'], sys.executable, '-c', LEGIT_CLIENT, EDGE_LEGIT,
-                              str(PORT), str(duration), str(legit_rate)], stdout=subprocess.PIPE, text=True)
+    legit = subprocess.Popen(['ip', 'netns', 'exec', ns['legit'], sys.executable, ENDPOINTS, 'legit', EDGE_LEGIT,
+                              str(PORT), str(duration), str(legit_rate), '2.0'], stdout=subprocess.PIPE, text=True)
     flooder = None
     if flood:
         # niced: in reality the flood's sender runs elsewhere; here it must not starve the edge of CPU
-        command = ['ip', 'netns', 'exec', ns['flood'], 'nice', '-n', '19', sys.executable, '-c', FLOOD,
+        command = ['ip', 'netns', 'exec', ns['flood'], 'nice', '-n', '19', sys.executable, ENDPOINTS, 'flood',
                    EDGE_FLOOD, str(PORT), str(duration), str(max_flood), str(flood_rate)]
         flooder = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     cpu0, busy0, t0 = cpu_seconds(server_pid), machine_busy(), time.monotonic()
@@ -217,7 +141,7 @@ def main():
     ns, created = setup()
     server = None
     try:
-        server = subprocess.Popen(['ip', 'netns', 'exec', ns['edge'], sys.executable, '-c', SERVER, str(PORT)],
+        server = subprocess.Popen(['ip', 'netns', 'exec', ns['edge'], sys.executable, ENDPOINTS, 'sink', str(PORT), '4096'],
                                   stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == 'ready'
         # `ip netns exec` execs the interpreter: same pid

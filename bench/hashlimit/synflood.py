@@ -64,56 +64,13 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 import helpers  # noqa: E402
 
 SENDER = os.path.join(REPO, 'tests', 'integration', 'synflood.py')
+ENDPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'endpoints.py')
 PORT = 8080
 EDGE_FLOOD, FLOODER = '10.79.0.1', '10.79.0.2'
 SPOOFED = '10.80.0.0/16'     # --spoof: every SYN from a random address of it
 EDGE_LEGIT, LEGIT = '10.79.1.1', '10.79.1.2'
 NO_SSH = {'SSH_CONNECTION': ''}
 FLOOD_CPU, EDGE_CPU = '1', '0'
-
-SERVER = r'''
-import select, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1])))
-s.listen(1024)
-s.setblocking(False)
-ep = select.epoll()
-ep.register(s.fileno(), select.EPOLLIN)
-print('ready', flush=True)
-while True:
-    for _fd, _ev in ep.poll():
-        while True:
-            try:
-                c, _ = s.accept()
-            except BlockingIOError:
-                break
-            c.close()
-'''
-
-LEGIT_CLIENT = r'''
-import json, socket, struct, sys, time
-dst, port, duration, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-linger = struct.pack('ii', 1, 0)
-lat, failed = [], 0
-start = time.monotonic()
-n = 0
-while start + n / rate <= start + duration:
-    pause = start + n / rate - time.monotonic()
-    if pause > 0:
-        time.sleep(pause)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-    s.settimeout(1.0)
-    t0 = time.perf_counter()
-    try:
-        s.connect((dst, port)); lat.append(time.perf_counter() - t0)
-    except OSError:
-        failed += 1
-    s.close()
-    n += 1
-print(json.dumps({'latencies': lat, 'failed': failed}))
-'''
 
 LIMITS = {
     'ipt-new': {'driver': 'iptables', 'match': 'new'},
@@ -184,8 +141,8 @@ def cpu_stat():
 
 def phase(ns, duration, legit_rate, spoof):
     """One phase: the unpaced flood on CPU 1, the legit client on CPU 0; what each did and what CPU it cost."""
-    legit = subprocess.Popen(['ip', 'netns', 'exec', ns['legit'], 'taskset', '-c', EDGE_CPU, sys.executable, '-c',
-                              LEGIT_CLIENT, EDGE_LEGIT, str(PORT), str(duration), str(legit_rate)],
+    legit = subprocess.Popen(['ip', 'netns', 'exec', ns['legit'], 'taskset', '-c', EDGE_CPU, sys.executable, ENDPOINTS,
+                              'legit', EDGE_LEGIT, str(PORT), str(duration), str(legit_rate), '1.0'],
                              stdout=subprocess.PIPE, text=True)
     soft0, stat0 = thread_cpu('ksoftirqd'), cpu_stat()
     flood = subprocess.Popen(['ip', 'netns', 'exec', ns['flood'], 'taskset', '-c', FLOOD_CPU, sys.executable, SENDER,
@@ -350,8 +307,8 @@ def main():
     rows = []
     started = time.monotonic()
     try:
-        server = subprocess.Popen(['ip', 'netns', 'exec', ns['edge'], 'taskset', '-c', EDGE_CPU, sys.executable, '-c',
-                                   SERVER, str(PORT)], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(['ip', 'netns', 'exec', ns['edge'], 'taskset', '-c', EDGE_CPU, sys.executable, ENDPOINTS,
+                                   'sink', str(PORT), '1024'], stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == 'ready'
         for round_ in range(args.rounds):
             for name in names:
